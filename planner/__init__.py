@@ -1,0 +1,35 @@
+"""planner: auto-parallel planner and performance simulator for distributed LLM training.
+
+Public API (more arrives with the cost model and the search):
+
+- :func:`load_model`, :func:`load_gpu`, :func:`load_cluster`: specs from presets or YAML;
+- :func:`describe_model`: parameter, FLOP and KV-cache accounting of a model;
+- the spec classes in :mod:`planner.specs`.
+"""
+
+from planner.costmodel.accounting import ModelAccount, describe_model
+from planner.errors import InfeasibleError, PlannerError, SpecError, UnsupportedError
+from planner.presets import load_cluster, load_gpu, load_model, preset_names, revalidate
+from planner.specs import ClusterSpec, GPUSpec, ModelSpec, Plan, Workload
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ClusterSpec",
+    "GPUSpec",
+    "InfeasibleError",
+    "ModelAccount",
+    "ModelSpec",
+    "Plan",
+    "PlannerError",
+    "SpecError",
+    "UnsupportedError",
+    "Workload",
+    "__version__",
+    "describe_model",
+    "load_cluster",
+    "load_gpu",
+    "load_model",
+    "preset_names",
+    "revalidate",
+]

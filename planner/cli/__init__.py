@@ -1,0 +1,1 @@
+"""Command-line interface: ``planner <command>``; see :mod:`planner.cli.main`."""

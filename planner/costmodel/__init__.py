@@ -1,0 +1,2 @@
+"""Cost model: parameter/FLOP accounting today; compute, memory, communication and
+pipeline simulation as they land."""

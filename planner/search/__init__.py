@@ -1,0 +1,1 @@
+"""Search over parallel plans: candidate space, lossless pruning, stage partitioning, ranking."""

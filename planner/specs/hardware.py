@@ -1,0 +1,210 @@
+"""GPUSpec, NodeSpec, FabricSpec, ClusterSpec: the hardware a plan runs on.
+
+All fields are SI (bytes, bytes/s, FLOP/s, seconds). The YAML presets in
+``data/hardware`` write friendly units in keys that say so (``hbm_capacity_gib``,
+``bandwidth_gb_per_s``, ``peak_tflops``, ``latency_us``); :mod:`planner.units` converts
+them once on load. Bandwidths are per direction unless a field says otherwise.
+
+``achievable_fraction`` fields hold the share of a link's spec bandwidth that real
+collectives reach, each with its source in the preset; the collective cost models of
+:mod:`planner.hwmodels` use them. This module only describes hardware; it computes nothing.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, model_validator
+
+from planner.errors import SpecError, UnsupportedError
+from planner.specs._base import Spec, rule_error
+
+Fraction = Field(gt=0.0, le=1.0)
+
+
+class Dtype(StrEnum):
+    """Tensor-core input formats with a dense peak on the datasheet."""
+
+    FP32 = "fp32"
+    TF32 = "tf32"
+    FP16 = "fp16"
+    BF16 = "bf16"
+    FP8 = "fp8"
+    FP4 = "fp4"
+
+
+class GPUSpec(Spec):
+    """One accelerator. Peaks are dense (no 2:4 sparsity)."""
+
+    name: str
+    source: str = ""
+    peak_flops_per_s: dict[Dtype, PositiveFloat]
+    """Dense peak per input format; BF16 is required (it is the MFU reference)."""
+    hbm_capacity_bytes: PositiveFloat
+    hbm_bandwidth_bytes_per_s: PositiveFloat
+    num_sms: PositiveInt
+    """Streaming multiprocessors (H800: 132; V3 §3.5.1 reserves 20 for communication)."""
+    power_w: PositiveFloat | None = None
+    """Board power (TDP)."""
+
+    @model_validator(mode="after")
+    def _check(self) -> GPUSpec:
+        if Dtype.BF16 not in self.peak_flops_per_s:
+            raise rule_error("peak_flops_per_s", sorted(self.peak_flops_per_s), "must include bf16")
+        return self
+
+    def peak(self, dtype: Dtype) -> float:
+        """Dense peak FLOP/s for ``dtype``; unsupported formats fail loudly."""
+        try:
+            return self.peak_flops_per_s[dtype]
+        except KeyError:
+            raise UnsupportedError(f"{self.name} has no {dtype} peak in its spec") from None
+
+
+class ScaleUpKind(StrEnum):
+    """How GPUs inside one scale-up domain talk."""
+
+    NVSWITCH = "nvswitch"
+    """All GPUs of the domain through NVSwitch at full bisection (HGX/DGX, NVL72)."""
+    NVLINK_BRIDGE_PAIRS = "nvlink-bridge-pairs"
+    """NVLink bridges on GPU pairs; everything else over PCIe (Fire-Flyer 2)."""
+    PCIE = "pcie"
+    """No NVLink: GPUs meet over PCIe and the CPU."""
+
+
+class ScaleUpSpec(Spec):
+    """The NVLink (or PCIe-only) domain."""
+
+    kind: ScaleUpKind
+    domain_gpus: PositiveInt
+    """GPUs that share one NVLink domain: 8 (HGX), 2 (bridged pairs), 72 (NVL72)."""
+    bandwidth_bytes_per_s: PositiveFloat
+    """Per GPU per direction, datasheet."""
+    achievable_fraction: float = Fraction
+    """Share of ``bandwidth_bytes_per_s`` collectives reach."""
+    latency_s: NonNegativeFloat
+    """Small-message end-to-end latency."""
+
+
+class PCIeSpec(Spec):
+    """Host PCIe attachment of GPUs and NICs (matters on PCIe-only nodes)."""
+
+    gpu_link_bandwidth_bytes_per_s: PositiveFloat
+    """GPU <-> CPU per direction, achievable (PCIe 4.0 x16 > 27 GB/s, Fire-Flyer §IV-D)."""
+    root_ports: list[list[int]] | None = None
+    """GPU indices on each CPU root port; a port with two GPUs is shared (Fire-Flyer: 5, 6)."""
+    root_port_bandwidth_bytes_per_s: PositiveFloat | None = None
+    """Cap of one root port toward the CPU (Fire-Flyer §IV-D: ~37.5 GB/s)."""
+    gpu_nic_p2p_bandwidth_bytes_per_s: PositiveFloat | None = None
+    """GPUDirect GPU <-> NIC limit when the CPU lacks chained writes (EPYC Rome: ~9 GiB/s)."""
+
+
+class HostSpec(Spec):
+    """CPU side of a node, for paths that reduce or stage in host memory (HFReduce)."""
+
+    cpu_sockets: PositiveInt
+    memory_bandwidth_bytes_per_s: PositiveFloat
+    """Practical host memory bandwidth."""
+
+
+class NodeSpec(Spec):
+    """One server."""
+
+    gpus_per_node: PositiveInt
+    scale_up: ScaleUpSpec
+    nics_per_node: PositiveInt
+    """Scale-out (compute fabric) NICs."""
+    nic_bandwidth_bytes_per_s: PositiveFloat
+    """Per NIC per direction, line rate."""
+    nic_achievable_fraction: float = Fraction
+    """Share of NIC line rate that large messages reach."""
+    pcie: PCIeSpec | None = None
+    host: HostSpec | None = None
+
+
+class FabricKind(StrEnum):
+    """Scale-out network shape."""
+
+    FAT_TREE = "fat-tree"
+    """Non-blocking Clos; every NIC of a node on the same tree."""
+    RAIL_OPTIMIZED = "rail-optimized"
+    """NIC i of every node on rail i's leaf switches (DGX SuperPOD)."""
+    MULTI_PLANE_FAT_TREE = "multi-plane-fat-tree"
+    """One independent fat tree per NIC index (DeepSeek-V3 MPFT, ISCA'25 §5.1)."""
+
+
+class FabricSpec(Spec):
+    """Scale-out network."""
+
+    kind: FabricKind
+    planes: PositiveInt = 1
+    """Independent networks (MPFT: one per GPU-NIC pair)."""
+    switch_radix: PositiveInt
+    """Ports per switch."""
+    tiers: PositiveInt = 2
+    """Switch layers (2 = leaf/spine)."""
+    oversubscription: float = Field(default=1.0, ge=1.0)
+    """Leaf downlink : uplink bandwidth ratio (1 = non-blocking)."""
+    zones: PositiveInt = 1
+    """Separately built trees joined by a few links (Fire-Flyer 2: two zones)."""
+    nodes_per_zone: PositiveInt | None = None
+    cross_zone_bandwidth_bytes_per_s: PositiveFloat | None = None
+    """Total bandwidth between zones per direction; required when zones > 1."""
+    latency_same_leaf_s: NonNegativeFloat
+    latency_cross_leaf_s: NonNegativeFloat
+
+    @model_validator(mode="after")
+    def _check(self) -> FabricSpec:
+        if self.zones > 1 and (self.nodes_per_zone is None or self.cross_zone_bandwidth_bytes_per_s is None):
+            raise rule_error("zones", self.zones, "zones > 1 needs nodes_per_zone and cross_zone_bandwidth")
+        if self.latency_cross_leaf_s < self.latency_same_leaf_s:
+            raise rule_error(
+                "latency_cross_leaf_s",
+                self.latency_cross_leaf_s,
+                f"must be >= latency_same_leaf_s ({self.latency_same_leaf_s})",
+            )
+        return self
+
+
+class ClusterSpec(Spec):
+    """A homogeneous cluster: ``num_nodes`` copies of ``node`` on ``fabric``."""
+
+    name: str
+    source: str = ""
+    gpu: GPUSpec
+    num_nodes: PositiveInt
+    node: NodeSpec
+    fabric: FabricSpec
+
+    @model_validator(mode="after")
+    def _check(self) -> ClusterSpec:
+        per_node = self.node.gpus_per_node
+        domain = self.node.scale_up.domain_gpus
+        if domain <= per_node and per_node % domain:
+            raise rule_error(
+                "node.scale_up.domain_gpus", domain, f"must divide gpus_per_node ({per_node})"
+            )
+        if domain > per_node and domain % per_node:
+            raise rule_error(
+                "node.scale_up.domain_gpus",
+                domain,
+                f"a domain wider than a node must be a multiple of gpus_per_node ({per_node})",
+            )
+        if self.node.nics_per_node % self.fabric.planes:
+            raise rule_error(
+                "fabric.planes",
+                self.fabric.planes,
+                f"must divide node.nics_per_node ({self.node.nics_per_node})",
+            )
+        return self
+
+    @property
+    def num_gpus(self) -> int:
+        return self.num_nodes * self.node.gpus_per_node
+
+    def with_num_gpus(self, num_gpus: int) -> ClusterSpec:
+        """The same cluster with ``num_gpus`` GPUs (whole nodes)."""
+        per_node = self.node.gpus_per_node
+        if num_gpus < 1 or num_gpus % per_node:
+            raise SpecError("gpus", num_gpus, f"must be a positive multiple of gpus_per_node ({per_node})")
+        return self.model_copy(update={"num_nodes": num_gpus // per_node})

@@ -1,0 +1,187 @@
+"""Workload (what is trained per step) and Plan (how it is parallelised).
+
+Plan degrees use Megatron-LM's short forms in code (``tp pp vpp cp ep etp dp``) and accept
+Megatron's long argument names in files (``tensor_model_parallel_size`` ...). The expert
+fold follows Megatron: the ranks of one pipeline stage, tp * cp * dp of them, are
+re-partitioned for MoE layers as etp * ep * edp, so ep * etp must divide tp * cp * dp.
+
+Rules that need the model (tp divides heads, ep divides experts) live in
+:mod:`planner.specs.compat`.
+"""
+
+from __future__ import annotations
+
+import math
+from enum import IntEnum, StrEnum
+
+from pydantic import AliasChoices, Field, PositiveInt, field_validator, model_validator
+
+from planner.specs._base import Spec, rule_error
+
+
+class Precision(StrEnum):
+    """Numeric format of the GEMMs. Everything else runs in BF16/FP32 as the papers say."""
+
+    BF16 = "bf16"
+    FP16 = "fp16"
+    FP8 = "fp8"
+    """FP8 GEMMs (Fprop, Dgrad, Wgrad) with BF16 attention, norms, embedding and head,
+    as in DeepSeek-V3 §3.3.1."""
+
+
+class ZeroStage(IntEnum):
+    """What data-parallel ranks shard (Rajbhandari et al. 2020, arXiv 1910.02054)."""
+
+    NONE = 0
+    OPTIMIZER = 1
+    """Optimizer states sharded (Megatron distributed optimizer)."""
+    GRADIENTS = 2
+    """Optimizer states and gradients sharded."""
+    PARAMETERS = 3
+    """Optimizer states, gradients and parameters sharded (FSDP full shard)."""
+
+
+class Recompute(StrEnum):
+    """Activation recomputation (Korthikanti et al. 2022, arXiv 2205.05198)."""
+
+    NONE = "none"
+    SELECTIVE = "selective"
+    """Recompute the cheap, memory-heavy parts (attention core; DeepSeek-V3: norms and
+    MLA up-projections)."""
+    FULL = "full"
+    """Store only each layer's input; recompute the whole forward in backward."""
+
+
+class PipelineSchedule(StrEnum):
+    """Pipeline-parallel schedule; irrelevant when pp == 1."""
+
+    ONE_F_ONE_B = "1f1b"
+    """PipeDream-flush 1F1B (Narayanan et al. 2021)."""
+    INTERLEAVED = "interleaved"
+    """Interleaved 1F1B with vpp model chunks per rank (Narayanan et al. 2021)."""
+    ZERO_BUBBLE = "zero-bubble"
+    """ZB1P (Qi et al. 2023): weight-gradient work fills the bubble."""
+    DUALPIPE = "dualpipe"
+    """Bidirectional DualPipe (DeepSeek-V3 §3.2.1): pp even, micro-batches even, >= 2 pp."""
+    DUALPIPEV = "dualpipev"
+    """DualPipeV, the "cut-in-half" DualPipe: two stages per rank (DualPipe repository)."""
+
+
+DEFAULT_RANK_ORDER = "tp-cp-ep-dp-pp"
+_ORDER_DIMS = frozenset(DEFAULT_RANK_ORDER.split("-"))
+
+
+class Workload(Spec):
+    """What one optimizer step processes."""
+
+    global_batch_size: PositiveInt
+    """Sequences per optimizer step (Megatron ``global_batch_size``)."""
+    seq_length: PositiveInt
+    """Tokens per sequence (Megatron ``seq_length``)."""
+    precision: Precision = Precision.BF16
+    """GEMM precision."""
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.global_batch_size * self.seq_length
+
+
+def _degree(long_name: str, short: str, doc: str, default: int | None = 1):
+    kwargs = {"default": default} if default is not None else {}
+    return Field(
+        validation_alias=AliasChoices(short, long_name),
+        description=doc,
+        ge=1,
+        **kwargs,
+    )
+
+
+class Plan(Spec):
+    """A parallel configuration; world size = tp * cp * dp * pp."""
+
+    tp: int = _degree("tensor_model_parallel_size", "tp", "Tensor-parallel degree.")
+    pp: int = _degree("pipeline_model_parallel_size", "pp", "Pipeline-parallel stages.")
+    vpp: int = _degree(
+        "virtual_pipeline_model_parallel_size",
+        "vpp",
+        "Model chunks per pipeline rank (interleaved schedule); 1 = not interleaved.",
+    )
+    cp: int = _degree("context_parallel_size", "cp", "Context-parallel degree (sequence split).")
+    ep: int = _degree("expert_model_parallel_size", "ep", "Expert-parallel degree.")
+    etp: int | None = Field(
+        default=None,
+        validation_alias=AliasChoices("etp", "expert_tensor_parallel_size"),
+        ge=1,
+        description="Tensor-parallel degree inside experts; None = same as tp (Megatron default).",
+    )
+    dp: int = _degree("data_parallel_size", "dp", "Data-parallel degree.")
+    zero_stage: ZeroStage = ZeroStage.NONE
+    """ZeRO stage over the data-parallel group."""
+    sequence_parallel: bool = False
+    """Megatron sequence parallelism: TP all-reduce becomes reduce-scatter + all-gather
+    and norm/dropout activations are split over tp (no effect when tp == 1)."""
+    recompute: Recompute = Recompute.NONE
+    micro_batch_size: PositiveInt = 1
+    """Sequences per micro-batch (Megatron ``micro_batch_size``)."""
+    pipeline_schedule: PipelineSchedule = PipelineSchedule.ONE_F_ONE_B
+    rank_order: str = DEFAULT_RANK_ORDER
+    """Order in which dimensions are laid over consecutive ranks, fastest first
+    (Megatron ``order``): with the default, TP groups are adjacent GPUs."""
+
+    @field_validator("rank_order")
+    @classmethod
+    def _check_order(cls, value: str) -> str:
+        dims = value.split("-")
+        if len(dims) != len(_ORDER_DIMS) or set(dims) != _ORDER_DIMS:
+            raise ValueError(
+                f"must be a '-'-separated permutation of tp, cp, ep, dp, pp (e.g. {DEFAULT_RANK_ORDER})"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> Plan:
+        schedule = self.pipeline_schedule
+        if self.vpp > 1 and schedule is not PipelineSchedule.INTERLEAVED:
+            raise rule_error("vpp", self.vpp, "vpp > 1 needs pipeline_schedule 'interleaved'")
+        if schedule is PipelineSchedule.INTERLEAVED and self.vpp < 2:
+            raise rule_error("vpp", self.vpp, "pipeline_schedule 'interleaved' needs vpp >= 2")
+        if schedule in (PipelineSchedule.DUALPIPE, PipelineSchedule.DUALPIPEV) and self.pp < 2:
+            raise rule_error("pp", self.pp, f"pipeline_schedule '{schedule}' needs pp >= 2")
+        if schedule is PipelineSchedule.DUALPIPE and self.pp % 2:
+            raise rule_error("pp", self.pp, "DualPipe needs an even number of stages (V3 §3.2.1)")
+        dense_ranks = self.tp * self.cp * self.dp
+        if dense_ranks % (self.ep * self.expert_tp):
+            raise rule_error(
+                "ep",
+                self.ep,
+                f"ep * etp ({self.ep * self.expert_tp}) must divide tp * cp * dp ({dense_ranks})",
+            )
+        return self
+
+    def expert_fold_keeps_stages(self) -> bool:
+        """Whether the expert view puts every rank in the same pipeline stage as the dense
+        view: the dimensions laid out before pp must cover as many ranks in both
+        (Megatron asserts the two views' pp groups are equal). Checked for MoE models."""
+        order = self.rank_order.split("-")
+        before = order[: order.index("pp")]
+        dense = {"tp": self.tp, "cp": self.cp, "ep": 1, "dp": self.dp}
+        expert = {"tp": self.expert_tp, "cp": 1, "ep": self.ep, "dp": self.edp}
+        return self.pp == 1 or math.prod(dense[d] for d in before) == math.prod(expert[d] for d in before)
+
+    @property
+    def expert_tp(self) -> int:
+        """Resolved expert tensor-parallel degree."""
+        return self.etp if self.etp is not None else self.tp
+
+    @property
+    def edp(self) -> int:
+        """Expert data-parallel degree: replicas of each expert within a pipeline stage."""
+        return self.tp * self.cp * self.dp // (self.ep * self.expert_tp)
+
+    @property
+    def world_size(self) -> int:
+        return self.tp * self.cp * self.dp * self.pp
+
+    def num_microbatches(self, workload: Workload) -> int:
+        """Micro-batches per pipeline per step (exact division checked in compat)."""
+        return workload.global_batch_size // (self.dp * self.micro_batch_size)

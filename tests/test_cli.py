@@ -100,3 +100,18 @@ def test_version_and_help():
     assert planner("--version").stdout.startswith("planner ")
     result = planner("describe", "--help")
     assert result.returncode == 0 and "--seq-len" in result.stdout
+
+
+def test_topology_summary_and_route():
+    result = planner("topology", "--cluster", "deepseek-v3-h800", "--route", "0,9", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["elements"]["spine"] == 8
+    assert [hop[2] for hop in data["route"]["hops"]] == ["nvlink", "nvlink", "pcie", "ib", "ib", "pcie"]
+    table = planner("topology", "--cluster", "dgx-h100", "--gpus", "16", "--route", "0,9")
+    assert table.returncode == 0 and "(nvlink, " in table.stdout
+
+
+def test_topology_bad_route():
+    assert_user_error(planner("topology", "--cluster", "dgx-h100", "--gpus", "16", "--route", "0,99"), "gpu = 99")
+    assert_user_error(planner("topology", "--cluster", "dgx-h100", "--route", "zero"), "route = 'zero'")

@@ -61,7 +61,7 @@ def _root(
 
 
 def _register() -> None:
-    from planner.cli import describe  # noqa: F401  (registers its command on `app`)
+    from planner.cli import describe, topology  # noqa: F401  (register their commands on `app`)
 
 
 _register()

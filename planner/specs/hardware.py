@@ -97,6 +97,9 @@ class PCIeSpec(Spec):
     """Cap of one root port toward the CPU (Fire-Flyer §IV-D: ~37.5 GB/s)."""
     gpu_nic_p2p_bandwidth_bytes_per_s: PositiveFloat | None = None
     """GPUDirect GPU <-> NIC limit when the CPU lacks chained writes (EPYC Rome: ~9 GiB/s)."""
+    latency_s: NonNegativeFloat | None = None
+    """GPU-to-GPU small-message latency through the host; None = unknown (paths that need
+    it are reported unsupported rather than guessed)."""
 
 
 class HostSpec(Spec):

@@ -1,0 +1,58 @@
+"""``planner topology``: what the topology graph of a cluster holds, and a route."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from planner.cli.main import OutputFormat, app, reports_errors
+from planner.errors import SpecError
+from planner.hwmodels.topology import build_topology
+from planner.presets import load_cluster
+
+
+@app.command()
+@reports_errors
+def topology(
+    cluster: str = typer.Option(..., "--cluster", "-c", help="Cluster preset name or ClusterSpec YAML file."),
+    gpus: int = typer.Option(None, "--gpus", help="Resize the cluster to this many GPUs (whole nodes)."),
+    route: str = typer.Option(None, "--route", help="Show the path between two GPUs, e.g. '0,9'."),
+    fmt: OutputFormat = typer.Option(OutputFormat.TABLE, "--format", "-f", help="Output format."),
+) -> None:
+    """Summarise a cluster's topology graph: elements, link classes and their achievable
+    bandwidth per direction (GB/s); optionally the route between two GPUs.
+
+    Example: planner topology --cluster deepseek-v3-h800 --route 0,9
+    """
+    topo = build_topology(load_cluster(cluster, gpus))
+    summary = topo.summary()
+    if route:
+        try:
+            src, dst = (int(x) for x in route.split(","))
+        except ValueError:
+            raise SpecError("route", route, "must be two GPU indices 'SRC,DST'") from None
+        summary["route"] = {
+            "src": src,
+            "dst": dst,
+            "hops": [[str(a), str(b), topo.graph.edges[a, b]["kind"], topo.bandwidth((a, b))] for a, b in topo.route(src, dst)],
+            "latency_s": topo.latency_s(src, dst),
+        }
+    if fmt is OutputFormat.JSON:
+        print(json.dumps(summary, indent=2))
+        return
+    console = Console()
+    console.print(f"[bold]{summary['cluster']}[/bold]: {summary['gpus']:,} GPUs; elements: "
+                  + ", ".join(f"{v:,} {k}" for k, v in summary["elements"].items()))
+    table = Table("link class", "directed links", "achievable GB/s per direction")
+    for kind, entry in summary["links"].items():
+        table.add_row(kind, f"{entry['directed_links']:,}",
+                      ", ".join(f"{b / 1e9:,.1f}" for b in entry["bandwidth_bytes_per_s"]))
+    console.print(table)
+    if route:
+        r = summary["route"]
+        console.print(f"route {r['src']} -> {r['dst']} (latency {r['latency_s'] * 1e6:.2f} us):")
+        for a, b, kind, bw in r["hops"]:
+            console.print(f"  {a} -> {b}  ({kind}, {bw / 1e9:,.1f} GB/s)", markup=False)

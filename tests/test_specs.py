@@ -105,6 +105,7 @@ def test_mla_rejects_kv_heads():
     e = err(ModelSpec, {**DENSE, "mla": mla})
     assert e.field == "num_kv_heads"
     data = {k: v for k, v in DENSE.items() if k != "num_kv_heads"}
+    assert err(ModelSpec, {**data, "mla": mla, "qk_norm": True}).field == "qk_norm"
     model = validate_spec(ModelSpec, {**data, "mla": mla})
     assert model.attention_kind is AttentionKind.MLA
     assert model.qk_head_dim == 48

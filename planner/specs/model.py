@@ -189,6 +189,9 @@ class ModelSpec(Spec):
             for field in ("num_kv_heads", "head_dim"):
                 if getattr(self, field) is not None:
                     raise rule_error(field, getattr(self, field), "does not apply to MLA; leave it out")
+            for field in ("add_bias_linear", "add_qkv_bias", "qk_norm"):
+                if getattr(self, field):
+                    raise rule_error(field, True, "is not modelled with MLA (no MLA model uses it)")
         else:
             if self.num_kv_heads is not None and heads % self.num_kv_heads:
                 raise rule_error(

@@ -88,6 +88,7 @@ def test_unparseable_and_missing_files(tmp_path: Path):
 
 def test_needs_exactly_one_subject():
     assert_user_error(planner("describe"), "exactly one")
+    assert_user_error(planner("describe", "--model", "llama3-8b", "--gpus", "64"), "only resizes a --cluster")
 
 
 def test_usage_error_exit_code():

@@ -148,6 +148,8 @@ def describe(
     chosen = [name for name, value in (("--model", model), ("--gpu", gpu), ("--cluster", cluster)) if value]
     if len(chosen) != 1:
         raise SpecError("describe", " ".join(chosen) or None, "give exactly one of --model, --gpu, --cluster (or --list)")
+    if gpus is not None and not cluster:
+        raise SpecError("gpus", gpus, "only resizes a --cluster")
     if model:
         acc = describe_model(load_model(model), seq_len)
         if fmt is OutputFormat.JSON:

@@ -28,12 +28,11 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from functools import cached_property
 
 import networkx as nx
 
 from planner.errors import SpecError, UnsupportedError
-from planner.specs.hardware import ClusterSpec, FabricKind, ScaleUpKind
+from planner.specs.hardware import ClusterSpec, FabricKind, NodeSpec, ScaleUpKind
 
 Edge = tuple[tuple, tuple]
 
@@ -69,6 +68,17 @@ def fabric_layout(cluster: ClusterSpec) -> FabricLayout:
     return FabricLayout(nics_per_plane, rails, down, nodes_per_leaf)
 
 
+def gpus_per_nic(node: NodeSpec) -> int:
+    """GPUs sharing one scale-out NIC (1 on HGX nodes, 8 on Fire-Flyer 2)."""
+    return max(1, node.gpus_per_node // node.nics_per_node)
+
+
+def nic_index(node: NodeSpec, local_gpu: int) -> int:
+    """The NIC (rail) a GPU's inter-node traffic leaves through: GPU i next to NIC
+    i * nics / gpus, as on HGX boards where each PCIe switch pairs GPUs with NICs."""
+    return min(local_gpu // gpus_per_nic(node), node.nics_per_node - 1)
+
+
 @dataclass
 class Topology:
     """The graph plus the routing rules over it."""
@@ -79,11 +89,6 @@ class Topology:
     _routes: dict = field(default_factory=dict, repr=False)
 
     # --- where things are --------------------------------------------------------------
-
-    @cached_property
-    def gpus_per_nic(self) -> int:
-        node = self.cluster.node
-        return max(1, node.gpus_per_node // node.nics_per_node)
 
     def node_of(self, gpu: int) -> int:
         return gpu // self.cluster.node.gpus_per_node
@@ -97,9 +102,8 @@ class Topology:
 
     def nic_of(self, gpu: int) -> tuple:
         """The NIC a GPU's inter-node traffic leaves through (its rail)."""
-        node = self.node_of(gpu)
         local = gpu % self.cluster.node.gpus_per_node
-        return ("nic", node, min(local // self.gpus_per_nic, self.cluster.node.nics_per_node - 1))
+        return ("nic", self.node_of(gpu), nic_index(self.cluster.node, local))
 
     def plane_rail(self, nic: tuple) -> tuple[int, int]:
         index = nic[2]
@@ -113,9 +117,9 @@ class Topology:
         first_node = zone * (self.cluster.fabric.nodes_per_zone or 0)
         return ("leaf", zone, plane, rail, (node - first_node) // self.layout.nodes_per_leaf)
 
-    def gpu_on_rail(self, node: int, nic_index: int) -> int:
-        """A GPU of ``node`` attached to NIC ``nic_index`` (the first one)."""
-        return node * self.cluster.node.gpus_per_node + nic_index * self.gpus_per_nic
+    def gpu_on_rail(self, node: int, rail: int) -> int:
+        """A GPU of ``node`` attached to NIC ``rail`` (the first one)."""
+        return node * self.cluster.node.gpus_per_node + rail * gpus_per_nic(self.cluster.node)
 
     # --- routes ------------------------------------------------------------------------
 
@@ -170,13 +174,12 @@ class Topology:
             # Leave through the NIC on the destination's plane/rail; forward inside the
             # source's NVLink domain to the GPU on that rail when it is not the sender.
             dst_nic = self.nic_of(dst)
-            src_nic = self.nic_of(src)
-            if self.cluster.fabric.planes > 1 or self.layout.rails > 1:
+            src_nic, sender, path = self.nic_of(src), src, []
+            if (self.cluster.fabric.planes > 1 or self.layout.rails > 1) and src_nic[2] != dst_nic[2]:
                 src_nic = ("nic", self.node_of(src), dst_nic[2])
-            relay = self.gpu_on_rail(self.node_of(src), src_nic[2])
-            via = self._intra_node(src, relay) if self.nic_of(src) != src_nic else []
-            sender = relay if via else src
-            path = via + self._gpu_to_nic(sender, src_nic) + self._fabric(src_nic, dst_nic)
+                sender = self.gpu_on_rail(self.node_of(src), src_nic[2])
+                path = self._intra_node(src, sender)
+            path += self._gpu_to_nic(sender, src_nic) + self._fabric(src_nic, dst_nic)
             path += [(b, a) for a, b in reversed(self._gpu_to_nic(dst, dst_nic))]
         self._routes[key] = tuple(path)
         return self._routes[key]
@@ -240,9 +243,8 @@ def _add_node_internals(g: nx.DiGraph, cluster: ClusterSpec, n: int) -> None:
     if pcie is None or pcie.root_ports is None:
         # GPUDirect through a PCIe switch: GPU i next to NIC i * nics / gpus.
         link_bw = pcie.gpu_link_bandwidth_bytes_per_s if pcie else nic_bw
-        gpus_per_nic = max(1, per_node // node.nics_per_node)
         for local in range(per_node):
-            nic = ("nic", n, min(local // gpus_per_nic, node.nics_per_node - 1))
+            nic = ("nic", n, nic_index(node, local))
             _link(g, ("gpu", n * per_node + local), nic, min(link_bw, nic_bw), "pcie")
         return
     host = ("host", n)

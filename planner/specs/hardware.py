@@ -33,6 +33,35 @@ class Dtype(StrEnum):
     FP4 = "fp4"
 
 
+class GPUEfficiency(Spec):
+    """Achievable shares of the datasheet peaks, each set in the preset with its source.
+
+    The compute model prices a GEMM of shape (m, n, k) at
+    ``peak(dtype) * gemm_max_fraction[dtype] * f(m) * f(n) * f(k)`` with
+    ``f(x) = x / (x + gemm_half_dim)``: large GEMMs run at the measured plateau, thin ones
+    (few tokens per expert, narrow TP shards) lose tiles and waves.
+    """
+
+    source: str
+    gemm_max_fraction: dict[Dtype, float]
+    """Large-GEMM plateau as a fraction of the dense peak, per input format."""
+    gemm_half_dim: NonNegativeFloat
+    """GEMM dimension at which that dimension alone halves efficiency."""
+    attention_forward_fraction: float = Fraction
+    """Flash-attention forward FLOP/s as a fraction of the BF16 peak (long sequences)."""
+    attention_backward_fraction: float = Fraction
+    """Flash-attention backward FLOP/s as a fraction of the BF16 peak."""
+    hbm_fraction: float = Fraction
+    """Achievable share of HBM bandwidth for memory-bound kernels (norms, casts, optimizer)."""
+
+    @model_validator(mode="after")
+    def _check(self) -> GPUEfficiency:
+        for dtype, value in self.gemm_max_fraction.items():
+            if not 0.0 < value <= 1.0:
+                raise rule_error(f"gemm_max_fraction.{dtype}", value, "must be in (0, 1]")
+        return self
+
+
 class GPUSpec(Spec):
     """One accelerator. Peaks are dense (no 2:4 sparsity)."""
 
@@ -46,6 +75,8 @@ class GPUSpec(Spec):
     """Streaming multiprocessors (H800: 132; V3 §3.5.1 reserves 20 for communication)."""
     power_w: PositiveFloat | None = None
     """Board power (TDP)."""
+    efficiency: GPUEfficiency | None = None
+    """Achievable fractions of the peaks; the simulator needs them (None = unsupported)."""
 
     @model_validator(mode="after")
     def _check(self) -> GPUSpec:

@@ -1,0 +1,163 @@
+"""Which layers each pipeline stage holds.
+
+The model is a sequence of *pieces*: the input embedding, ``num_layers`` Transformer
+blocks (the first ``num_dense_layers`` with a dense FFN, the rest MoE for a MoE model),
+the final norm + LM head + loss, and the MTP modules (DeepSeek-V3 §2.2; each reuses the
+embedding and head, so it sits on the last stage beside the head, §3.2.3).
+
+A plan cuts that sequence into ``num_chunks`` contiguous model chunks and places them on
+pipeline ranks:
+
+- 1F1B, zero-bubble: pp chunks, chunk r on rank r;
+- interleaved 1F1B: pp * vpp chunks, chunk c on rank c % pp (Megatron's virtual stages);
+- DualPipe: pp chunks; rank r holds chunk r for the forward-direction micro-batches and
+  chunk pp-1-r for the reverse direction, hence 2x parameters (V3 Table 2);
+- DualPipeV: 2 * pp chunks; rank r holds chunk r and chunk 2pp-1-r ("cut-in-half").
+
+Layer split: Megatron splits the blocks evenly when they divide (embedding on the first
+chunk, head on the last); otherwise, or when the ends carry heavy pieces (a large head, MTP),
+:func:`balanced_split` minimises the most expensive chunk over contiguous splits, exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from planner.specs.model import ModelSpec
+from planner.specs.plan import PipelineSchedule, Plan
+
+
+class Piece(StrEnum):
+    """One unit of the model's sequence of layers."""
+
+    EMBEDDING = "embedding"
+    DENSE = "dense"
+    """Attention + dense FFN block."""
+    MOE = "moe"
+    """Attention + MoE block."""
+    HEAD = "head"
+    """Final norm, LM head and the loss."""
+    MTP = "mtp"
+    """One multi-token-prediction module: projection, one block, the shared head again."""
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A contiguous slice of the model placed on one pipeline rank."""
+
+    index: int
+    rank: int
+    pieces: tuple[Piece, ...]
+
+    def count(self, piece: Piece) -> int:
+        return sum(1 for p in self.pieces if p is piece)
+
+    @property
+    def num_blocks(self) -> int:
+        return sum(1 for p in self.pieces if p in (Piece.DENSE, Piece.MOE))
+
+
+@dataclass(frozen=True)
+class Partition:
+    """All chunks of a plan, in model order, and which ranks hold them."""
+
+    chunks: tuple[Chunk, ...]
+    pp: int
+    mirrored: bool = False
+    """DualPipe: every rank also holds the mirror chunk pp-1-r (the reverse direction)."""
+
+    def chunks_of_rank(self, rank: int) -> tuple[Chunk, ...]:
+        """Chunks whose parameters live on ``rank`` (two for DualPipe and DualPipeV)."""
+        own = [c for c in self.chunks if c.rank == rank]
+        if self.mirrored:
+            own.append(self.chunks[self.pp - 1 - rank])
+        return tuple(own)
+
+
+def model_pieces(model: ModelSpec) -> tuple[Piece, ...]:
+    """The model's pieces in execution order."""
+    blocks = [Piece.DENSE] * model.num_dense_ffn_layers + [Piece.MOE] * model.num_moe_layers
+    return (Piece.EMBEDDING, *blocks, Piece.HEAD, *([Piece.MTP] * model.mtp_depth))
+
+
+def num_chunks(plan: Plan) -> int:
+    if plan.pipeline_schedule is PipelineSchedule.DUALPIPEV:
+        return 2 * plan.pp
+    return plan.pp * plan.vpp
+
+
+def chunk_rank(plan: Plan, index: int) -> int:
+    """Pipeline rank that holds model chunk ``index``."""
+    pp = plan.pp
+    if plan.pipeline_schedule is PipelineSchedule.DUALPIPEV:
+        return index if index < pp else 2 * pp - 1 - index
+    return index % pp
+
+
+def balanced_split(costs: list[float], parts: int) -> list[int]:
+    """Sizes of ``parts`` contiguous, non-empty groups of ``costs`` minimising the largest
+    group sum (exact dynamic programme, O(parts * n^2) with n <= a few hundred)."""
+    n = len(costs)
+    if not 1 <= parts <= n:
+        raise ValueError(f"cannot split {n} items into {parts} non-empty parts")
+    prefix = [0.0]
+    for c in costs:
+        prefix.append(prefix[-1] + c)
+    inf = float("inf")
+    # best[k][i]: minimal bottleneck for the first i items in k parts; cut[k][i]: last cut.
+    best = [[inf] * (n + 1) for _ in range(parts + 1)]
+    cut = [[0] * (n + 1) for _ in range(parts + 1)]
+    best[0][0] = 0.0
+    for k in range(1, parts + 1):
+        for i in range(k, n - (parts - k) + 1):
+            for j in range(k - 1, i):
+                value = max(best[k - 1][j], prefix[i] - prefix[j])
+                if value < best[k][i]:
+                    best[k][i], cut[k][i] = value, j
+    sizes, i = [], n
+    for k in range(parts, 0, -1):
+        j = cut[k][i]
+        sizes.append(i - j)
+        i = j
+    return sizes[::-1]
+
+
+def partition(model: ModelSpec, plan: Plan, piece_cost: dict[Piece, float] | None = None) -> Partition:
+    """Split ``model`` into the plan's chunks.
+
+    ``piece_cost`` (relative compute of each piece) switches on the balanced split; without
+    it the blocks are split evenly (Megatron) and an uneven count falls back to balancing
+    blocks as equal units.
+    """
+    parts = num_chunks(plan)
+    pieces = model_pieces(model)
+    blocks = model.num_layers
+    if piece_cost is None and blocks % parts == 0:
+        per = blocks // parts
+        groups: list[list[Piece]] = []
+        body = list(pieces[1 : 1 + blocks])
+        for k in range(parts):
+            groups.append(body[k * per : (k + 1) * per])
+        groups[0].insert(0, Piece.EMBEDDING)
+        groups[-1].extend(pieces[1 + blocks :])
+    else:
+        cost = piece_cost or {Piece.DENSE: 1.0, Piece.MOE: 1.0}
+        # The embedding and the head/MTP tail are glued to their neighbours: a chunk
+        # needs at least one block (or the tail) to be worth a pipeline stage.
+        units: list[list[Piece]] = [[p] for p in pieces[1 : 1 + blocks]]
+        units[0].insert(0, Piece.EMBEDDING)
+        tail = list(pieces[1 + blocks :])
+        if parts < len(units) + 1:
+            units.append(tail)
+        else:
+            units[-1].extend(tail)
+        weights = [sum(cost.get(p, 0.0) for p in unit) for unit in units]
+        sizes = balanced_split(weights, parts)
+        groups, start = [], 0
+        for size in sizes:
+            groups.append([p for unit in units[start : start + size] for p in unit])
+            start += size
+    chunks = tuple(Chunk(k, chunk_rank(plan, k), tuple(g)) for k, g in enumerate(groups))
+    mirrored = plan.pipeline_schedule is PipelineSchedule.DUALPIPE
+    return Partition(chunks=chunks, pp=plan.pp, mirrored=mirrored)

@@ -65,8 +65,15 @@ def test_fire_flyer_node(fire_flyer):
     shared = g.nodes[("gpu", 5)]["root_port"]
     assert fire_flyer.bandwidth((shared, ("host", 0))) == pytest.approx(37.5e9)
     assert kinds(fire_flyer, 0, 8)[2:5] == ["pcie", "ib", "ib"]
+    # The preset now carries an ASSUMPTION PCIe latency (fire-flyer-2.yaml); without one the
+    # path is unsupported rather than guessed.
+    assert fire_flyer.latency_s(0, 2) == pytest.approx(fire_flyer.cluster.node.pcie.latency_s)
+    no_latency = fire_flyer.cluster.node.pcie.model_copy(update={"latency_s": None})
+    bare = fire_flyer.cluster.model_copy(
+        update={"node": fire_flyer.cluster.node.model_copy(update={"pcie": no_latency})}
+    )
     with pytest.raises(UnsupportedError):
-        fire_flyer.latency_s(0, 2)  # no published PCIe latency in the preset
+        build_topology(bare.with_num_gpus(16)).latency_s(0, 2)
 
 
 def test_zones_connect_through_the_cross_zone_link():

@@ -17,6 +17,10 @@ pipeline ranks:
 Layer split: Megatron splits the blocks evenly when they divide (embedding on the first
 chunk, head on the last); otherwise, or when the ends carry heavy pieces (a large head, MTP),
 :func:`balanced_split` minimises the most expensive chunk over contiguous splits, exactly.
+Under DualPipe/DualPipeV a rank runs *both* its chunks for every micro-batch, so what must
+balance is the pair: :func:`pair_balanced_counts` water-fills blocks onto ranks around
+the fixed pieces (embedding, head, MTP) of their chunks, which is how DeepSeek-V3 can put
+the embedding and the head on one rank (§3.2.3).
 """
 
 from __future__ import annotations
@@ -123,6 +127,59 @@ def balanced_split(costs: list[float], parts: int) -> list[int]:
     return sizes[::-1]
 
 
+def pair_balanced_counts(rank_chunks: list[list[int]], fixed: list[float], blocks: int, block_cost: float) -> list[int]:
+    """Blocks per chunk when each rank runs all of its chunks for every micro-batch.
+
+    Greedy water-filling, one block at a time, onto the least-loaded rank (exact for
+    equal block costs: it minimises the largest rank load), then each rank's blocks are
+    shared evenly over its chunks (shallower chunk first). Every chunk gets a block
+    whenever there are enough blocks, so no chunk is a bare embedding."""
+    counts = [0] * len(fixed)
+    load = [sum(fixed[c] for c in chunks) for chunks in rank_chunks]
+    per_rank = [0] * len(rank_chunks)
+    # Seed one block per chunk so that every chunk computes something.
+    for r, chunks in enumerate(rank_chunks):
+        per_rank[r] += len(chunks)
+        load[r] += len(chunks) * block_cost
+    remaining = blocks - sum(per_rank)
+    for _ in range(remaining):
+        r = min(range(len(load)), key=lambda i: (load[i], i))
+        per_rank[r] += 1
+        load[r] += block_cost
+    for r, chunks in enumerate(rank_chunks):
+        base, extra = divmod(per_rank[r], len(chunks))
+        for i, c in enumerate(sorted(chunks)):
+            counts[c] = base + (1 if i < extra else 0)
+    return counts
+
+
+def _dual_partition(model: ModelSpec, plan: Plan, piece_cost: dict[Piece, float]) -> tuple[list[Piece], ...]:
+    parts = num_chunks(plan)
+    pieces = model_pieces(model)
+    blocks = model.num_layers
+    tail = list(pieces[1 + blocks :])
+    fixed = [0.0] * parts
+    fixed[0] += piece_cost.get(Piece.EMBEDDING, 0.0)
+    fixed[-1] += sum(piece_cost.get(p, 0.0) for p in tail)
+    block_cost = piece_cost.get(Piece.MOE if model.moe else Piece.DENSE, 1.0)
+    if plan.pipeline_schedule is PipelineSchedule.DUALPIPE:
+        rank_chunks = [[r, plan.pp - 1 - r] for r in range(plan.pp)]
+    else:
+        rank_chunks = [[c for c in range(parts) if chunk_rank(plan, c) == r] for r in range(plan.pp)]
+    # DualPipe's chunk r and chunk pp-1-r sit on ranks r and pp-1-r both: balance half.
+    if plan.pipeline_schedule is PipelineSchedule.DUALPIPE:
+        rank_chunks = rank_chunks[: plan.pp // 2]
+    counts = pair_balanced_counts(rank_chunks, fixed, blocks, block_cost)
+    body = list(pieces[1 : 1 + blocks])
+    groups, start = [], 0
+    for n in counts:
+        groups.append(body[start : start + n])
+        start += n
+    groups[0].insert(0, Piece.EMBEDDING)
+    groups[-1].extend(tail)
+    return tuple(groups)
+
+
 def partition(model: ModelSpec, plan: Plan, piece_cost: dict[Piece, float] | None = None) -> Partition:
     """Split ``model`` into the plan's chunks.
 
@@ -133,7 +190,10 @@ def partition(model: ModelSpec, plan: Plan, piece_cost: dict[Piece, float] | Non
     parts = num_chunks(plan)
     pieces = model_pieces(model)
     blocks = model.num_layers
-    if piece_cost is None and blocks % parts == 0:
+    dual = plan.pipeline_schedule in (PipelineSchedule.DUALPIPE, PipelineSchedule.DUALPIPEV)
+    if dual and piece_cost is not None and blocks >= parts:
+        groups = list(_dual_partition(model, plan, piece_cost))
+    elif piece_cost is None and blocks % parts == 0:
         per = blocks // parts
         groups: list[list[Piece]] = []
         body = list(pieces[1 : 1 + blocks])

@@ -128,6 +128,9 @@ class PCIeSpec(Spec):
     """Cap of one root port toward the CPU (Fire-Flyer §IV-D: ~37.5 GB/s)."""
     gpu_nic_p2p_bandwidth_bytes_per_s: PositiveFloat | None = None
     """GPUDirect GPU <-> NIC limit when the CPU lacks chained writes (EPYC Rome: ~9 GiB/s)."""
+    root_port_duplex_bandwidth_bytes_per_s: PositiveFloat | None = None
+    """Cap on the sum of both directions through one root port, for ports that lose
+    bandwidth when traffic runs both ways (Fire-Flyer §IV-D); None = directions independent."""
     latency_s: NonNegativeFloat | None = None
     """GPU-to-GPU small-message latency through the host; None = unknown (paths that need
     it are reported unsupported rather than guessed)."""
@@ -139,6 +142,9 @@ class HostSpec(Spec):
     cpu_sockets: PositiveInt
     memory_bandwidth_bytes_per_s: PositiveFloat
     """Practical host memory bandwidth."""
+    cpu_allreduce: bool = False
+    """The node runs HFReduce-style all-reduce (Fire-Flyer §IV): D2H copy, CPU reduction in
+    host memory, inter-node double binary tree from host memory, H2D with GDRCopy."""
 
 
 class NodeSpec(Spec):
@@ -154,6 +160,16 @@ class NodeSpec(Spec):
     """Share of NIC line rate that large messages reach."""
     pcie: PCIeSpec | None = None
     host: HostSpec | None = None
+
+    @model_validator(mode="after")
+    def _check_root_ports(self) -> NodeSpec:
+        # A root port naming a GPU the node lacks is a dangling link in the topology.
+        ports = self.pcie.root_ports if self.pcie is not None else None
+        if ports is not None and sorted(i for port in ports for i in port) != list(range(self.gpus_per_node)):
+            raise rule_error(
+                "pcie.root_ports", ports, f"must place each of the {self.gpus_per_node} GPUs (0..{self.gpus_per_node - 1}) once"
+            )
+        return self
 
 
 class FabricKind(StrEnum):
@@ -184,6 +200,9 @@ class FabricSpec(Spec):
     nodes_per_zone: PositiveInt | None = None
     cross_zone_bandwidth_bytes_per_s: PositiveFloat | None = None
     """Total bandwidth between zones per direction; required when zones > 1."""
+    cross_zone_flow_bandwidth_bytes_per_s: PositiveFloat | None = None
+    """What one node-to-node flow gets across the zone links (static routing pins a node
+    pair to one path); None = only the total applies."""
     latency_same_leaf_s: NonNegativeFloat
     latency_cross_leaf_s: NonNegativeFloat
 

@@ -1,0 +1,91 @@
+"""``planner validate``: predict published training runs and score the predictions.
+
+Reads a case file in the schema of ``shared/validation/README.md`` (default: the shipped
+public cases), writes one prediction per case (``case_id,predicted_step_time_s,status,
+message``) and prints the error summary: median absolute percentage error and the share of
+cases within 15%, overall, per source and per confidence. ``--report DIR`` also writes
+``summary.json`` and ``per_case.csv``. Defaults taken for empty cells are documented in
+:mod:`planner.validation.cases` and named in each case's message.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from planner.cli.main import OutputFormat, app, reports_errors
+from planner.errors import SpecError
+from planner.presets import data_root
+from planner.validation import read_cases, run_cases, score, write_per_case, write_predictions
+from planner.validation.run import WITHIN, GroupScore, Summary
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def _group_table(title: str, groups: dict[str, GroupScore]) -> Table:
+    table = Table(title=title, title_justify="left")
+    table.add_column(title.split()[-1])
+    for name in ("cases", "ok", "median APE", f"within {WITHIN:.0%}"):
+        table.add_column(name, justify="right")
+    for name, g in groups.items():
+        table.add_row(name, str(g.cases), str(g.ok), _pct(g.median_ape), _pct(g.within))
+    return table
+
+
+def _print_summary(summary: Summary, console: Console) -> None:
+    o = summary.overall
+    statuses = ", ".join(f"{n} {k}" for k, n in summary.by_status.items() if n)
+    console.print(
+        f"[bold]{o.cases} cases[/bold] ({statuses}): median APE [bold]{_pct(o.median_ape)}[/bold] "
+        f"over the ok cases, [bold]{_pct(o.within)}[/bold] of the {o.measured} measured cases "
+        f"ok and within {WITHIN:.0%}"
+    )
+    console.print(_group_table("Per source", summary.by_source))
+    console.print(_group_table("Per confidence", summary.by_confidence))
+
+
+def _write_report(folder: Path, summary: Summary) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SpecError("report", str(folder), f"cannot be created ({exc.strerror})") from None
+    (folder / "summary.json").write_text(json.dumps(summary.as_dict(), indent=2) + "\n")
+    write_per_case(folder / "per_case.csv", summary)
+
+
+@app.command()
+@reports_errors
+def validate(
+    cases: Path = typer.Option(
+        None, "--cases", help="Case file (CSV, validation schema); default: the shipped public cases."
+    ),
+    out: Path = typer.Option(None, "--out", "-o", help="Write predictions here (CSV)."),
+    report: Path = typer.Option(None, "--report", help="Also write summary.json and per_case.csv here."),
+    fmt: OutputFormat = typer.Option(OutputFormat.TABLE, "--format", "-f", help="Output format of the summary."),
+) -> None:
+    """Predict the step time of published training runs and score against the measurements.
+
+    Examples: planner validate --out pred.csv;
+    planner validate --cases my_cases.csv --out pred.csv --report report/ --format json.
+    """
+    path = cases or data_root() / "validation" / "public_cases.csv"
+    rows = read_cases(path)
+    results = run_cases(rows)
+    if out is not None:
+        try:
+            write_predictions(out, results)
+        except OSError as exc:
+            raise SpecError("out", str(out), f"cannot be written ({exc.strerror})") from None
+    summary = score(rows, results)
+    if report is not None:
+        _write_report(report, summary)
+    if fmt is OutputFormat.JSON:
+        print(json.dumps(summary.as_dict(), indent=2))
+    else:
+        _print_summary(summary, Console())

@@ -1,0 +1,204 @@
+"""Communication of a plan, per parallel dimension, priced on the placed rank groups.
+
+Volumes per micro-batch per piece on one GPU (T = tokens per GPU, d = hidden, 2-byte
+activations), and the collective each becomes (Megatron-LM; DeepSeek-V3 §3.2):
+
+- TP: the row-parallel outputs of attention and FFN/MoE are all-reduced, 2 per block in
+  forward and 2 in backward (Shoeybi et al. 2019 §3, Fig. 4); with sequence parallelism
+  each becomes a reduce-scatter + all-gather of the same buffer (Korthikanti et al. 2022
+  §4.2.2). The vocab-parallel embedding all-reduces its output in forward, the head its
+  input gradient in backward. Exposed: Megatron runs them on the compute stream.
+- CP: ring attention passes the key/value blocks around the cp ranks, (cp-1) blocks in
+  forward, the blocks and their gradients in backward (Megatron-LM context parallelism);
+  priced as an all-gather (forward) and all-gather + reduce-scatter (backward) of the
+  K/V of the cp group; hidden behind the attention core up to its duration.
+- EP: dispatch and combine of the routed tokens per MoE layer in forward, and again in
+  backward, through :func:`planner.hwmodels.collectives.moe_all_to_all` (hierarchical and
+  node-limited; FP8 dispatch and BF16 combine under FP8 plans, V3 §3.3.3).
+- PP: one activation (forward) or gradient (backward) of T x d per micro-batch between
+  consecutive chunks on different ranks.
+- DP/ZeRO: per step, see :func:`dp_step_comm`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from planner.costmodel.partition import Chunk, Piece
+from planner.hwmodels.alltoall import moe_all_to_all
+from planner.hwmodels.collectives import CollectiveOp, collective_cost
+from planner.hwmodels.placement import RankLayout
+from planner.specs.hardware import ClusterSpec
+from planner.specs.model import ModelSpec
+from planner.specs.plan import Plan, Precision, Workload, ZeroStage
+
+BF16_BYTES = 2.0
+
+
+def stage_groups(layout: RankLayout, dims: str, stage: int, experts: bool = False) -> np.ndarray:
+    """The groups of dimension ``dims`` whose ranks sit in pipeline stage ``stage``.
+
+    Ranks are GPUs: rank r runs on GPU r (node r // gpus_per_node, torchrun's order)."""
+    groups = layout.groups(dims, experts=experts)
+    in_stage = layout.groups("pp")[:, stage]
+    return groups[np.isin(groups[:, 0], in_stage)]
+
+
+@dataclass(frozen=True)
+class PieceComm:
+    """Seconds of communication for one micro-batch of one piece on one GPU."""
+
+    tp_forward_s: float = 0.0
+    tp_backward_s: float = 0.0
+    cp_forward_s: float = 0.0
+    cp_backward_s: float = 0.0
+    ep_forward_s: float = 0.0
+    ep_backward_s: float = 0.0
+
+    def __add__(self, other: PieceComm) -> PieceComm:
+        return PieceComm(*(a + b for a, b in zip(self.astuple(), other.astuple())))
+
+    def astuple(self) -> tuple[float, ...]:
+        return (
+            self.tp_forward_s, self.tp_backward_s, self.cp_forward_s,
+            self.cp_backward_s, self.ep_forward_s, self.ep_backward_s,
+        )
+
+
+class StageComm:
+    """Communication costs of one pipeline stage, computed once per piece kind."""
+
+    def __init__(self, model: ModelSpec, cluster: ClusterSpec, plan: Plan, workload: Workload,
+                 layout: RankLayout, stage: int):
+        self.model, self.cluster, self.plan, self.workload = model, cluster, plan, workload
+        self.stage = stage
+        self.tokens = plan.micro_batch_size * workload.seq_length / plan.cp
+        d = model.hidden_size
+        act_bytes = self.tokens * d * BF16_BYTES
+        self.tp_allreduce_s = 0.0
+        if plan.tp > 1:
+            groups = stage_groups(layout, "tp", stage)
+            if plan.sequence_parallel:
+                rs = collective_cost(cluster, CollectiveOp.REDUCE_SCATTER, groups, act_bytes).time_s
+                ag = collective_cost(cluster, CollectiveOp.ALL_GATHER, groups, act_bytes).time_s
+                self.tp_allreduce_s = rs + ag
+            else:
+                self.tp_allreduce_s = collective_cost(cluster, CollectiveOp.ALL_REDUCE, groups, act_bytes).time_s
+        self.cp_forward_s = self.cp_backward_s = 0.0
+        if plan.cp > 1:
+            groups = stage_groups(layout, "cp", stage)
+            kv = self.tokens * _kv_width(model) / plan.tp * BF16_BYTES * plan.cp
+            ag = collective_cost(cluster, CollectiveOp.ALL_GATHER, groups, kv).time_s
+            rs = collective_cost(cluster, CollectiveOp.REDUCE_SCATTER, groups, kv).time_s
+            self.cp_forward_s, self.cp_backward_s = ag, ag + rs
+        self.ep_dispatch_s = self.ep_combine_s = 0.0
+        if model.moe is not None and plan.ep > 1:
+            moe = model.moe
+            groups = stage_groups(layout, "ep", stage, experts=True)
+            fp8 = workload.precision is Precision.FP8
+            # With tp > 1 the tp ranks hold the same tokens; each sends its 1/tp share
+            # (Megatron's alltoall dispatcher after the sequence-parallel split).
+            cost = moe_all_to_all(
+                cluster,
+                groups,
+                tokens_per_rank=max(1, round(self.tokens / plan.tp)),
+                hidden_size=d,
+                top_k=moe.top_k,
+                num_experts=moe.num_experts,
+                node_limit=moe.num_limited_groups,
+                dispatch_bytes_per_element=1.0 if fp8 else BF16_BYTES,
+                combine_bytes_per_element=BF16_BYTES,
+            )
+            self.ep_dispatch_s, self.ep_combine_s = cost.dispatch_s, cost.combine_s
+
+    def piece(self, piece: Piece) -> PieceComm:
+        tp = self.tp_allreduce_s
+        if piece is Piece.EMBEDDING:
+            return PieceComm(tp_forward_s=tp)
+        if piece is Piece.HEAD:
+            return PieceComm(tp_backward_s=tp)
+        moe_block = self.model.moe is not None and piece in (Piece.MOE, Piece.MTP)
+        ep = self.ep_dispatch_s + self.ep_combine_s if moe_block else 0.0
+        extra_head = tp if piece is Piece.MTP else 0.0
+        return PieceComm(
+            tp_forward_s=2 * tp,
+            tp_backward_s=2 * tp + extra_head,
+            cp_forward_s=self.cp_forward_s,
+            cp_backward_s=self.cp_backward_s,
+            ep_forward_s=ep,
+            ep_backward_s=ep,
+        )
+
+    def chunk(self, chunk: Chunk) -> PieceComm:
+        total = PieceComm()
+        for piece in chunk.pieces:
+            total = total + self.piece(piece)
+        return total
+
+
+def _kv_width(model: ModelSpec) -> float:
+    """Key + value channels per token that ring attention passes (all heads)."""
+    h = model.num_attention_heads
+    if model.mla is not None:
+        return h * (model.qk_head_dim + model.v_head_dim)
+    return 2 * model.kv_heads * model.kv_channels
+
+
+def pp_p2p_s(cluster: ClusterSpec, plan: Plan, workload: Workload, layout: RankLayout, model: ModelSpec) -> float:
+    """Seconds to send one micro-batch's activation to the next pipeline rank (all ranks
+    of a stage send at once, so NICs are shared as placed)."""
+    if plan.pp == 1:
+        return 0.0
+    tokens = plan.micro_batch_size * workload.seq_length / plan.cp
+    if plan.sequence_parallel and plan.tp > 1:
+        tokens /= plan.tp
+    nbytes = tokens * model.hidden_size * BF16_BYTES
+    groups = layout.groups("pp")
+    pairs = np.stack([groups[:, 0], groups[:, 1]], axis=1)
+    return collective_cost(cluster, CollectiveOp.P2P, pairs, nbytes).time_s
+
+
+@dataclass(frozen=True)
+class DPComm:
+    """Data-parallel communication of one pipeline rank per step."""
+
+    step_s: float
+    """Once per step: gradient reduction (+ parameter all-gather for ZeRO-1/2)."""
+    per_microbatch_s: float
+    """ZeRO-3: parameter all-gathers and gradient reduce-scatter every micro-batch."""
+
+
+def grad_reduce_bytes_per_param(workload: Workload) -> float:
+    """Megatron-LM reduces gradients in FP32 under BF16 (``accumulate_allreduce_grads_in_fp32``
+    is forced on for bf16 in megatron/training/arguments.py) and in FP16 under FP16."""
+    return 2.0 if workload.precision is Precision.FP16 else 4.0
+
+
+def dp_step_comm(
+    cluster: ClusterSpec, plan: Plan, workload: Workload, layout: RankLayout, stage: int,
+    dense_params: float, expert_params: float,
+) -> DPComm:
+    """Gradient sync of ``dense_params`` (over dp*cp) and ``expert_params`` (over edp) held
+    by one GPU of ``stage`` (already divided by tp / ep*etp, not by ZeRO)."""
+    grad = grad_reduce_bytes_per_param(workload)
+    zero = plan.zero_stage
+    step = micro = 0.0
+    for params, dims, experts in ((dense_params, "cp-dp" if plan.cp > 1 else "dp", False),
+                                  (expert_params, "edp", True)):
+        if params <= 0:
+            continue
+        groups = stage_groups(layout, dims, stage, experts=experts)
+        if groups.shape[1] == 1:
+            continue
+        if zero is ZeroStage.NONE:
+            step += collective_cost(cluster, CollectiveOp.ALL_REDUCE, groups, params * grad).time_s
+        elif zero in (ZeroStage.OPTIMIZER, ZeroStage.GRADIENTS):
+            step += collective_cost(cluster, CollectiveOp.REDUCE_SCATTER, groups, params * grad).time_s
+            step += collective_cost(cluster, CollectiveOp.ALL_GATHER, groups, params * BF16_BYTES).time_s
+        else:
+            ag = collective_cost(cluster, CollectiveOp.ALL_GATHER, groups, params * BF16_BYTES).time_s
+            rs = collective_cost(cluster, CollectiveOp.REDUCE_SCATTER, groups, params * grad).time_s
+            micro += 2 * ag + rs
+    return DPComm(step, micro)

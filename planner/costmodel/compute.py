@@ -1,0 +1,321 @@
+"""Compute time of one micro-batch through one model piece on one GPU, op by op.
+
+Every piece (:class:`~planner.costmodel.partition.Piece`) is a list of :class:`Op`: GEMMs
+with their (m, n, k) shape, the flash-attention core, and memory-bound kernels (norms,
+activations, RoPE, residuals, MoE permutes, FP8 casts, the loss) with the HBM bytes they
+move. Shapes are per GPU after sharding:
+
+- tokens per GPU ``T = micro_batch * seq / cp``; tensor parallelism splits GEMM widths by
+  ``tp`` (Megatron column/row-parallel linears), sequence parallelism splits the
+  memory-bound ops' tokens by ``tp``;
+- MLA's down-projections (W_DQ, W_DKV+W_KR) are replicated over tp, as Megatron-LM's MLA
+  does; the up-projections and W_O are split;
+- routed experts: the stage's tp*cp*dp GPUs hold num_experts/ep experts each (etp-split);
+  with balanced routing each GPU's experts see ``T_tp * top_k * etp / tp`` token rows in
+  all (``T_tp = micro_batch * seq / cp`` tokens of its tp group), i.e. for DeepSeek-V3
+  (EP64, top-8 of 256, 4096 tokens) 8192 rows per expert GEMM.
+
+Timing (DESIGN.md §4): a GEMM takes ``2mnk / (peak(dtype) * eff(m, n, k))`` with the GPU
+preset's efficiency model; FP8 plans run the Linear GEMMs (Fprop, Dgrad, Wgrad) in FP8 and
+keep embedding, head, router and attention in BF16 (DeepSeek-V3 §3.3.1). Backward: every
+GEMM costs the same shape again for the input gradient (B) and for the weight gradient
+(W); attention backward is ``attention_backward_flops_ratio`` x its forward FLOPs (B only);
+memory-bound kernels move twice their forward bytes in backward (B). Recomputation adds
+forward work to B: ``full`` the whole piece, ``selective`` the core attention (Megatron,
+Korthikanti et al. 2022 §4.2) or, for MLA models, the norms and the MLA up-projections
+(DeepSeek-V3 §3.2.3) plus the SwiGLU output (§3.3.3).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from enum import StrEnum
+
+import yaml
+
+from planner.costmodel.partition import Piece
+from planner.errors import UnsupportedError
+from planner.presets import data_root
+from planner.specs.hardware import Dtype, GPUSpec
+from planner.specs.model import FFNActivation, ModelSpec
+from planner.specs.plan import Plan, Precision, Recompute, Workload
+
+BF16_BYTES = 2.0
+FP32_BYTES = 4.0
+
+
+@functools.cache
+def compute_constants() -> dict:
+    """Framework constants of the compute model (data/costmodel/compute.yaml)."""
+    return yaml.safe_load((data_root() / "costmodel" / "compute.yaml").read_text())
+
+
+class OpKind(StrEnum):
+    GEMM = "gemm"
+    ATTENTION = "attention"
+    """Flash-attention core: QK^T, softmax, PV."""
+    MEMORY = "memory"
+    """Bandwidth-bound kernel, priced by the bytes it moves."""
+
+
+@dataclass(frozen=True)
+class Op:
+    """One kernel of a piece's forward pass on one GPU, for one micro-batch."""
+
+    name: str
+    kind: OpKind
+    flops: float = 0.0
+    """Forward FLOPs (GEMMs: 2*m*n*k*count)."""
+    shape: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    """GEMM (m, n, k)."""
+    count: float = 1.0
+    """How many GEMMs of this shape (e.g. local experts)."""
+    bytes: float = 0.0
+    """Forward HBM traffic of a memory-bound kernel."""
+    fp8: bool = False
+    """A Linear GEMM that runs in FP8 when the workload's precision is fp8."""
+    recompute_selective: bool = False
+    """Repeated in backward under selective recomputation."""
+
+
+def _gemm(name: str, m: float, n: float, k: float, count: float = 1.0, fp8: bool = True, sel: bool = False) -> Op:
+    return Op(name, OpKind.GEMM, 2.0 * m * n * k * count, (m, n, k), count, fp8=fp8, recompute_selective=sel)
+
+
+def _mem(name: str, nbytes: float, sel: bool = False) -> Op:
+    return Op(name, OpKind.MEMORY, bytes=nbytes, recompute_selective=sel)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Token and width sharding of one GPU under a plan."""
+
+    tokens: float
+    """Tokens per GPU entering GEMMs (micro_batch * seq / cp)."""
+    elementwise_tokens: float
+    """Tokens per GPU for norms/residuals (further / tp with sequence parallelism)."""
+    tp: int
+    seq_length: int
+
+    @classmethod
+    def of(cls, plan: Plan, workload: Workload) -> Shard:
+        tokens = plan.micro_batch_size * workload.seq_length / plan.cp
+        sp = plan.sequence_parallel and plan.tp > 1
+        return cls(tokens, tokens / plan.tp if sp else tokens, plan.tp, workload.seq_length)
+
+
+def _norm_ops(model: ModelSpec, s: Shard, name: str, sel: bool) -> list[Op]:
+    # RMSNorm/LayerNorm reads and writes T x d in BF16.
+    return [_mem(name, 2 * s.elementwise_tokens * model.hidden_size * BF16_BYTES, sel)]
+
+
+def _cast(name: str, elements: float, precision: Precision) -> list[Op]:
+    if precision is not Precision.FP8:
+        return []
+    # Quantise a BF16 activation to FP8 with per-tile scales: read 2 B, write 1 B (+scales).
+    return [_mem(name, elements * 3.0)]
+
+
+def attention_ops(model: ModelSpec, plan: Plan, s: Shard, precision: Precision) -> list[Op]:
+    """Input norm, projections, core attention, output projection, residual."""
+    d, h, t, T = model.hidden_size, model.num_attention_heads, s.tp, s.tokens
+    mla = model.mla
+    mla_selective = mla is not None
+    ops = _norm_ops(model, s, "attn_norm", mla_selective)
+    ops += _cast("attn_in_cast", T * d, precision)
+    if mla is not None:
+        qk = mla.qk_nope_head_dim + mla.qk_rope_head_dim
+        if mla.q_lora_rank:
+            ops.append(_gemm("q_down", T, mla.q_lora_rank, d))
+            ops += _norm_ops(model.model_copy(update={"hidden_size": mla.q_lora_rank}), s, "q_norm", True)
+            ops.append(_gemm("q_up", T, h * qk / t, mla.q_lora_rank, sel=True))
+        else:
+            ops.append(_gemm("q_proj", T, h * qk / t, d))
+        ops.append(_gemm("kv_down", T, mla.kv_lora_rank + mla.qk_rope_head_dim, d))
+        ops += _norm_ops(model.model_copy(update={"hidden_size": mla.kv_lora_rank}), s, "kv_norm", True)
+        ops.append(_gemm("kv_up", T, h * (mla.qk_nope_head_dim + mla.v_head_dim) / t, mla.kv_lora_rank, sel=True))
+        rope_elems = T * (h / t + 1) * mla.qk_rope_head_dim
+        out_in = h * mla.v_head_dim / t
+    else:
+        c, g = model.kv_channels, model.kv_heads
+        ops.append(_gemm("qkv", T, (h + 2 * g) * c / t, d))
+        rope_elems = T * (h + g) * c / t
+        out_in = h * c / t
+    ops.append(_mem("rope", 2 * rope_elems * BF16_BYTES))
+    core = 2.0 * T * (h / t) * (model.qk_head_dim + model.v_head_dim) * (s.seq_length / 2)
+    ops.append(Op("core_attention", OpKind.ATTENTION, flops=core, recompute_selective=not mla_selective))
+    ops += _cast("out_in_cast", T * out_in, precision)
+    ops.append(_gemm("out_proj", T, d, out_in))
+    ops.append(_mem("attn_residual", 3 * s.elementwise_tokens * d * BF16_BYTES))
+    return ops
+
+
+def _ffn_ops(model: ModelSpec, name: str, rows: float, width: float, count: float, precision: Precision, mla_sel: bool) -> list[Op]:
+    """One (or ``count``) FFN of intermediate ``width`` per GPU on ``rows`` tokens each."""
+    d = model.hidden_size
+    ops = _cast(f"{name}_in_cast", rows * d * count, precision)
+    if model.ffn_activation is FFNActivation.SWIGLU:
+        ops.append(_gemm(f"{name}_up_gate", rows, 2 * width, d, count))
+        # SwiGLU reads gate and up, writes the product (DeepSeek-V3 recomputes it, §3.3.3).
+        ops.append(_mem(f"{name}_swiglu", 3 * rows * width * count * BF16_BYTES, mla_sel))
+    else:
+        ops.append(_gemm(f"{name}_up", rows, width, d, count))
+        ops.append(_mem(f"{name}_gelu", 2 * rows * width * count * BF16_BYTES))
+    ops += _cast(f"{name}_down_cast", rows * width * count, precision)
+    ops.append(_gemm(f"{name}_down", rows, d, width, count))
+    return ops
+
+
+def dense_ffn_ops(model: ModelSpec, plan: Plan, s: Shard, precision: Precision) -> list[Op]:
+    ops = _norm_ops(model, s, "ffn_norm", model.mla is not None)
+    ops += _ffn_ops(model, "ffn", s.tokens, model.ffn_hidden_size / s.tp, 1, precision, model.mla is not None)
+    ops.append(_mem("ffn_residual", 3 * s.elementwise_tokens * model.hidden_size * BF16_BYTES))
+    return ops
+
+
+def moe_ops(model: ModelSpec, plan: Plan, s: Shard, precision: Precision) -> list[Op]:
+    """Router, shared experts, routed experts (balanced routing), permutes."""
+    moe, d = model.moe, model.hidden_size
+    mla_sel = model.mla is not None
+    ops = _norm_ops(model, s, "ffn_norm", mla_sel)
+    # Router: affinities in BF16/FP32 (V3 keeps gating in higher precision, §3.3.1).
+    ops.append(_gemm("router", s.tokens, moe.num_experts, d, fp8=False))
+    ops.append(_mem("router_topk", 4 * s.tokens * moe.num_experts * FP32_BYTES))
+    if moe.num_shared_experts:
+        width = moe.shared_ffn_hidden_size * moe.num_shared_experts / s.tp
+        ops += _ffn_ops(model, "shared", s.tokens, width, 1, precision, mla_sel)
+    etp = plan.expert_tp
+    rows_per_gpu = s.tokens * moe.top_k * etp / s.tp
+    local_experts = moe.num_experts / plan.ep
+    ops += _ffn_ops(
+        model, "experts", rows_per_gpu / local_experts, moe.expert_ffn_hidden_size / etp, local_experts, precision, mla_sel
+    )
+    # Permute into expert order and back, then the weighted sum of top_k outputs.
+    ops.append(_mem("moe_permute", 4 * rows_per_gpu * d * BF16_BYTES))
+    ops.append(_mem("ffn_residual", 3 * s.elementwise_tokens * d * BF16_BYTES))
+    return ops
+
+
+def head_ops(model: ModelSpec, plan: Plan, s: Shard) -> list[Op]:
+    """Final norm, LM head (BF16, V3 §3.3.1) and the vocab-parallel cross-entropy."""
+    v = model.vocab_size / s.tp
+    ops = _norm_ops(model, s, "final_norm", False)
+    ops.append(_gemm("lm_head", s.tokens, v, model.hidden_size, fp8=False))
+    # Fused cross-entropy: read the BF16 logits, write FP32 softmax/grad in place.
+    ops.append(_mem("cross_entropy", s.tokens * v * (BF16_BYTES + 2 * FP32_BYTES)))
+    return ops
+
+
+def embedding_ops(model: ModelSpec, plan: Plan, s: Shard) -> list[Op]:
+    # Gather one row per token and write it (plus the tp all-reduce, priced in comm).
+    return [_mem("embedding", 2 * s.tokens * model.hidden_size * BF16_BYTES)]
+
+
+def piece_ops(model: ModelSpec, plan: Plan, workload: Workload, piece: Piece) -> tuple[Op, ...]:
+    """Forward kernels of one piece for one micro-batch on one GPU."""
+    s = Shard.of(plan, workload)
+    precision = workload.precision
+    if piece is Piece.EMBEDDING:
+        return tuple(embedding_ops(model, plan, s))
+    if piece is Piece.HEAD:
+        return tuple(head_ops(model, plan, s))
+    ops: list[Op] = []
+    if piece is Piece.MTP:
+        # V3 §2.2: norms of the hidden state and the next token's embedding, then M_k
+        # (2d -> d); the block and the shared head follow.
+        d = model.hidden_size
+        ops += _norm_ops(model, s, "mtp_norms", False) * 2
+        ops.append(_gemm("mtp_proj", s.tokens, d, 2 * d, fp8=False))
+    ops += attention_ops(model, plan, s, precision)
+    if piece is Piece.DENSE or (piece is Piece.MTP and model.moe is None):
+        ops += dense_ffn_ops(model, plan, s, precision)
+    else:
+        ops += moe_ops(model, plan, s, precision)
+    if piece is Piece.MTP:
+        ops += head_ops(model, plan, s)
+    return tuple(ops)
+
+
+@dataclass(frozen=True)
+class PieceTime:
+    """Seconds of one piece for one micro-batch on one GPU."""
+
+    forward_s: float
+    backward_input_s: float
+    """Input gradients, attention backward, memory-bound backward, and recomputation."""
+    backward_weight_s: float
+    recompute_s: float
+    """Of ``backward_input_s``, the repeated forward work."""
+
+    def __add__(self, other: PieceTime) -> PieceTime:
+        return PieceTime(
+            self.forward_s + other.forward_s,
+            self.backward_input_s + other.backward_input_s,
+            self.backward_weight_s + other.backward_weight_s,
+            self.recompute_s + other.recompute_s,
+        )
+
+
+ZERO_TIME = PieceTime(0.0, 0.0, 0.0, 0.0)
+
+
+def gemm_efficiency(gpu: GPUSpec, dtype: Dtype, shape: tuple[float, float, float]) -> float:
+    eff = _efficiency(gpu)
+    try:
+        plateau = eff.gemm_max_fraction[dtype]
+    except KeyError:
+        raise UnsupportedError(f"{gpu.name} has no GEMM efficiency for {dtype}") from None
+    half = eff.gemm_half_dim
+    scale = 1.0
+    for x in shape:
+        scale *= x / (x + half)
+    return plateau * scale
+
+
+def _efficiency(gpu: GPUSpec):
+    if gpu.efficiency is None:
+        raise UnsupportedError(f"GPU {gpu.name} has no efficiency data (efficiency: block in its preset)")
+    return gpu.efficiency
+
+
+def op_forward_s(op: Op, gpu: GPUSpec, precision: Precision, compute_share: float) -> float:
+    """Forward seconds of ``op``; ``compute_share`` is the fraction of SMs left to compute."""
+    eff = _efficiency(gpu)
+    if op.kind is OpKind.MEMORY:
+        return op.bytes / (gpu.hbm_bandwidth_bytes_per_s * eff.hbm_fraction)
+    if op.kind is OpKind.ATTENTION:
+        return op.flops / (gpu.peak(Dtype.BF16) * eff.attention_forward_fraction * compute_share)
+    dtype = Dtype.FP8 if (op.fp8 and precision is Precision.FP8) else Dtype(_gemm_dtype(precision))
+    return op.flops / (gpu.peak(dtype) * gemm_efficiency(gpu, dtype, op.shape) * compute_share)
+
+
+def _gemm_dtype(precision: Precision) -> str:
+    return "fp16" if precision is Precision.FP16 else "bf16"
+
+
+def piece_time(
+    ops: tuple[Op, ...], gpu: GPUSpec, precision: Precision, recompute: Recompute, compute_share: float = 1.0
+) -> PieceTime:
+    """Forward, backward-input and backward-weight seconds of a piece's ops."""
+    eff = _efficiency(gpu)
+    bwd_ratio = compute_constants()["attention_backward_flops_ratio"]
+    fwd = b = w = rec = 0.0
+    for op in ops:
+        t = op_forward_s(op, gpu, precision, compute_share)
+        fwd += t
+        if op.kind is OpKind.GEMM:
+            b += t  # dgrad: same (m, n, k) up to a permutation
+            w += t  # wgrad
+        elif op.kind is OpKind.ATTENTION:
+            b += bwd_ratio * op.flops / (gpu.peak(Dtype.BF16) * eff.attention_backward_fraction * compute_share)
+        else:
+            b += 2 * t
+        if recompute is Recompute.FULL or (recompute is Recompute.SELECTIVE and op.recompute_selective):
+            rec += t
+    return PieceTime(fwd, b + rec, w, rec)
+
+
+def piece_model_flops(ops: tuple[Op, ...]) -> float:
+    """Forward FLOPs of the GEMMs and attention core (for checks against flops.py)."""
+    return sum(op.flops for op in ops)

@@ -1,0 +1,497 @@
+"""Memory per GPU of one pipeline rank at its peak: weights, gradients, optimizer states,
+activations times the micro-batches in flight, and workspace (DESIGN.md §4).
+
+**States.** Parameters per GPU are summed over the rank's chunks (DualPipe ranks hold two:
+2x parameters, V3 Table 2). Attention and dense-FFN matrices divide by tp (MLA's
+down-projections are replicated, as in Megatron-Core; norms, biases and the router too),
+routed experts by ep * etp, shared experts by tp, embedding and head by tp
+(vocab-parallel). Bytes per parameter per precision are in ``data/costmodel/memory.yaml``
+with sources; ZeRO shards dense states over dp * cp and expert states over edp.
+
+**Activations** follow Korthikanti et al. 2022 (arXiv 2205.05198) §4, derived tensor by
+tensor for our architectures instead of the paper's ``34 sbh/t``: flash attention always
+(no s^2 scores, only an fp32 log-sum-exp per head), no dropout (Korthikanti's 34 counts two
+1-byte masks; none of the modelled LLMs uses dropout), GQA's smaller k/v, MLA's latents
+and up-projections, SwiGLU or GELU, MoE with balanced routing (``tokens * top_k / tp * etp``
+expert rows per GPU, independent of ep), shared experts, the fp32 softmax of Megatron's
+vocab-parallel cross entropy, MTP modules (V3 §2.2: two norms, the 2d -> d projection, a
+block, the shared head). Tokens divide by cp; without sequence parallelism the tensors of
+the sequence-parallel region (block inputs, norms) are replicated over tp.
+
+**Recompute.** ``selective`` drops what Megatron-Core's ``recompute_modules`` would: core
+attention (with flash attention, only its log-sum-exp); for MLA models all norms and the
+MLA up-projections (V3 §3.2.3); with FP8 the FFN activation output, rebuilt from FP8 inputs
+(V3 §3.3.3). ``full`` keeps each block's input only. What a piece recomputes is alive for
+one piece at a time during backward and is added once.
+
+Left out: activation offloading, the parameter EMA (V3 keeps it in host memory),
+imbalanced routing, the attention-score matrix of non-flash attention.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from functools import cache
+
+import yaml
+from pydantic import PositiveFloat
+
+from planner.costmodel import params as P
+from planner.costmodel.partition import Chunk, Partition, Piece
+from planner.costmodel.report import MemoryBreakdown
+from planner.presets import data_root
+from planner.specs._base import Spec
+from planner.specs.hardware import GPUSpec
+from planner.specs.model import FFNActivation, ModelSpec
+from planner.specs.plan import PipelineSchedule, Plan, Precision, Recompute, Workload, ZeroStage
+from planner.units import to_si
+
+# ---------------------------------------------------------------------------------------
+# Constants (data/costmodel/memory.yaml)
+
+
+class StateBytes(Spec):
+    """Bytes per parameter of each state group for one precision; ``optimizer`` is what
+    ZeRO-1 shards (fp32 master weights, Adam moments, fp16's fp32 gradient copy)."""
+
+    weights: PositiveFloat
+    gradients: PositiveFloat
+    optimizer: PositiveFloat
+
+
+class MemoryConstants(Spec):
+    """Framework constants of the memory model; sources in the YAML file."""
+
+    state_bytes_per_param: dict[Precision, StateBytes]
+    fp8_weight_copy_bytes_per_param: float
+    activation_bytes: float
+    fp32_bytes: float
+    fp8_cache_bytes: float
+    attention_output_fp8_bytes: float
+    cross_entropy_saved_bytes: float
+    token_index_bytes: float
+    cuda_context_bytes: float
+    nccl_buffers_bytes: float
+    gemm_workspace_bytes: float
+    fragmentation_fraction: float
+    overlapped_microbatches_dualpipe: int
+
+
+@cache
+def memory_constants() -> MemoryConstants:
+    """The shipped constants (read once)."""
+    raw = yaml.safe_load((data_root() / "costmodel" / "memory.yaml").read_text())
+    return MemoryConstants.model_validate(to_si(raw)[0])
+
+
+# ---------------------------------------------------------------------------------------
+# Schedules: micro-batches in flight
+
+
+_DUAL = (PipelineSchedule.DUALPIPE, PipelineSchedule.DUALPIPEV)
+
+
+def inflight_microbatches(plan: Plan, num_microbatches: int, rank: int) -> float:
+    """Micro-batches whose activations are alive at the rank's peak.
+
+    Unit: one micro-batch through all of the rank's chunks; for DualPipe and DualPipeV one
+    micro-batch through one chunk, which :func:`stage_memory` splits over the rank's two
+    chunks as the schedule does. pp == 1: 1.
+
+    - 1F1B: pp - rank warm-up forwards before the first backward (Narayanan et al. 2021).
+    - Interleaved (Megatron ``forward_backward_pipelining_with_interleaving``): warm-up
+      (pp - rank - 1) * 2 + (vpp - 1) * pp chunk forwards plus the one of the first
+      steady step, each 1/vpp of the rank's layers; rank 0 gets pp * (1 + (pp-1)/(pp*vpp)),
+      Korthikanti et al. 2022 §4.2.3's factor.
+    - ZB1P: bounded by 1F1B's first-stage peak, pp, on every rank (Qi et al. 2023 §3.1:
+      deferred W passes keep their inputs on later ranks; V3 Table 2 "PP").
+    - DualPipe: pp + 1 chunk-passes (V3 Table 2); dualpipe.py's phases put pp - h of them
+      on the rank's shallow chunk and h + 1 on its deep one (h = min(rank, pp-1-rank)).
+    - DualPipeV: the same schedule over 2 * pp stages, so 2 * pp + 1 chunk-passes
+      (Table 2's PP + 1 with PP counting stages): 2pp - rank on chunk rank, rank + 1 on
+      chunk 2pp - 1 - rank.
+    All are capped by the micro-batches of the step.
+    """
+    pp, m = plan.pp, num_microbatches
+    if pp == 1:
+        return float(min(1, m))
+    schedule = plan.pipeline_schedule
+    if schedule is PipelineSchedule.INTERLEAVED:
+        chunks = min((pp - rank - 1) * 2 + (plan.vpp - 1) * pp + 1, m * plan.vpp)
+        return chunks / plan.vpp
+    if schedule is PipelineSchedule.ZERO_BUBBLE:
+        return float(min(pp, m))
+    if schedule is PipelineSchedule.DUALPIPE:
+        return float(min(pp + 1, m))
+    if schedule is PipelineSchedule.DUALPIPEV:
+        return float(min(2 * pp + 1, 2 * m))
+    return float(min(pp - rank, m))
+
+
+def _chunk_shares(plan: Plan, rank: int, chunks: tuple[Chunk, ...]) -> list[float]:
+    """Share of the in-flight count that each of the rank's chunks holds."""
+    pp, schedule = plan.pp, plan.pipeline_schedule
+    if schedule is PipelineSchedule.DUALPIPE and len(chunks) == 2:
+        h = min(rank, pp - 1 - rank)
+        shallow, deep = (pp - h) / (pp + 1), (h + 1) / (pp + 1)
+        return [shallow, deep] if chunks[0].index <= chunks[1].index else [deep, shallow]
+    if schedule is PipelineSchedule.DUALPIPEV and len(chunks) == 2:
+        first, second = (2 * pp - rank) / (2 * pp + 1), (rank + 1) / (2 * pp + 1)
+        return [first, second] if chunks[0].index <= chunks[1].index else [second, first]
+    return [1.0] * len(chunks)
+
+
+# ---------------------------------------------------------------------------------------
+# Parameters on one GPU
+
+
+@dataclass(frozen=True)
+class GPUParams:
+    """Parameters one GPU holds: ``dense`` (all but routed experts; ZeRO shards them over
+    dp * cp) and ``expert`` (routed experts; sharded over edp)."""
+
+    dense: float = 0.0
+    expert: float = 0.0
+
+    def __add__(self, other: GPUParams) -> GPUParams:
+        return GPUParams(self.dense + other.dense, self.expert + other.expert)
+
+    @property
+    def total(self) -> float:
+        return self.dense + self.expert
+
+
+def _attention_params(model: ModelSpec, tp: int) -> float:
+    weights = P.attention(model)
+    replicated = 0
+    if model.mla is not None:
+        # Megatron-Core MLA: linear_q_down_proj / linear_kv_down_proj are "duplicated" over TP.
+        mla, d = model.mla, model.hidden_size
+        replicated = d * (mla.q_lora_rank or 0) + d * (mla.kv_lora_rank + mla.qk_rope_head_dim)
+    return (weights.matrix - replicated) / tp + replicated + weights.vector
+
+
+def _block_params(model: ModelSpec, plan: Plan, moe: bool) -> GPUParams:
+    """Attention, the two norms and the FFN of one block on one GPU."""
+    dense = _attention_params(model, plan.tp) + P.layer_norms(model).total
+    if not moe:
+        ffn = P.ffn(model, model.ffn_hidden_size)
+        return GPUParams(dense + ffn.matrix / plan.tp + ffn.vector)
+    spec = model.moe
+    shared = P.ffn(model, spec.shared_ffn_hidden_size).total * spec.num_shared_experts / plan.tp
+    routed = P.ffn(model, spec.expert_ffn_hidden_size).total * (spec.num_experts / plan.ep) / plan.expert_tp
+    return GPUParams(dense + shared + P.router(model).total, routed)
+
+
+def piece_params(model: ModelSpec, plan: Plan, piece: Piece) -> GPUParams:
+    """Parameters of one piece on one GPU (the embedding copy of a lone head excluded)."""
+    d, tp = model.hidden_size, plan.tp
+    word = model.vocab_size * d
+    if piece is Piece.EMBEDDING:
+        positions = P.count_params(model).embedding - word  # learned positions, replicated
+        return GPUParams(word / tp + positions)
+    if piece is Piece.HEAD:
+        return GPUParams(P.norm(model, d).total + (0 if model.tie_word_embeddings else word / tp))
+    if piece is Piece.MTP:
+        # params.mtp_module: enorm, hnorm, the head's norm, the 2d x d projection M_k, a block.
+        block = _block_params(model, plan, moe=model.moe is not None)
+        return block + GPUParams(P.norm(model, d).total * 3 + 2 * d * d / tp)
+    return _block_params(model, plan, moe=piece is Piece.MOE)
+
+
+def largest_gemm_weight(model: ModelSpec, plan: Plan, pieces: list[Piece]) -> float:
+    """Weights of the largest FP8 GEMM among the rank's blocks (fused fc1 of the dense FFN,
+    the local experts' grouped fc1, the shared experts' fc1, or all attention matrices as
+    a bound); the embedding and head stay BF16 (V3 §3.3.1)."""
+    d, tp, gated = model.hidden_size, plan.tp, model.ffn_activation is FFNActivation.SWIGLU
+    fc1 = 2 if gated else 1
+    sizes = [_attention_params(model, tp)]
+    if Piece.DENSE in pieces or (Piece.MTP in pieces and model.moe is None):
+        sizes.append(fc1 * d * model.ffn_hidden_size / tp)
+    if model.moe is not None and (Piece.MOE in pieces or Piece.MTP in pieces):
+        spec = model.moe
+        sizes.append(fc1 * d * spec.expert_ffn_hidden_size * spec.num_experts / plan.ep / plan.expert_tp)
+        sizes.append(fc1 * d * spec.shared_ffn_hidden_size * spec.num_shared_experts / tp)
+    return max(sizes) if any(p in pieces for p in (Piece.DENSE, Piece.MOE, Piece.MTP)) else 0.0
+
+
+def rank_params(model: ModelSpec, plan: Plan, partition: Partition, rank: int) -> GPUParams:
+    """Parameters on one GPU of ``rank``: all its chunks; shared tables counted once.
+
+    A tied head or an MTP module on a rank without the embedding keeps its own copy of
+    the word embedding (Megatron's embedding group: both copies are trained and their
+    gradients all-reduced), so it is counted there too.
+    """
+    pieces = [p for c in partition.chunks_of_rank(rank) for p in c.pieces]
+    total = sum((piece_params(model, plan, p) for p in pieces), GPUParams())
+    if Piece.EMBEDDING not in pieces and (
+        (Piece.HEAD in pieces and model.tie_word_embeddings) or Piece.MTP in pieces
+    ):
+        total += GPUParams(model.vocab_size * model.hidden_size / plan.tp)
+    return total
+
+
+# ---------------------------------------------------------------------------------------
+# Activations
+
+
+class Recomputed(StrEnum):
+    """What a saved tensor is rebuilt by (Megatron-Core ``recompute_modules`` names)."""
+
+    CORE_ATTN = "core_attn"
+    LAYERNORM = "layernorm"
+    MLA_UP_PROJ = "mla_up_proj"
+    ACTIVATION = "moe_act"
+    """SwiGLU/GELU output, rebuilt from its cached (FP8) inputs: V3 §3.3.3, Megatron's
+    ``moe_act`` with ``activation_func_fp8_input_store`` (applied to every FFN here)."""
+
+
+@dataclass(frozen=True)
+class Saved:
+    """One tensor a piece saves for backward: bytes per token of the micro-batch on one GPU."""
+
+    name: str
+    bytes_per_token: float
+    recomputed_by: Recomputed | None = None
+
+
+def _selective_set(model: ModelSpec, workload: Workload) -> frozenset[Recomputed]:
+    dropped = {Recomputed.CORE_ATTN}
+    if model.mla is not None:  # V3 §3.2.3: all RMSNorms and the MLA up-projections
+        dropped |= {Recomputed.LAYERNORM, Recomputed.MLA_UP_PROJ}
+    if workload.precision is Precision.FP8:  # V3 §3.3.3: SwiGLU output from FP8 inputs
+        dropped.add(Recomputed.ACTIVATION)
+    return frozenset(dropped)
+
+
+@dataclass(frozen=True)
+class _Formats:
+    """Bytes per element. ``cached``: GEMM inputs kept for Wgrad and fc1 outputs kept for
+    the activation's backward, FP8 under FP8 plans (V3 §3.3.3 names the MoE's SwiGLU
+    inputs; Megatron's ``activation_func_fp8_input_store`` is one flag for every MLP)."""
+
+    act: float
+    fp32: float
+    cached: float
+    attn_out: float
+
+
+def _formats(workload: Workload) -> _Formats:
+    c = memory_constants()
+    fp8 = workload.precision is Precision.FP8
+    return _Formats(
+        act=c.activation_bytes,
+        fp32=c.fp32_bytes,
+        cached=c.fp8_cache_bytes if fp8 else c.activation_bytes,
+        attn_out=c.attention_output_fp8_bytes if fp8 else c.activation_bytes,
+    )
+
+
+def _seq_div(plan: Plan) -> int:
+    """Divisor of tensors in the sequence-parallel region (norms, block inputs)."""
+    return plan.tp if plan.sequence_parallel else 1
+
+
+def _attention_saved(model: ModelSpec, plan: Plan, f: _Formats) -> list[Saved]:
+    d, a, tp, sd = model.hidden_size, model.num_attention_heads, plan.tp, _seq_div(plan)
+    L = Recomputed.LAYERNORM
+    saved = [Saved("block input (norm input)", f.act * d / sd), Saved("norm output", f.cached * d / sd, L)]
+    mla = model.mla
+    if mla is not None:
+        if mla.q_lora_rank:
+            r_q = mla.q_lora_rank
+            saved += [Saved("c_q latent", f.act * r_q / sd), Saved("c_q norm out", f.cached * r_q / sd, L)]
+        saved += [
+            Saved("kv latent c_kv + k_rope", f.act * (mla.kv_lora_rank + mla.qk_rope_head_dim) / sd),
+            Saved("kv latent norm output", f.cached * mla.kv_lora_rank / sd, L),
+            Saved("q (up-projected)", f.act * a * mla.qk_head_dim / tp, Recomputed.MLA_UP_PROJ),
+            Saved("k (up-projected)", f.act * a * mla.qk_head_dim / tp, Recomputed.MLA_UP_PROJ),
+            Saved("v (up-projected)", f.act * a * mla.v_head_dim / tp, Recomputed.MLA_UP_PROJ),
+        ]
+    else:
+        c, g = model.kv_channels, model.kv_heads
+        if model.qk_norm:
+            saved.append(Saved("q/k norm inputs", f.act * (a + g) * c / tp))
+        saved += [Saved("q", f.act * a * c / tp), Saved("k, v", f.act * 2 * g * c / tp)]
+    saved += [
+        Saved("attention output", f.attn_out * a * model.v_head_dim / tp),
+        Saved("softmax log-sum-exp", f.fp32 * a / tp, Recomputed.CORE_ATTN),
+    ]
+    return saved
+
+
+def _ffn_saved(model: ModelSpec, size: float, f: _Formats, prefix: str, rows: float = 1.0) -> list[Saved]:
+    """One FFN of intermediate ``size`` (already divided by its TP) on ``rows`` per token:
+    the fc1 output (gate and up for SwiGLU) and the activation output (fc2's input)."""
+    gated = model.ffn_activation is FFNActivation.SWIGLU
+    return [
+        Saved(f"{prefix} fc1 output", rows * f.cached * (2 if gated else 1) * size),
+        Saved(f"{prefix} activation output", rows * f.cached * size, Recomputed.ACTIVATION),
+    ]
+
+
+def _ffn_side_saved(model: ModelSpec, plan: Plan, moe: bool, f: _Formats) -> list[Saved]:
+    d, tp, sd = model.hidden_size, plan.tp, _seq_div(plan)
+    saved = [Saved("FFN norm input", f.act * d / sd)]
+    if not moe:
+        saved.append(Saved("FFN norm output", f.cached * d / sd, Recomputed.LAYERNORM))
+        return saved + _ffn_saved(model, model.ffn_hidden_size / tp, f, "FFN")
+    spec = model.moe
+    # The router runs in BF16 (V3 §3.3.1) on the norm output; shared experts need an FP8
+    # copy of it when the plan is FP8.
+    norm_out = f.act + (f.cached if spec.num_shared_experts and f.cached != f.act else 0)
+    # MoE with TP splits the tokens over tp (Megatron requires sequence parallelism there).
+    # Balanced routing: a GPU receives tokens * top_k / tp rows from its EP group, and the
+    # expert-TP group all-gathers them (x etp), each row computing size / etp.
+    rows = spec.top_k * plan.expert_tp / tp
+    saved += [
+        Saved("FFN norm output", norm_out * d / sd, Recomputed.LAYERNORM),
+        Saved("router scores", (f.fp32 * spec.num_experts) / tp),
+        Saved("expert inputs (dispatched)", rows * f.cached * d),
+        Saved("expert indices and probabilities", rows * memory_constants().token_index_bytes),
+    ]
+    saved += _ffn_saved(model, spec.expert_ffn_hidden_size / plan.expert_tp, f, "expert", rows)
+    if spec.num_shared_experts:
+        size = spec.num_shared_experts * spec.shared_ffn_hidden_size / tp
+        saved += _ffn_saved(model, size, f, "shared expert")
+    return saved
+
+
+def _head_saved(model: ModelSpec, plan: Plan, f: _Formats) -> list[Saved]:
+    d, sd, logits = model.hidden_size, _seq_div(plan), model.vocab_size / plan.tp
+    return [
+        Saved("final norm input", f.act * d / sd),
+        Saved("final norm output (head input, BF16)", f.act * d / sd, Recomputed.LAYERNORM),
+        # Megatron's vocab-parallel cross entropy saves the fp32 softmax (see the YAML).
+        Saved("softmax of the logits", memory_constants().cross_entropy_saved_bytes * logits),
+    ]
+
+
+def saved_tensors(model: ModelSpec, plan: Plan, workload: Workload, piece: Piece) -> list[Saved]:
+    """Every tensor ``piece`` saves for backward when nothing is recomputed."""
+    f = _formats(workload)
+    if piece is Piece.EMBEDDING:
+        return []  # the lookup saves only token ids; its output is the first block's input
+    if piece is Piece.HEAD:
+        return _head_saved(model, plan, f)
+    moe = piece is Piece.MOE or (piece is Piece.MTP and model.moe is not None)
+    block = _attention_saved(model, plan, f) + _ffn_side_saved(model, plan, moe, f)
+    if piece is not Piece.MTP:
+        return block
+    d, sd = model.hidden_size, _seq_div(plan)
+    return [
+        Saved("MTP enorm/hnorm inputs", f.act * 2 * d / sd),
+        Saved("MTP projection input", f.cached * 2 * d / sd, Recomputed.LAYERNORM),
+        *block,
+        *_head_saved(model, plan, f),
+    ]
+
+
+def _tokens(plan: Plan, workload: Workload) -> float:
+    return workload.seq_length * plan.micro_batch_size / plan.cp
+
+
+def _kept(model: ModelSpec, plan: Plan, workload: Workload, piece: Piece) -> tuple[list[Saved], list[Saved]]:
+    """The tensors ``piece`` saves, split into kept and recomputed under the plan."""
+    saved = saved_tensors(model, plan, workload, piece)
+    if plan.recompute is Recompute.FULL and piece in (Piece.DENSE, Piece.MOE, Piece.MTP):
+        # Megatron full recompute checkpoints each block at its input (the MTP module at its
+        # two inputs); the head's tensors are never recomputed.
+        end = len(saved) - (len(_head_saved(model, plan, _formats(workload))) if piece is Piece.MTP else 0)
+        return saved[:1] + saved[end:], saved[1:end]
+    if plan.recompute is Recompute.SELECTIVE:
+        dropped = _selective_set(model, workload)
+        kept = [s for s in saved if s.recomputed_by not in dropped]
+        return kept, [s for s in saved if s.recomputed_by in dropped]
+    return saved, []
+
+
+def activation_bytes(model: ModelSpec, plan: Plan, workload: Workload, piece: Piece) -> float:
+    """Bytes ``piece`` keeps for backward for one micro-batch on one GPU."""
+    kept, _ = _kept(model, plan, workload, piece)
+    return _tokens(plan, workload) * sum(s.bytes_per_token for s in kept)
+
+
+def working_set_bytes(model: ModelSpec, plan: Plan, workload: Workload, piece: Piece) -> float:
+    """Transient bytes of one micro-batch in ``piece`` beyond what it keeps: the tensors
+    its backward recomputes (all but the input under full recompute: "one layer's working
+    set", Korthikanti §5), and for heads the BF16 logits (forward) or their gradient
+    (backward) next to the fp32 softmax, which Megatron's cross entropy turns into the
+    gradient in place."""
+    _, dropped = _kept(model, plan, workload, piece)
+    extra = sum(s.bytes_per_token for s in dropped)
+    if piece in (Piece.HEAD, Piece.MTP):
+        extra += memory_constants().activation_bytes * model.vocab_size / plan.tp
+    return _tokens(plan, workload) * extra
+
+
+# ---------------------------------------------------------------------------------------
+# The rank's peak
+
+
+def _sharded(params: GPUParams, plan: Plan, per_param: float, sharded: bool) -> float:
+    """Bytes of one state group; ZeRO shards dense states over dp * cp, experts over edp."""
+    if not sharded:
+        return params.total * per_param
+    return (params.dense / (plan.dp * plan.cp) + params.expert / plan.edp) * per_param
+
+
+def stage_memory(
+    model: ModelSpec, plan: Plan, workload: Workload, partition: Partition, rank: int, gpu: GPUSpec,
+    inflight_microbatches: float,
+) -> MemoryBreakdown:
+    """Peak bytes on one GPU of pipeline ``rank``.
+
+    ``inflight_microbatches`` is in the unit of :func:`inflight_microbatches` (the
+    simulator may pass the count its event list reached instead). Heads and MTP modules
+    hold at most one micro-batch: the last stage of each direction runs a micro-batch's
+    backward right after its forward.
+    """
+    c = memory_constants()
+    states = c.state_bytes_per_param[workload.precision]
+    chunks = partition.chunks_of_rank(rank)
+    pieces = [p for ch in chunks for p in ch.pieces]
+    params = rank_params(model, plan, partition, rank)
+    largest = max((piece_params(model, plan, p).total for p in pieces), default=0.0)
+
+    zero = plan.zero_stage
+    weights = _sharded(params, plan, states.weights, zero >= ZeroStage.PARAMETERS)
+    if zero >= ZeroStage.PARAMETERS:
+        # The piece computing and the one prefetched are gathered (DeepSpeed stage-3
+        # prefetch, FSDP forward prefetch); never more than the unsharded weights.
+        weights = min(params.total * states.weights, weights + 2 * largest * states.weights)
+    grads = _sharded(params, plan, states.gradients, zero >= ZeroStage.GRADIENTS)
+    if zero >= ZeroStage.GRADIENTS:
+        # One piece's gradients exist unsharded before their reduce-scatter.
+        grads = min(params.total * states.gradients, grads + largest * states.gradients)
+    optimizer = _sharded(params, plan, states.optimizer, zero >= ZeroStage.OPTIMIZER)
+
+    activations = max((working_set_bytes(model, plan, workload, p) for p in pieces), default=0.0)
+    for chunk, share in zip(chunks, _chunk_shares(plan, rank, chunks), strict=True):
+        alive = inflight_microbatches * share
+        for piece in chunk.pieces:
+            count = min(alive, 1.0) if piece in (Piece.HEAD, Piece.MTP) else alive
+            activations += count * activation_bytes(model, plan, workload, piece)
+
+    tokens, d = _tokens(plan, workload), model.hidden_size
+    dual = plan.pipeline_schedule in _DUAL
+    transient = 0.0
+    if workload.precision is Precision.FP8:
+        transient += largest_gemm_weight(model, plan, pieces) * c.fp8_weight_copy_bytes_per_param
+    if model.moe is not None and (Piece.MOE in pieces or Piece.MTP in pieces):
+        f = _formats(workload)
+        rows = tokens * model.moe.top_k * plan.expert_tp / plan.tp
+        sets = c.overlapped_microbatches_dualpipe if dual else 1
+        transient += sets * rows * d * (f.cached + c.activation_bytes)  # dispatch + BF16 combine
+    if plan.pp > 1:  # one send and one receive buffer per direction
+        transient += (4 if dual else 2) * c.activation_bytes * tokens * d / _seq_div(plan)
+    workspace = (
+        c.cuda_context_bytes + c.nccl_buffers_bytes + c.gemm_workspace_bytes + transient
+        + c.fragmentation_fraction * (activations + transient)
+    )
+    return MemoryBreakdown(
+        weights_bytes=weights, gradients_bytes=grads, optimizer_bytes=optimizer,
+        activations_bytes=activations, workspace_bytes=workspace,
+        capacity_bytes=gpu.hbm_capacity_bytes, inflight_microbatches=inflight_microbatches,
+    )

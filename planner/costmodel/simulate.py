@@ -1,0 +1,266 @@
+"""``simulate(model, cluster, plan, workload) -> StepReport``: the decomposed cost model.
+
+One pure function over three frozen inputs (DESIGN.md §3-4):
+
+1. check the plan against the model, workload and cluster (exit-2 rules);
+2. cut the model into pipeline chunks (:mod:`~planner.costmodel.partition`), balanced by
+   forward time when the blocks don't divide evenly;
+3. price each chunk's forward (F), backward-input (B) and backward-weight (W) compute for
+   one micro-batch (:mod:`~planner.costmodel.compute`) and its TP/CP/EP communication
+   (:mod:`~planner.costmodel.comm`), with the overlap rules below;
+4. run the pipeline schedule as an event simulation (:mod:`~planner.costmodel.schedules`);
+5. add each rank's data-parallel gradient sync not hidden by its last backward, and the
+   optimizer step; the slowest rank sets the step time;
+6. memory per rank (:mod:`~planner.costmodel.memory`); over capacity = status OOM.
+
+Overlap rules (what hides what):
+
+- TP and the embedding/head all-reduces: exposed (Megatron's default, no TP comm overlap).
+- CP ring exchange: hidden behind the attention core it feeds, exposed beyond it.
+- EP dispatch/combine: exposed under 1F1B, interleaved and zero-bubble; under DualPipe and
+  DualPipeV a forward and a backward chunk run as an overlapped pair whose time is the
+  larger of their summed compute and summed all-to-all (V3 §3.2.1), with the SMs given to
+  communication taken from compute (V3 §3.5.1); chunks outside pairs expose it.
+- PP p2p: a dependency delay between chunks; the schedule hides it where there is slack.
+- DP gradient reduction: overlapped with the rank's last backward (Megatron
+  ``overlap_grad_reduce``: buckets go out as soon as their gradients are final), the rest
+  exposed; ZeRO-3 gathers and reduce-scatters every micro-batch, hidden behind compute up
+  to its duration.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from planner.costmodel import compute as C
+from planner.costmodel import params as P
+from planner.costmodel.comm import StageComm, dp_step_comm, pp_p2p_s
+from planner.costmodel.flops import flops_per_token_train
+from planner.costmodel.memory import inflight_microbatches, stage_memory
+from planner.costmodel.partition import Chunk, Partition, Piece, model_pieces, partition
+from planner.costmodel.report import Dim, StageReport, Status, StepReport, TimeBreakdown
+from planner.costmodel.schedules import ChunkTimes, simulate_pipeline
+from planner.hwmodels.placement import rank_layout
+from planner.specs.compat import check_plan
+from planner.specs.hardware import ClusterSpec, Dtype
+from planner.specs.model import ModelSpec
+from planner.specs.plan import PipelineSchedule, Plan, Precision, Workload, ZeroStage
+
+DUAL = (PipelineSchedule.DUALPIPE, PipelineSchedule.DUALPIPEV)
+
+
+def _piece_params(model: ModelSpec, plan: Plan, piece: Piece) -> tuple[float, float]:
+    """(dense, expert) parameters of one piece held by one GPU (after tp / ep*etp)."""
+    d, tp = model.hidden_size, plan.tp
+    if piece in (Piece.EMBEDDING, Piece.HEAD):
+        return model.vocab_size * d / tp, 0.0
+    attn = P.attention(model).total + P.layer_norms(model).total
+    if piece is Piece.DENSE or model.moe is None:
+        ffn = P.ffn(model, model.ffn_hidden_size).total
+        dense, expert = (attn + ffn) / tp, 0.0
+    else:
+        moe = model.moe
+        shared = P.ffn(model, moe.shared_ffn_hidden_size).total * moe.num_shared_experts
+        dense = (attn + shared) / tp + P.router(model).total
+        expert = P.ffn(model, moe.expert_ffn_hidden_size).total * moe.num_experts / (plan.ep * plan.expert_tp)
+    if piece is Piece.MTP:
+        dense += (2 * d * d + 3 * d) / tp  # M_k and norms; embedding and head are shared (V3 §2.2)
+    return dense, expert
+
+
+def _optimizer_bytes_per_param(workload: Workload) -> float:
+    """HBM bytes one Adam update moves per locally-updated parameter: read the FP32 gradient
+    (4), read+write the FP32 master (8), read+write both moments (16 in FP32, 8 in BF16 as
+    DeepSeek-V3 keeps them, §3.3.3), write the 16-bit weight (2)."""
+    moments = 8.0 if workload.precision is Precision.FP8 else 16.0
+    return 4.0 + 8.0 + moments + 2.0
+
+
+class _RankCosts:
+    """Per-rank chunk timings, communication and parameter counts."""
+
+    def __init__(self, model, cluster, plan, workload, layout, part: Partition, rank: int):
+        gpu = cluster.gpu
+        self.rank = rank
+        self.chunks = part.chunks_of_rank(rank)
+        dual_ep = plan.pipeline_schedule in DUAL and plan.ep > 1
+        sms = C.compute_constants()["ep_overlap_communication_sms"]
+        self.compute_share = 1.0 - sms / gpu.num_sms if dual_ep else 1.0
+        self.comm = StageComm(model, cluster, plan, workload, layout, rank)
+        self.model, self.plan, self.workload, self.gpu = model, plan, workload, gpu
+        self.dense_params = self.expert_params = 0.0
+        for chunk in self.chunks:
+            for piece in chunk.pieces:
+                dense, expert = _piece_params(model, plan, piece)
+                self.dense_params += dense
+                self.expert_params += expert
+
+    def chunk_times(self, chunk: Chunk) -> tuple[ChunkTimes, dict]:
+        plan, wl = self.plan, self.workload
+        comp = C.ZERO_TIME
+        attn_fwd = 0.0
+        for piece in chunk.pieces:
+            ops = C.piece_ops(self.model, plan, wl, piece)
+            comp = comp + C.piece_time(ops, self.gpu, wl.precision, plan.recompute, self.compute_share)
+            attn_fwd += sum(
+                C.op_forward_s(op, self.gpu, wl.precision, self.compute_share)
+                for op in ops if op.kind is C.OpKind.ATTENTION
+            )
+        comm = self.comm.chunk(chunk)
+        cp_f = max(0.0, comm.cp_forward_s - attn_fwd)
+        cp_b = max(0.0, comm.cp_backward_s - 2 * attn_fwd)
+        fwd = comp.forward_s + comm.tp_forward_s + cp_f + comm.ep_forward_s
+        bwd = comp.backward_input_s + comm.tp_backward_s + cp_b + comm.ep_backward_s
+        pair = None
+        ep_hidden = 0.0
+        if plan.pipeline_schedule in DUAL:
+            busy = comp.forward_s + comp.backward_input_s + comp.backward_weight_s
+            a2a = comm.ep_forward_s + comm.ep_backward_s
+            pair = max(busy, a2a) + comm.tp_forward_s + comm.tp_backward_s + cp_f + cp_b
+            ep_hidden = min(busy, a2a)
+        info = {
+            "compute": comp,
+            "comm": comm,
+            "cp_exposed": (cp_f, cp_b),
+            "cp_hidden": (comm.cp_forward_s - cp_f, comm.cp_backward_s - cp_b),
+            "ep_hidden_in_pair": ep_hidden,
+        }
+        return ChunkTimes(fwd, bwd, comp.backward_weight_s, pair), info
+
+
+def simulate(model: ModelSpec, cluster: ClusterSpec, plan: Plan, workload: Workload) -> StepReport:
+    """Predict one training step of ``plan`` (see the module docstring)."""
+    check_plan(model, workload, plan, cluster.num_gpus)
+    layout = rank_layout(plan)
+    messages: list[str] = []
+    piece_cost = {
+        piece: C.piece_time(C.piece_ops(model, plan, workload, piece), cluster.gpu, workload.precision,
+                            plan.recompute).forward_s
+        for piece in set(model_pieces(model))
+    }
+    even = model.num_layers % (plan.pp * plan.vpp) == 0 and plan.pipeline_schedule not in DUAL
+    part = partition(model, plan, None if even else piece_cost)
+    if not even:
+        messages.append("layers split over pipeline chunks to balance forward time (uneven)")
+
+    ranks = [_RankCosts(model, cluster, plan, workload, layout, part, r) for r in range(plan.pp)]
+    chunk_times: list[ChunkTimes] = []
+    infos: dict[int, dict] = {}
+    for chunk in part.chunks:
+        times, info = ranks[chunk.rank].chunk_times(chunk)
+        chunk_times.append(times)
+        infos[chunk.index] = info
+    num_micro = plan.num_microbatches(workload)
+    p2p = pp_p2p_s(cluster, plan, workload, layout, model)
+    timeline = simulate_pipeline(plan.pipeline_schedule, chunk_times, num_micro, plan.pp, plan.vpp, p2p)
+
+    # Data-parallel sync and optimizer per rank; the slowest rank ends the step.
+    rank_end = timeline.rank_end_s
+    ends, tails = [], []
+    for rc in ranks:
+        dp = dp_step_comm(cluster, plan, workload, layout, rc.rank, rc.dense_params, rc.expert_params)
+        own = part.chunks_of_rank(rc.rank)
+        last_backward = sum(chunk_times[c.index].backward_input_s + chunk_times[c.index].backward_weight_s
+                            for c in own[:1])
+        exposed = max(0.0, dp.step_s - last_backward)
+        dense_shard = plan.dp * plan.cp if plan.zero_stage >= ZeroStage.OPTIMIZER else 1
+        expert_shard = plan.edp if plan.zero_stage >= ZeroStage.OPTIMIZER else 1
+        local = rc.dense_params / dense_shard + rc.expert_params / expert_shard
+        eff = cluster.gpu.efficiency
+        opt = local * _optimizer_bytes_per_param(workload) / (cluster.gpu.hbm_bandwidth_bytes_per_s * eff.hbm_fraction)
+        end = rank_end[rc.rank]
+        ends.append(end + exposed + opt)
+        tails.append((exposed, opt, dp.step_s))
+    critical = max(range(plan.pp), key=lambda r: ends[r])
+    step = max(ends)
+    makespan = timeline.makespan_s
+    tail = max(0.0, step - makespan)
+    exposed_dp, opt_s, dp_total = tails[critical]
+    optimizer_s = min(opt_s, tail)
+    dp_exposed_s = tail - optimizer_s
+
+    phases = timeline.phases[critical]
+    breakdown = TimeBreakdown(
+        forward_s=phases.forward_s,
+        backward_input_s=phases.backward_input_s,
+        backward_weight_s=phases.backward_weight_s,
+        overlapped_fb_s=phases.overlapped_fb_s,
+        bubble_s=phases.bubble_s,
+        dp_exposed_s=dp_exposed_s,
+        optimizer_s=optimizer_s,
+    )
+
+    # Communication per step on the critical rank.
+    exposed = {d: 0.0 for d in Dim}
+    hidden = {d: 0.0 for d in Dim}
+    compute_s = recompute_s = 0.0
+    for chunk in part.chunks_of_rank(critical):
+        info = infos[chunk.index]
+        comm, comp = info["comm"], info["compute"]
+        runs = num_micro if not part.mirrored else num_micro / 2
+        compute_s += runs * (comp.forward_s + comp.backward_input_s + comp.backward_weight_s)
+        recompute_s += runs * comp.recompute_s
+        exposed[Dim.TP] += runs * (comm.tp_forward_s + comm.tp_backward_s)
+        exposed[Dim.CP] += runs * sum(info["cp_exposed"])
+        hidden[Dim.CP] += runs * sum(info["cp_hidden"])
+        a2a = runs * (comm.ep_forward_s + comm.ep_backward_s)
+        hidden_ep = runs * info["ep_hidden_in_pair"]
+        hidden[Dim.EP] += min(a2a, hidden_ep)
+        exposed[Dim.EP] += a2a - min(a2a, hidden_ep)
+    pp_total = 2 * num_micro * p2p * (len(part.chunks_of_rank(critical)))
+    hidden[Dim.PP] = pp_total
+    exposed[Dim.DP] = dp_exposed_s
+    hidden[Dim.DP] = max(0.0, dp_total - dp_exposed_s)
+
+    # Memory per rank.
+    stages = []
+    for rc in ranks:
+        inflight = inflight_microbatches(plan, num_micro, rc.rank)
+        mem = stage_memory(model, plan, workload, part, rc.rank, cluster.gpu, inflight)
+        pieces = Counter(p.value for c in part.chunks_of_rank(rc.rank) for p in c.pieces)
+        own = part.chunks_of_rank(rc.rank)
+        stages.append(
+            StageReport(
+                rank=rc.rank,
+                pieces=dict(pieces),
+                forward_s=sum(chunk_times[c.index].forward_s for c in own),
+                backward_input_s=sum(chunk_times[c.index].backward_input_s for c in own),
+                backward_weight_s=sum(chunk_times[c.index].backward_weight_s for c in own),
+                memory=mem,
+            )
+        )
+    peak = max(st.memory.total_bytes for st in stages)
+    capacity = cluster.gpu.hbm_capacity_bytes
+    status = Status.OK if all(st.memory.fits for st in stages) else Status.OOM
+    if status is Status.OOM:
+        worst = max(stages, key=lambda st: st.memory.total_bytes)
+        messages.append(
+            f"out of memory: pipeline rank {worst.rank} needs {worst.memory.total_bytes / 2**30:.1f} GiB "
+            f"of {capacity / 2**30:.1f} GiB"
+        )
+
+    tokens = workload.tokens_per_step
+    peak_flops = cluster.gpu.peak(Dtype.BF16)
+    gpus = plan.world_size
+    mfu = {
+        causal: flops_per_token_train(model, workload.seq_length, causal) * tokens / (step * gpus * peak_flops)
+        for causal in (True, False)
+    }
+    return StepReport(
+        status=status,
+        step_time_s=step,
+        breakdown=breakdown,
+        comm_exposed_s=exposed,
+        comm_hidden_s=hidden,
+        compute_s=compute_s,
+        recompute_s=recompute_s,
+        tokens_per_s_per_gpu=tokens / step / gpus,
+        mfu_causal=mfu[True],
+        mfu_noncausal=mfu[False],
+        mfu_peak_flops_per_s=peak_flops,
+        stages=stages,
+        memory_peak_bytes=peak,
+        memory_capacity_bytes=capacity,
+        num_microbatches=num_micro,
+        messages=messages,
+    )

@@ -1,0 +1,462 @@
+"""Validation cases: read a case file and turn one row into validated specs.
+
+A case file is a CSV in the schema of ``shared/validation/README.md``: one published
+training run per row (architecture, hardware, parallel configuration, measured
+``step_time_s``). Any file in that schema is accepted: extra columns are ignored, column
+order is free, and a schema column that is absent reads as empty. Only the columns without
+which no row can be simulated are required (:data:`REQUIRED_COLUMNS`); ``step_time_s`` is
+not, so a file without targets can still be predicted.
+
+An empty cell means unknown. :func:`case_inputs` then takes the default below, the one a
+user of the planner gets, and records it in ``CaseInputs.notes`` (which end up in the
+output ``message``). The rules are the same for every row; no row is special-cased.
+
+=====================  ===================================================================
+Empty cell             Default
+=====================  ===================================================================
+arch                   ``moe`` if ``moe_experts`` is set, else ``dense``
+attention              ``mla`` if ``mla_kv_lora_rank`` is set, ``gqa`` if kv_heads < heads,
+                       else ``mha``
+kv_heads               = heads (MHA); required for GQA
+ffn_act                ``swiglu``
+ffn_hidden             4 * hidden for ``gelu`` (GPT-2/3, BLOOM, Megatron's default);
+                       required for ``swiglu`` dense FFNs (no safe default)
+moe_shared_experts,    0
+moe_dense_layers,
+mtp_depth
+gpus_per_node,         the cluster preset's
+nics_per_node, nic_gbps
+intra_node             the one preset for the GPU (error when there are several)
+precision              ``bf16``
+tp, pp, cp             1
+dp                     num_gpus / (tp * pp * cp)
+ep                     1
+etp                    = tp (Megatron's default), MoE only
+zero                   1: a sharded optimizer (Megatron distributed optimizer, DeepSpeed
+                       ZeRO-1) moves the same bytes as a plain all-reduce (reduce-scatter +
+                       all-gather) and is what current frameworks run
+sequence_parallel      0 (Megatron's flag default)
+micro_batch            1 (Megatron's default)
+recompute              the least of none, selective, full that fits in memory: every
+                       candidate is in ``CaseInputs.recompute_candidates`` and
+                       :func:`planner.validation.run.run_cases` keeps the first that is not OOM
+pp_schedule            pp = 1: irrelevant. pp > 1: ``interleaved`` if vpp > 1, else ``1f1b``
+                       (Megatron without virtual stages, DeepSpeed's pipeline engine)
+vpp                    1, unless the schedule is ``interleaved`` ("interleaved with an
+                       unpublished count"): the smallest count >= 2 that divides the layers
+                       per stage (layers // pp), i.e. the mildest even interleaving
+=====================  ===================================================================
+
+Cells that disagree are resolved the same way every time and noted: with dp given and
+tp * pp * cp * dp != num_gpus the plan's GPUs are simulated; ``mha`` with kv_heads < heads is
+simulated with those kv_heads (GQA); pp_schedule on a pp = 1 row is ignored.
+
+Model style by FFN activation: ``gelu`` rows are GPT-style (LayerNorm, biases on every
+linear layer, learned absolute positions, output head tied to the embedding: Megatron's GPT
+defaults and GPT-2/3); ``swiglu`` rows are Llama/DeepSeek-style (RMSNorm, no biases, RoPE,
+untied head). MoE rows follow DeepSeekMoE: each shared expert has the routed experts'
+intermediate size, softmax router, no group-limited routing. Fields the schema cannot
+express (norm, biases, tying, QK-norm, expert groups, router score) are then taken from a
+shipped model preset whose architecture matches the row on every column the schema has
+(layers, widths, heads, FFN, MLA and MoE shape; vocab aside, since it is often padded): a
+DeepSeek-V3 row gets V3's 8 expert groups, 4-node limit and sigmoid router, and says so.
+
+Cluster: the shipped cluster preset with the row's ``gpu`` and ``intra_node``, resized to
+the row (:mod:`planner.validation.clusters`); no matching preset is an
+:class:`~planner.errors.UnsupportedError`, never a guess.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from planner.errors import SpecError
+from planner.presets import load_model, preset_names, revalidate, validate_spec
+from planner.specs import (
+    ClusterSpec,
+    FFNActivation,
+    ModelSpec,
+    Normalization,
+    PipelineSchedule,
+    Plan,
+    PositionEmbedding,
+    Precision,
+    Recompute,
+    Workload,
+    ZeroStage,
+)
+from planner.specs.compat import check_plan
+from planner.validation.clusters import case_cluster
+
+REQUIRED_COLUMNS = (
+    "case_id", "layers", "hidden", "heads", "vocab", "seq_len", "gpu", "num_gpus", "global_batch",
+)
+"""Columns a case file must have; every other schema column may be absent (= empty)."""
+
+RECOMPUTE_ORDER = (Recompute.NONE, Recompute.SELECTIVE, Recompute.FULL)
+"""Tried in this order when ``recompute`` is empty: the least recomputation that fits."""
+
+
+@dataclass(frozen=True)
+class CaseInputs:
+    """The specs of one case, and the defaults taken for its empty cells."""
+
+    model: ModelSpec
+    cluster: ClusterSpec
+    plan: Plan
+    workload: Workload
+    notes: list[str] = field(default_factory=list)
+    """One line per default or substitution, in words."""
+    recompute_candidates: tuple[Recompute, ...] = ()
+    """Recompute settings to try in order (several only when the cell was empty)."""
+
+
+class Row:
+    """Typed access to one CSV row; an empty or absent cell is None."""
+
+    def __init__(self, raw: dict[str | None, Any]):
+        self.cells = {
+            key.strip(): str(value).strip()
+            for key, value in raw.items()
+            if key is not None and value is not None
+        }
+
+    def text(self, column: str) -> str | None:
+        return self.cells.get(column) or None
+
+    def number(self, column: str) -> float | None:
+        value = self.text(column)
+        if value is None:
+            return None
+        try:
+            return float(value)
+        except ValueError:
+            raise SpecError(column, value, "must be a number") from None
+
+    def int(self, column: str) -> int | None:
+        value = self.number(column)
+        if value is None:
+            return None
+        if not value.is_integer():
+            raise SpecError(column, self.text(column), "must be a whole number")
+        return int(value)
+
+    def need(self, column: str) -> int:
+        value = self.int(column)
+        if value is None:
+            raise SpecError(column, None, "is required; the cell is empty")
+        return value
+
+    def choice(self, column: str, enum: type, default: Any = None) -> Any:
+        value = self.text(column)
+        if value is None:
+            return default
+        try:
+            return enum(value.lower())
+        except ValueError:
+            allowed = ", ".join(str(m.value) for m in enum)
+            raise SpecError(column, value, f"must be one of {allowed}") from None
+
+    def flag(self, column: str) -> bool | None:
+        value = self.text(column)
+        if value is None:
+            return None
+        if value.lower() in ("1", "true", "yes"):
+            return True
+        if value.lower() in ("0", "false", "no"):
+            return False
+        raise SpecError(column, value, "must be 0 or 1")
+
+
+def read_cases(path: str | Path) -> list[dict[str, str]]:
+    """The rows of a case file, each a dict keyed by column; SpecError names the problem."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise SpecError("cases", str(path), "no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError("cases", str(path), f"cannot be read ({exc})") from None
+    try:
+        reader = csv.DictReader(io.StringIO(text))
+        header = [name.strip() for name in reader.fieldnames or []]
+        missing = [name for name in REQUIRED_COLUMNS if name not in header]
+        if missing:
+            raise SpecError("cases", str(path), f"missing required column(s): {', '.join(missing)}")
+        return [Row(raw).cells for raw in reader]
+    except csv.Error as exc:
+        raise SpecError("cases", str(path), f"is not a valid CSV ({exc})") from None
+
+
+def case_inputs(row: dict[str, Any]) -> CaseInputs:
+    """Validated specs for one case-file row; empty cells take the module's defaults."""
+    cells = Row(row)
+    notes: list[str] = []
+    model = _model(cells, notes)
+    workload = _workload(cells, notes)
+    plan, candidates = _plan(cells, model, notes)
+    check_plan(model, workload, plan)
+    cluster = case_cluster(cells, plan.world_size, notes)
+    return CaseInputs(model, cluster, plan, workload, notes, candidates)
+
+
+# --- model ----------------------------------------------------------------------------
+
+
+def _model(cells: Row, notes: list[str]) -> ModelSpec:
+    case = cells.text("case_id") or "case"
+    hidden, heads = cells.need("hidden"), cells.need("heads")
+    act = cells.choice("ffn_act", FFNActivation)
+    if act is None:
+        act = FFNActivation.SWIGLU
+        notes.append("ffn_act empty: swiglu")
+    gelu = act is FFNActivation.GELU
+    spec: dict[str, Any] = {
+        "name": cells.text("model_name") or case,
+        "source": cells.text("source") or "",
+        "num_layers": cells.need("layers"),
+        "hidden_size": hidden,
+        "num_attention_heads": heads,
+        "vocab_size": cells.need("vocab"),
+        "default_seq_length": cells.need("seq_len"),
+        "ffn_activation": act,
+        # GPT-style (Megatron GPT defaults, GPT-2/3) for gelu; Llama/DeepSeek-style for swiglu.
+        "normalization": Normalization.LAYERNORM if gelu else Normalization.RMSNORM,
+        "position_embedding": PositionEmbedding.LEARNED if gelu else PositionEmbedding.ROPE,
+        "add_bias_linear": gelu,
+        "tie_word_embeddings": gelu,
+    }
+    spec.update(_attention(cells, heads, notes))
+    moe = _moe(cells, notes)
+    if moe is not None:
+        spec["moe"] = moe
+    spec["mtp_depth"] = _default(cells, "mtp_depth", 0, notes, quiet=moe is None)
+    ffn = cells.int("ffn_hidden")
+    needs_ffn = moe is None or moe["num_dense_layers"] > 0
+    if ffn is None and needs_ffn and gelu:
+        ffn = 4 * hidden
+        notes.append(f"ffn_hidden empty: {ffn} (4 x hidden, the GPT/Megatron default)")
+    if ffn is not None:
+        spec["ffn_hidden_size"] = ffn
+    elif needs_ffn:
+        raise SpecError("ffn_hidden", None, "is required for the dense FFN layers of a swiglu model")
+    model = validate_spec(ModelSpec, spec, origin=case)
+    return _with_preset_fields(model, notes)
+
+
+def _attention(cells: Row, heads: int, notes: list[str]) -> dict[str, Any]:
+    kind = cells.text("attention")
+    kv = cells.int("kv_heads")
+    if kind is None:
+        kind = "mla" if cells.text("mla_kv_lora_rank") else "gqa" if kv and kv < heads else "mha"
+        notes.append(f"attention empty: {kind}")
+    kind = kind.lower()
+    if kind == "mla":
+        mla = {
+            "q_lora_rank": cells.int("mla_q_lora_rank"),
+            "kv_lora_rank": cells.need("mla_kv_lora_rank"),
+            "qk_nope_head_dim": cells.need("mla_qk_nope_head_dim"),
+            "qk_rope_head_dim": cells.need("mla_qk_rope_head_dim"),
+            "v_head_dim": cells.need("mla_v_head_dim"),
+        }
+        if mla["q_lora_rank"] is None:
+            notes.append("mla_q_lora_rank empty: queries not compressed (as DeepSeek-V2-Lite)")
+        return {"mla": mla}
+    if kind not in ("mha", "gqa"):
+        raise SpecError("attention", kind, "must be one of mha, gqa, mla")
+    if kv is None:
+        if kind == "gqa":
+            raise SpecError("kv_heads", None, "is required for gqa attention")
+        kv = heads
+    elif kind == "mha" and kv != heads:
+        notes.append(f"attention mha but kv_heads {kv} != heads {heads}: kv_heads taken (gqa)")
+    out: dict[str, Any] = {"num_kv_heads": kv}
+    head_dim = cells.int("head_dim")
+    if head_dim is not None:
+        out["head_dim"] = head_dim
+    return out
+
+
+def _moe(cells: Row, notes: list[str]) -> dict[str, Any] | None:
+    arch = (cells.text("arch") or "").lower()
+    experts = cells.int("moe_experts")
+    if not arch:
+        arch = "moe" if experts else "dense"
+        notes.append(f"arch empty: {arch}")
+    if arch == "dense":
+        if experts:
+            raise SpecError("moe_experts", experts, "must be empty for arch dense")
+        return None
+    if arch != "moe":
+        raise SpecError("arch", arch, "must be dense or moe")
+    if experts is None:
+        raise SpecError("moe_experts", None, "is required for arch moe")
+    return {
+        "num_experts": experts,
+        "top_k": cells.need("moe_topk"),
+        "expert_ffn_hidden_size": cells.need("moe_expert_ffn"),
+        "num_shared_experts": _default(cells, "moe_shared_experts", 0, notes),
+        "num_dense_layers": _default(cells, "moe_dense_layers", 0, notes),
+    }
+
+
+_SCHEMALESS_FIELDS = (
+    "normalization", "position_embedding", "add_bias_linear", "add_qkv_bias", "qk_norm",
+    "tie_word_embeddings",
+)
+_SCHEMALESS_MOE_FIELDS = (
+    "shared_expert_ffn_hidden_size", "num_expert_groups", "num_limited_groups", "router_score",
+)
+
+
+def _signature(model: ModelSpec) -> tuple:
+    """What the schema says about an architecture (vocab aside: it is often padded)."""
+    moe = model.moe
+    return (
+        model.num_layers,
+        model.hidden_size,
+        model.num_attention_heads,
+        model.mla.model_dump() if model.mla else (model.kv_heads, model.kv_channels),
+        model.ffn_hidden_size if model.num_dense_ffn_layers else None,
+        model.ffn_activation,
+        (moe.num_experts, moe.top_k, moe.expert_ffn_hidden_size, moe.num_shared_experts, moe.num_dense_layers)
+        if moe
+        else None,
+    )
+
+
+@cache
+def _model_presets() -> tuple[ModelSpec, ...]:
+    return tuple(load_model(name) for name in preset_names("model"))
+
+
+def _with_preset_fields(model: ModelSpec, notes: list[str]) -> ModelSpec:
+    """Take the fields the schema lacks from a shipped preset of the same architecture."""
+    sig = _signature(model)
+    match = next((p for p in _model_presets() if _signature(p) == sig), None)
+    if match is None:
+        return model
+    changes = {f: getattr(match, f) for f in _SCHEMALESS_FIELDS if getattr(match, f) != getattr(model, f)}
+    moe_changes = {}
+    if model.moe:
+        moe_changes = {
+            f: getattr(match.moe, f)
+            for f in _SCHEMALESS_MOE_FIELDS
+            if getattr(match.moe, f) != getattr(model.moe, f)
+        }
+    if not changes and not moe_changes:
+        return model
+    shown = [f"{k} {_show(v)}" for k, v in {**changes, **moe_changes}.items()]
+    notes.append(f"architecture matches model preset {match.name}: took {', '.join(shown)} from it")
+    if moe_changes:
+        changes["moe"] = {**model.moe.model_dump(), **moe_changes}
+    return revalidate(model, **changes)
+
+
+# --- workload and plan ----------------------------------------------------------------
+
+
+def _workload(cells: Row, notes: list[str]) -> Workload:
+    precision = cells.choice("precision", Precision)
+    if precision is None:
+        precision = Precision.BF16
+        notes.append("precision empty: bf16")
+    return validate_spec(
+        Workload,
+        {"global_batch_size": cells.need("global_batch"), "seq_length": cells.need("seq_len"), "precision": precision},
+        origin=cells.text("case_id"),
+    )
+
+
+def _plan(cells: Row, model: ModelSpec, notes: list[str]) -> tuple[Plan, tuple[Recompute, ...]]:
+    tp = _default(cells, "tp", 1, notes)
+    pp = _default(cells, "pp", 1, notes)
+    cp = _default(cells, "cp", 1, notes)
+    num_gpus = cells.need("num_gpus")
+    dp = cells.int("dp")
+    if dp is None:
+        if num_gpus % (tp * pp * cp):
+            raise SpecError("num_gpus", num_gpus, f"must be a multiple of tp * pp * cp ({tp * pp * cp})")
+        dp = num_gpus // (tp * pp * cp)
+        notes.append(f"dp empty: {dp} = num_gpus / (tp * pp * cp)")
+    elif tp * pp * cp * dp != num_gpus:
+        notes.append(f"num_gpus {num_gpus} != tp * pp * cp * dp ({tp * pp * cp * dp}): simulated the plan's GPUs")
+    schedule, vpp = _schedule(cells, model, pp, notes)
+    recompute = cells.choice("recompute", Recompute)
+    if recompute is None:
+        candidates = RECOMPUTE_ORDER
+        notes.append("recompute empty: the least of none / selective / full that fits in memory")
+    else:
+        candidates = (recompute,)
+    plan: dict[str, Any] = {
+        "tp": tp,
+        "pp": pp,
+        "vpp": vpp,
+        "cp": cp,
+        "dp": dp,
+        "ep": _default(cells, "ep", 1, notes, quiet=model.moe is None),
+        "zero_stage": ZeroStage(_default(cells, "zero", 1, notes)),
+        "sequence_parallel": _flag_default(cells, "sequence_parallel", tp, notes),
+        "recompute": candidates[0],
+        "micro_batch_size": _default(cells, "micro_batch", 1, notes),
+        "pipeline_schedule": schedule,
+    }
+    etp = cells.int("etp")
+    if model.moe is not None:
+        if etp is None:
+            notes.append(f"etp empty: = tp ({tp}), Megatron's default")
+        else:
+            plan["etp"] = etp
+    return validate_spec(Plan, plan, origin=cells.text("case_id")), candidates
+
+
+def _schedule(cells: Row, model: ModelSpec, pp: int, notes: list[str]) -> tuple[PipelineSchedule, int]:
+    text = (cells.text("pp_schedule") or "").lower() or None
+    vpp = cells.int("vpp")
+    if pp == 1:
+        if text not in (None, "none"):
+            notes.append(f"pp_schedule {text} ignored: pp = 1")
+        return PipelineSchedule.ONE_F_ONE_B, 1
+    if text is None:
+        schedule = PipelineSchedule.INTERLEAVED if (vpp or 1) > 1 else PipelineSchedule.ONE_F_ONE_B
+        notes.append(f"pp_schedule empty: {schedule.value}")
+    elif text == "none":
+        raise SpecError("pp_schedule", text, f"'none' needs pp = 1 (pp = {pp})")
+    else:
+        schedule = cells.choice("pp_schedule", PipelineSchedule)
+    if vpp is None:
+        vpp = 1
+        if schedule is PipelineSchedule.INTERLEAVED:
+            per_stage = model.num_layers // pp
+            vpp = next((d for d in range(2, per_stage + 1) if per_stage % d == 0), 0)
+            if not vpp:
+                raise SpecError("vpp", None, f"interleaving needs >= 2 layers per stage ({per_stage})")
+            notes.append(f"vpp empty: {vpp}, the smallest even split of the {per_stage} layers per stage")
+    return schedule, vpp
+
+
+def _default(cells: Row, column: str, value: int, notes: list[str], quiet: bool = False) -> int:
+    given = cells.int(column)
+    if given is not None:
+        return given
+    if not quiet:
+        notes.append(f"{column} empty: {value}")
+    return value
+
+
+def _flag_default(cells: Row, column: str, tp: int, notes: list[str]) -> bool:
+    given = cells.flag(column)
+    if given is not None:
+        return given
+    if tp > 1:
+        notes.append(f"{column} empty: 0")
+    return False
+
+
+def _show(value: Any) -> str:
+    return str(getattr(value, "value", value))

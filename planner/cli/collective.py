@@ -69,7 +69,7 @@ def collective(
         "groups": int(groups.shape[0]),
         "group_size": group_size,
         "layout": str(parsed),
-        "first_group": groups[0].tolist() if group_size <= 16 else f"{groups[0][:4].tolist()} ... ({group_size} GPUs)",
+        "first_group": groups[0].tolist() if group_size <= 16 else f"{groups[0][:4].tolist()} ... ({group_size})",
         "nodes_per_group": int(np.unique(groups[0] // spec.node.gpus_per_node).size),
         "bytes": size,
         "algorithm": str(cost.algorithm),

@@ -166,8 +166,10 @@ class DPComm:
 
     step_s: float
     """Once per step: gradient reduction (+ parameter all-gather for ZeRO-1/2)."""
-    per_microbatch_s: float
-    """ZeRO-3: parameter all-gathers and gradient reduce-scatter every micro-batch."""
+    per_microbatch_gather_s: float
+    """ZeRO-3: one all-gather of the parameters (done before forward and before backward)."""
+    per_microbatch_scatter_s: float
+    """ZeRO-3: the gradient reduce-scatter after each micro-batch's backward."""
 
 
 def grad_reduce_bytes_per_param(workload: Workload) -> float:
@@ -184,7 +186,7 @@ def dp_step_comm(
     by one GPU of ``stage`` (already divided by tp / ep*etp, not by ZeRO)."""
     grad = grad_reduce_bytes_per_param(workload)
     zero = plan.zero_stage
-    step = micro = 0.0
+    step = gather = scatter = 0.0
     for params, dims, experts in ((dense_params, "cp-dp" if plan.cp > 1 else "dp", False),
                                   (expert_params, "edp", True)):
         if params <= 0:
@@ -198,7 +200,6 @@ def dp_step_comm(
             step += collective_cost(cluster, CollectiveOp.REDUCE_SCATTER, groups, params * grad).time_s
             step += collective_cost(cluster, CollectiveOp.ALL_GATHER, groups, params * BF16_BYTES).time_s
         else:
-            ag = collective_cost(cluster, CollectiveOp.ALL_GATHER, groups, params * BF16_BYTES).time_s
-            rs = collective_cost(cluster, CollectiveOp.REDUCE_SCATTER, groups, params * grad).time_s
-            micro += 2 * ag + rs
-    return DPComm(step, micro)
+            gather += collective_cost(cluster, CollectiveOp.ALL_GATHER, groups, params * BF16_BYTES).time_s
+            scatter += collective_cost(cluster, CollectiveOp.REDUCE_SCATTER, groups, params * grad).time_s
+    return DPComm(step, gather, scatter)

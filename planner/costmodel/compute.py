@@ -39,7 +39,7 @@ from planner.errors import UnsupportedError
 from planner.presets import data_root
 from planner.specs.hardware import Dtype, GPUSpec
 from planner.specs.model import FFNActivation, ModelSpec
-from planner.specs.plan import Plan, Precision, Recompute, Workload
+from planner.specs.plan import AttentionKernel, Plan, Precision, Recompute, Workload
 
 BF16_BYTES = 2.0
 FP32_BYTES = 4.0
@@ -77,6 +77,9 @@ class Op:
     """A Linear GEMM that runs in FP8 when the workload's precision is fp8."""
     recompute_selective: bool = False
     """Repeated in backward under selective recomputation."""
+    weight_grad: bool = True
+    """A GEMM against a weight (backward = input grad + weight grad); False for the
+    activation-by-activation GEMMs of unfused attention (backward = two input grads)."""
 
 
 def _gemm(name: str, m: float, n: float, k: float, count: float = 1.0, fp8: bool = True, sel: bool = False) -> Op:
@@ -143,12 +146,35 @@ def attention_ops(model: ModelSpec, plan: Plan, s: Shard, precision: Precision) 
         rope_elems = T * (h + g) * c / t
         out_in = h * c / t
     ops.append(_mem("rope", 2 * rope_elems * BF16_BYTES))
-    core = 2.0 * T * (h / t) * (model.qk_head_dim + model.v_head_dim) * (s.seq_length / 2)
-    ops.append(Op("core_attention", OpKind.ATTENTION, flops=core, recompute_selective=not mla_selective))
+    if plan.attention_kernel is AttentionKernel.FLASH:
+        core = 2.0 * T * (h / t) * (model.qk_head_dim + model.v_head_dim) * (s.seq_length / 2)
+        ops.append(Op("core_attention", OpKind.ATTENTION, flops=core, recompute_selective=not mla_selective))
+    else:
+        ops += _unfused_core(model, plan, s)
     ops += _cast("out_in_cast", T * out_in, precision)
     ops.append(_gemm("out_proj", T, d, out_in))
     ops.append(_mem("attn_residual", 3 * s.elementwise_tokens * d * BF16_BYTES))
     return ops
+
+
+def _unfused_core(model: ModelSpec, plan: Plan, s: Shard) -> list[Op]:
+    """Attention with the s x s scores in HBM (Megatron-LM before FlashAttention): batched
+    QK^T and PV over the full matrix (the causal mask does not skip work), fused
+    scale-mask-softmax (read and write 2-byte scores) and attention dropout (read and write
+    the probabilities, write a 1-byte mask; Korthikanti et al. 2022 §4.1 count the same
+    tensors as 5as^2b bytes of activations)."""
+    sequences = plan.micro_batch_size
+    heads = model.num_attention_heads / s.tp
+    queries, keys = s.seq_length / plan.cp, s.seq_length
+    count = sequences * heads
+    scores = count * queries * keys
+    gemm = functools.partial(Op, kind=OpKind.GEMM, count=count, recompute_selective=True, weight_grad=False)
+    return [
+        gemm("attn_scores", flops=2.0 * scores * model.qk_head_dim, shape=(queries, keys, model.qk_head_dim)),
+        _mem("attn_softmax", scores * 2 * BF16_BYTES, sel=True),
+        _mem("attn_dropout", scores * (2 * BF16_BYTES + 1), sel=True),
+        gemm("attn_values", flops=2.0 * scores * model.v_head_dim, shape=(queries, model.v_head_dim, keys)),
+    ]
 
 
 def _ffn_ops(model: ModelSpec, name: str, rows: float, width: float, count: float, precision: Precision, mla_sel: bool) -> list[Op]:
@@ -282,6 +308,7 @@ def _efficiency(gpu: GPUSpec):
 def op_forward_s(op: Op, gpu: GPUSpec, precision: Precision, compute_share: float) -> float:
     """Forward seconds of ``op``; ``compute_share`` is the fraction of SMs left to compute."""
     eff = _efficiency(gpu)
+    compute_share *= compute_constants()["sustained_kernel_fraction"]
     if op.kind is OpKind.MEMORY:
         return op.bytes / (gpu.hbm_bandwidth_bytes_per_s * eff.hbm_fraction)
     if op.kind is OpKind.ATTENTION:
@@ -304,9 +331,11 @@ def piece_time(
     for op in ops:
         t = op_forward_s(op, gpu, precision, compute_share)
         fwd += t
-        if op.kind is OpKind.GEMM:
+        if op.kind is OpKind.GEMM and op.weight_grad:
             b += t  # dgrad: same (m, n, k) up to a permutation
             w += t  # wgrad
+        elif op.kind is OpKind.GEMM:
+            b += 2 * t  # gradients of both activation operands
         elif op.kind is OpKind.ATTENTION:
             b += bwd_ratio * op.flops / (gpu.peak(Dtype.BF16) * eff.attention_backward_fraction * compute_share)
         else:

@@ -94,6 +94,9 @@ class _RankCosts:
                 dense, expert = _piece_params(model, plan, piece)
                 self.dense_params += dense
                 self.expert_params += expert
+        self.dp = dp_step_comm(cluster, plan, workload, layout, rank, self.dense_params, self.expert_params)
+        self.zero3_gather_s = self.dp.per_microbatch_gather_s
+        self.zero3_scatter_s = self.dp.per_microbatch_scatter_s
 
     def chunk_times(self, chunk: Chunk) -> tuple[ChunkTimes, dict]:
         plan, wl = self.plan, self.workload
@@ -107,10 +110,17 @@ class _RankCosts:
                 for op in ops if op.kind is C.OpKind.ATTENTION
             )
         comm = self.comm.chunk(chunk)
+        # CP ring exchange hides behind the attention core it feeds (backward ~2x forward).
         cp_f = max(0.0, comm.cp_forward_s - attn_fwd)
         cp_b = max(0.0, comm.cp_backward_s - 2 * attn_fwd)
-        fwd = comp.forward_s + comm.tp_forward_s + cp_f + comm.ep_forward_s
-        bwd = comp.backward_input_s + comm.tp_backward_s + cp_b + comm.ep_backward_s
+        # ZeRO-3: parameters all-gathered before forward and again before backward, gradients
+        # reduce-scattered after it, prefetched behind the compute (and CP exchange) they feed.
+        share = 1.0 / len(self.chunks)
+        gather = self.zero3_gather_s * share
+        # The gather gates F and B; the reduce-scatter follows the weight gradients (W).
+        fwd = max(comp.forward_s + cp_f, gather) + comm.tp_forward_s + comm.ep_forward_s
+        bwd = max(comp.backward_input_s + cp_b, gather) + comm.tp_backward_s + comm.ep_backward_s
+        wgrad = max(comp.backward_weight_s, self.zero3_scatter_s * share)
         pair = None
         ep_hidden = 0.0
         if plan.pipeline_schedule in DUAL:
@@ -125,24 +135,42 @@ class _RankCosts:
             "cp_hidden": (comm.cp_forward_s - cp_f, comm.cp_backward_s - cp_b),
             "ep_hidden_in_pair": ep_hidden,
         }
-        return ChunkTimes(fwd, bwd, comp.backward_weight_s, pair), info
+        return ChunkTimes(fwd, bwd, wgrad, pair), info
 
 
 def simulate(model: ModelSpec, cluster: ClusterSpec, plan: Plan, workload: Workload) -> StepReport:
-    """Predict one training step of ``plan`` (see the module docstring)."""
+    """Predict one training step of ``plan`` (see the module docstring).
+
+    The layer-to-stage split is the runtime's choice, not the plan's: Megatron's even
+    split when the blocks divide evenly (and the schedule is not DualPipe), otherwise the
+    faster of a split balanced by forward time and one balanced by block count among
+    those that fit in memory."""
     check_plan(model, workload, plan, cluster.num_gpus)
     layout = rank_layout(plan)
-    messages: list[str] = []
+    even = model.num_layers % (plan.pp * plan.vpp) == 0 and plan.pipeline_schedule not in DUAL
+    if even:
+        return _simulate_partition(model, cluster, plan, workload, layout, partition(model, plan), [])
     piece_cost = {
         piece: C.piece_time(C.piece_ops(model, plan, workload, piece), cluster.gpu, workload.precision,
                             plan.recompute).forward_s
         for piece in set(model_pieces(model))
     }
-    even = model.num_layers % (plan.pp * plan.vpp) == 0 and plan.pipeline_schedule not in DUAL
-    part = partition(model, plan, None if even else piece_cost)
-    if not even:
-        messages.append("layers split over pipeline chunks to balance forward time (uneven)")
+    candidates = [
+        (partition(model, plan, piece_cost), "layers split over pipeline chunks to balance forward time"),
+        (partition(model, plan, {Piece.DENSE: 1.0, Piece.MOE: 1.0, Piece.HEAD: 1.0, Piece.MTP: 1.0}),
+         "layers split over pipeline chunks by count (head and MTP count as blocks)"),
+    ]
+    reports = [
+        _simulate_partition(model, cluster, plan, workload, layout, part, [note]) for part, note in candidates
+    ]
+    fitting = [r for r in reports if r.status is Status.OK]
+    return min(fitting or reports, key=lambda r: r.step_time_s)
 
+
+def _simulate_partition(
+    model: ModelSpec, cluster: ClusterSpec, plan: Plan, workload: Workload, layout, part: Partition,
+    messages: list[str],
+) -> StepReport:
     ranks = [_RankCosts(model, cluster, plan, workload, layout, part, r) for r in range(plan.pp)]
     chunk_times: list[ChunkTimes] = []
     infos: dict[int, dict] = {}
@@ -158,7 +186,7 @@ def simulate(model: ModelSpec, cluster: ClusterSpec, plan: Plan, workload: Workl
     rank_end = timeline.rank_end_s
     ends, tails = [], []
     for rc in ranks:
-        dp = dp_step_comm(cluster, plan, workload, layout, rc.rank, rc.dense_params, rc.expert_params)
+        dp = rc.dp
         own = part.chunks_of_rank(rc.rank)
         last_backward = sum(chunk_times[c.index].backward_input_s + chunk_times[c.index].backward_weight_s
                             for c in own[:1])

@@ -29,7 +29,9 @@ runs per *island* (a node, or an NVL72 rack: what NVLink joins).
   reads and receive writes what the tree moves (2 + 2 for an interior node); the reduction
   of received data reads what the children sent (1); H2D with GDRCopy reads host memory once
   per CPU socket (2). Everything is pipelined in chunks, so the phase is one: the busiest of
-  PCIe links, root ports, host memory, NICs and the fabric.
+  PCIe links, root ports, host memory, NICs and the fabric. Fire-Flyer's Fig. 7 plots
+  algorithm bandwidth (buffer / time): read as bus bandwidth, NCCL's 4.8 GB/s ceiling would
+  be half of what the node's P2P-capped ring edge (~9.4 GB/s busbw) delivers.
 - **flat** all-to-all: every rank sends ``1/k`` of its buffer to every member (its own share
   stays home); traffic to another island leaves on the destination's rail (PXN).
 - **direct** p2p: one flow per pair.
@@ -158,16 +160,18 @@ def tree(maps: ClusterMaps, groups: np.ndarray) -> Phase:
     view, book = GroupView(maps, groups), LoadBook(maps)
     if not view.multi.all():
         raise UnsupportedError("tree all-reduce needs every group to span at least two islands (nodes)")
+    src, dst, share = [], [], []
     for child, parent in _tree_edges(view):
         # Half the buffer per tree, up in the reduce and down in the broadcast, shared by the
         # child island's members (one channel per rail).
         parent_of = np.full(view.run_start.size, -1, dtype=np.int64)
         parent_of[child] = parent
         members = np.flatnonzero(parent_of[view.run_of] >= 0)
-        up = view.partner(members, parent_of[view.run_of[members]])
-        share = 0.5 / view.m[members]
-        book.inter_node(view.flat[members], view.flat[up], share)
-        book.inter_node(view.flat[up], view.flat[members], share)
+        up = view.flat[view.partner(members, parent_of[view.run_of[members]])]
+        src += [view.flat[members], up]
+        dst += [up, view.flat[members]]
+        share += [0.5 / view.m[members]] * 2
+    book.inter_node(np.concatenate(src), np.concatenate(dst), np.concatenate(share))
     chain = (view.m > 1) & (view.pos < view.m - 1)
     a, b = view.flat[chain], view.flat[np.flatnonzero(chain) + 1]
     book.gpu_to_gpu(a, b, 1.0)
@@ -183,7 +187,9 @@ def hierarchical(maps: ClusterMaps, groups: np.ndarray, kind: str) -> tuple[Phas
     view = GroupView(maps, groups)
     n, m = view.runs_per_group, view.run_len
     if n.min() != n.max() or m.min() != m.max() or n[0] < 2 or m[0] < 2:
-        raise UnsupportedError("hierarchical needs every group to hold the same number (> 1) of GPUs on each of >= 2 islands")
+        raise UnsupportedError(
+            "hierarchical needs every group to hold the same number (> 1) of GPUs on each of >= 2 islands"
+        )
     n, m = int(n[0]), int(m[0])
     intra = view.groups.reshape(-1, m)
     inter = view.groups.reshape(-1, n, m).transpose(0, 2, 1).reshape(-1, n)
@@ -280,7 +286,7 @@ def flat_all_to_all(maps: ClusterMaps, groups: np.ndarray) -> Phase:
         rails = np.arange(nics)
         to_rail = (group_rail.reshape(-1, nics)[view.member_group] - run_rail.reshape(-1, nics)[view.run_of]) / k
         f = np.flatnonzero(view.multi)
-        book.gpu_nic(np.repeat(g[f], nics), np.tile(rails, f.size), to_rail[f].ravel(), outbound=True)
+        book.gpu_nic_fanout(g[f], to_rail[f])
         book.gpu_nic(g[f], rail[f], (k - m[f]) / k, outbound=False)
         # Leaf uplinks: traffic from members to members on rail r under other leaves.
         leaf_of = maps.leaf(np.repeat(node[f], nics), np.tile(rails, f.size)).reshape(-1, nics)

@@ -102,7 +102,9 @@ def job_nodes(cluster: ClusterSpec, num_nodes: int, first_node: int = 0, zone_sp
     return np.concatenate(parts)
 
 
-def job_gpus(cluster: ClusterSpec, num_gpus: int | None = None, first_node: int = 0, zone_spread: int = 1) -> np.ndarray:
+def job_gpus(
+    cluster: ClusterSpec, num_gpus: int | None = None, first_node: int = 0, zone_spread: int = 1
+) -> np.ndarray:
     """Physical GPU ids of a job of ``num_gpus`` GPUs (whole nodes; all GPUs by default)."""
     per_node = cluster.node.gpus_per_node
     num_gpus = cluster.num_gpus if num_gpus is None else num_gpus
@@ -114,7 +116,9 @@ def job_gpus(cluster: ClusterSpec, num_gpus: int | None = None, first_node: int 
     return (nodes[:, None] * per_node + np.arange(per_node)[None, :]).ravel()
 
 
-def layout_groups(gpus: np.ndarray, group_size: int, layout: GroupLayout | str = LayoutKind.CONSECUTIVE) -> np.ndarray:
+def layout_groups(
+    gpus: np.ndarray, group_size: int, layout: GroupLayout | str = LayoutKind.CONSECUTIVE
+) -> np.ndarray:
     """Groups of ``group_size`` tiling ``gpus`` (in order), shape (num_groups, group_size)."""
     gpus = np.asarray(gpus, dtype=np.int64).ravel()
     layout = layout if isinstance(layout, GroupLayout) else GroupLayout.parse(str(layout))
@@ -127,7 +131,8 @@ def layout_groups(gpus: np.ndarray, group_size: int, layout: GroupLayout | str =
     if n % block:
         raise SpecError(
             "layout", str(layout),
-            f"does not tile the {n} GPUs: groups of {group_size} at stride {layout.stride} need a multiple of {block}",
+            f"does not tile the {n} GPUs: {group_size} per group at stride {layout.stride}"
+            f" needs a multiple of {block}",
         )
     # (blocks, size, stride) -> (blocks, stride, size): member j of group s in block b is
     # gpus[b * block + j * stride + s].

@@ -43,6 +43,7 @@ NVLink hop plus one IB hop when the group spans nodes.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -93,14 +94,24 @@ class MoEAllToAllCost:
 
 
 @lru_cache(maxsize=256)
-def routing_stats(islands: int, ranks_per_island: int, num_experts: int, top_k: int, node_limit: int | None) -> RoutingStats:
-    """Seeded Monte-Carlo of node-limited top-k routing (see the module docstring)."""
+def routing_stats(
+    islands: int, ranks_per_island: int, num_experts: int, top_k: int, node_limit: int | None
+) -> RoutingStats:
+    """Expected spread of a token (see the module docstring): exact hypergeometric sums
+    without a binding node limit, a seeded Monte-Carlo with one."""
     ranks = islands * ranks_per_island
+    limit = islands if node_limit is None else min(node_limit, islands)
+    if limit == islands:
+        # P(a set of e experts gets none of the top_k) = C(E - e, top_k) / C(E, top_k).
+        per_rank = np.bincount(np.arange(num_experts) * ranks // num_experts, minlength=ranks)
+        per_island = np.bincount(np.arange(ranks) // ranks_per_island, weights=per_rank).astype(int)
+        n_ranks = sum(1 - _none_chosen(num_experts, int(e), top_k) for e in per_rank)
+        n_islands = sum(1 - _none_chosen(num_experts, int(e), top_k) for e in per_island)
+        return RoutingStats(n_islands, n_ranks, n_islands / islands)
     rng = np.random.default_rng(MONTE_CARLO_SEED)
     scores = rng.random((MONTE_CARLO_TOKENS, num_experts), dtype=np.float32)
     rank_of_expert = np.arange(num_experts) * ranks // num_experts
     island_of_expert = rank_of_expert // ranks_per_island
-    limit = islands if node_limit is None else min(node_limit, islands)
     if limit < islands:
         # Experts are numbered island by island, so each island's best score is a reduceat.
         starts = np.searchsorted(island_of_expert, np.arange(islands))
@@ -119,12 +130,19 @@ def routing_stats(islands: int, ranks_per_island: int, num_experts: int, top_k: 
     return RoutingStats(n_islands, distinct(rank_of_expert[chosen]), n_islands / islands)
 
 
+def _none_chosen(total: int, held: int, chosen: int) -> float:
+    """C(total - held, chosen) / C(total, chosen): no chosen item among ``held`` of ``total``."""
+    if total - held < chosen:
+        return 0.0
+    return float(np.prod([(total - held - i) / (total - i) for i in range(chosen)]))
+
+
 def _off_share(num_groups: int, island: np.ndarray, place: np.ndarray, islands: int) -> np.ndarray:
     """Per member: the share of the group's other islands that are in another ``place``."""
     g = np.broadcast_to(np.arange(num_groups)[:, None], island.shape)
     key = (g * (place.max() + 1) + place).ravel()
-    pairs = np.unique(np.stack([key, island.ravel()], axis=1), axis=0)
-    known, count = np.unique(pairs[:, 0], return_counts=True)
+    pairs = np.unique(key * (island.max() + 1) + island.ravel())
+    known, count = np.unique(pairs // (island.max() + 1), return_counts=True)
     same = count[np.searchsorted(known, key)] - 1
     return 1 - same / max(islands - 1, 1)
 
@@ -173,7 +191,25 @@ def moe_all_to_all(
     dispatch_bytes_per_element: float,
     combine_bytes_per_element: float,
 ) -> MoEAllToAllCost:
-    """Dispatch and combine times of DeepEP-style node-limited all-to-all on every EP group."""
+    """Dispatch and combine times of DeepEP-style node-limited all-to-all on every EP group
+    (cached per cluster, groups and arguments)."""
+    raw = np.ascontiguousarray(groups)
+    key = (id(cluster_maps(cluster)), raw.dtype.str, raw.shape, raw.tobytes(), tokens_per_rank, hidden_size,
+           top_k, num_experts, node_limit, dispatch_bytes_per_element, combine_bytes_per_element)
+    if key not in _RESULTS:
+        _RESULTS[key] = _moe_all_to_all(cluster, raw, tokens_per_rank, hidden_size, top_k, num_experts, node_limit,
+                                        dispatch_bytes_per_element, combine_bytes_per_element)
+        if len(_RESULTS) > 1024:
+            _RESULTS.popitem(last=False)
+    _RESULTS.move_to_end(key)
+    return _RESULTS[key]
+
+
+_RESULTS: OrderedDict[tuple, MoEAllToAllCost] = OrderedDict()
+
+
+def _moe_all_to_all(cluster, groups, tokens_per_rank, hidden_size, top_k, num_experts, node_limit,
+                    dispatch_bytes_per_element, combine_bytes_per_element) -> MoEAllToAllCost:
     arr = check_groups(cluster, groups)
     for name, value in (("tokens_per_rank", tokens_per_rank), ("hidden_size", hidden_size),
                         ("top_k", top_k), ("num_experts", num_experts)):

@@ -192,13 +192,16 @@ def _phases(maps: ClusterMaps, op: CollectiveOp, algorithm: Algorithm, groups: n
     return (alg.direct(maps, groups),)
 
 
-def _profile(cluster: ClusterSpec, op: CollectiveOp, algorithm: Algorithm, groups: np.ndarray) -> tuple[Phase, ...]:
+def _profile(cluster: ClusterSpec, op: CollectiveOp, algorithm: Algorithm, groups: np.ndarray,
+             groups_key: tuple) -> tuple[Phase, ...]:
     maps = cluster_maps(cluster)
-    key = (id(maps), op, algorithm, groups.shape, groups.tobytes())
-    return _CACHE.profile(key, lambda: _phases(maps, op, algorithm, check_groups(cluster, groups)))
+    return _CACHE.profile((id(maps), op, algorithm, groups_key),
+                          lambda: _phases(maps, op, algorithm, check_groups(cluster, groups)))
 
 
-def _assemble(op: CollectiveOp, algorithm: Algorithm, phases: tuple[Phase, ...], nbytes: float, k: int) -> CollectiveCost:
+def _assemble(
+    op: CollectiveOp, algorithm: Algorithm, phases: tuple[Phase, ...], nbytes: float, k: int
+) -> CollectiveCost:
     time_s = sum(p.time_s(nbytes) for p in phases)
     latency_s = sum(p.latency_s for p in phases)
     loads: dict[LinkClass, LinkLoad] = {}
@@ -247,19 +250,20 @@ def collective_cost(
         raise SpecError("groups", arr.shape[1], "p2p takes pairs [src, dst] (group size 2)")
     arr = np.ascontiguousarray(arr)
     k = arr.shape[1] if arr.ndim == 2 else 0
+    groups_key = (arr.dtype.str, arr.shape, arr.tobytes())
     if algorithm is not Algorithm.AUTO:
-        return _assemble(op, algorithm, _profile(cluster, op, algorithm, arr), nbytes, k)
+        return _assemble(op, algorithm, _profile(cluster, op, algorithm, arr, groups_key), nbytes, k)
     best = None
     for candidate in supported:
         if candidate is Algorithm.HFREDUCE and not cluster_maps(cluster).cpu_allreduce:
             continue
         try:
-            cost = _assemble(op, candidate, _profile(cluster, op, candidate, arr), nbytes, k)
+            cost = _assemble(op, candidate, _profile(cluster, op, candidate, arr, groups_key), nbytes, k)
         except UnsupportedError:
             continue
         if best is None or cost.time_s < best.time_s:
             best = cost
     if best is None:  # every candidate unsupported: report the first one's reason
-        _profile(cluster, op, supported[0], arr)
+        _profile(cluster, op, supported[0], arr, groups_key)
         raise UnsupportedError(f"no algorithm for {op} on these groups")
     return best

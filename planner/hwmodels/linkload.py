@@ -100,7 +100,8 @@ class Phase:
         return max(self.loads, key=lambda load: load.time_s).link
 
     def scaled(self, factor: float) -> Phase:
-        return Phase(self.latency_s, tuple(LinkLoad(l.link, l.bytes * factor, l.bandwidth_bytes_per_s) for l in self.loads))
+        loads = tuple(LinkLoad(load.link, load.bytes * factor, load.bandwidth_bytes_per_s) for load in self.loads)
+        return Phase(self.latency_s, loads)
 
 
 class ClusterMaps:
@@ -118,10 +119,10 @@ class ClusterMaps:
         # An island is what NVLink joins without a NIC: the node, or an NVL72 rack.
         self.island_gpus = max(self.gpn, up.domain_gpus)
         self.local_rail = np.array([nic_index(node, i) for i in range(self.gpn)], dtype=np.int64)
-        self.rail_first_gpu = np.array(
-            [int(np.flatnonzero(self.local_rail == r)[0]) if (self.local_rail == r).any() else 0 for r in range(self.nics)],
-            dtype=np.int64,
-        )
+        # The GPU a NIC's traffic enters through (the first on its rail; GPU 0 for a NIC no
+        # GPU is next to).
+        on_rail = [np.flatnonzero(self.local_rail == r) for r in range(self.nics)]
+        self.rail_first_gpu = np.array([int(g[0]) if g.size else 0 for g in on_rail], dtype=np.int64)
         pcie = node.pcie
         self.pcie_bw = pcie.gpu_link_bandwidth_bytes_per_s if pcie else None
         self.p2p_bw = pcie.gpu_nic_p2p_bandwidth_bytes_per_s if pcie else None
@@ -134,7 +135,8 @@ class ClusterMaps:
             self.port_bw = np.empty(len(pcie.root_ports))
             for p, members in enumerate(pcie.root_ports):
                 self.local_port[members] = p
-                self.port_bw[p] = pcie.root_port_bandwidth_bytes_per_s or pcie.gpu_link_bandwidth_bytes_per_s * len(members)
+                shared = pcie.gpu_link_bandwidth_bytes_per_s * len(members)
+                self.port_bw[p] = pcie.root_port_bandwidth_bytes_per_s or shared
             self.port_duplex_bw = pcie.root_port_duplex_bandwidth_bytes_per_s
         self.ports_per_node = int(self.port_bw.size)
         self.nvlink_bw = up.bandwidth_bytes_per_s * up.achievable_fraction
@@ -144,7 +146,8 @@ class ClusterMaps:
         self.cpu_allreduce = bool(node.host and node.host.cpu_allreduce)
         # Fabric: leaves per (zone, plane, rail, block), as Topology.leaf_of.
         layout = fabric_layout(cluster)
-        self.nics_per_plane, self.rails, self.nodes_per_leaf = layout.nics_per_plane, layout.rails, layout.nodes_per_leaf
+        self.nics_per_plane, self.rails = layout.nics_per_plane, layout.rails
+        self.nodes_per_leaf = layout.nodes_per_leaf
         self.uplink_bw = layout.down_ports * self.nic_bw / fabric.oversubscription
         self.zones = fabric.zones
         self.nodes_per_zone = fabric.nodes_per_zone if fabric.zones > 1 else self.num_nodes
@@ -155,6 +158,15 @@ class ClusterMaps:
                 " cluster in no zone",
             )
         self.leaf_blocks = -(-self.nodes_per_zone // self.nodes_per_leaf)
+        # leaf id = ((zone * planes + plane) * rails + rail_in_plane) * blocks + block, split
+        # into a node part and a rail part so a lookup is two gathers and an add.
+        planes = self.nics // self.nics_per_plane
+        nodes = np.arange(self.num_nodes)
+        zone = nodes // self.nodes_per_zone
+        block = (nodes - zone * self.nodes_per_zone) // self.nodes_per_leaf
+        self._leaf_node = zone * planes * self.rails * self.leaf_blocks + block
+        plane, within = np.divmod(np.arange(self.nics), self.nics_per_plane)
+        self._leaf_rail = (plane * self.rails + within % self.rails) * self.leaf_blocks
         self.cross_zone_bw = fabric.cross_zone_bandwidth_bytes_per_s
         self.cross_zone_flow_bw = fabric.cross_zone_flow_bandwidth_bytes_per_s
         self.scale_up_latency_s = up.latency_s
@@ -181,13 +193,8 @@ class ClusterMaps:
         return node // self.nodes_per_zone
 
     def leaf(self, node: np.ndarray, rail: np.ndarray) -> np.ndarray:
-        """Global leaf id of NIC ``rail`` of ``node``."""
-        zone = self.zone(node)
-        plane, within = np.divmod(rail, self.nics_per_plane)
-        block = (node - zone * self.nodes_per_zone) // self.nodes_per_leaf
-        rail_in_plane = within % self.rails
-        planes = self.nics // self.nics_per_plane
-        return ((zone * planes + plane) * self.rails + rail_in_plane) * self.leaf_blocks + block
+        """Global leaf id of NIC ``rail`` of ``node`` (as Topology.leaf_of, flattened)."""
+        return self._leaf_node[node] + self._leaf_rail[rail]
 
     def nvlinked(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """True where GPUs ``a`` and ``b`` share an NVLink domain."""
@@ -230,10 +237,14 @@ class LoadBook:
         if capacity is None or not np.isfinite(capacity):
             return
         ids = np.asarray(ids, dtype=np.int64).ravel()
-        amount = np.broadcast_to(np.asarray(amount, dtype=float), ids.shape).ravel()
-        keep = amount > 0
-        if keep.any():
-            self._parts.setdefault((link, float(capacity), instances), []).append((ids[keep], amount[keep]))
+        amount = np.asarray(amount, dtype=float)
+        amount = np.broadcast_to(amount, ids.shape) if amount.ndim == 0 else amount.ravel()
+        if ids.size == 0 or amount.max() <= 0:
+            return
+        if amount.min() <= 0:
+            keep = amount > 0
+            ids, amount = ids[keep], amount[keep]
+        self._parts.setdefault((link, float(capacity), instances), []).append((ids, amount))
 
     def loads(self) -> tuple[LinkLoad, ...]:
         """The busiest instance of each link class (by time, over its capacities)."""
@@ -306,6 +317,33 @@ class LoadBook:
             self.host_path(via, amount, up=outbound)
         else:  # GPUDirect through a PCIe switch: the GPU's link toward its NIC
             self.add(LinkClass.PCIE, m.pcie_bw, 2 * via + direction, amount)
+
+    def gpu_nic_fanout(self, gpu: np.ndarray, per_rail: np.ndarray) -> None:
+        """Outbound GPUDirect traffic of each GPU to every rail (``per_rail``: gpus x nics);
+        the same loads as :meth:`gpu_nic` per (GPU, rail), summed before booking."""
+        m = self.maps
+        node_domain = m.scale_up_kind is ScaleUpKind.NVSWITCH and m.domain_gpus >= m.gpn
+        if not node_domain or m.has_root_ports:
+            rails = np.arange(m.nics)
+            self.gpu_nic(np.repeat(gpu, m.nics), np.tile(rails, gpu.size), per_rail.ravel(), outbound=True)
+            return
+        node = m.node(gpu)
+        nic = (node[:, None] * m.nics + np.arange(m.nics)[None, :]).ravel()
+        load = np.bincount(nic, weights=per_rail.ravel())
+        used = np.flatnonzero(load)
+        self.add(LinkClass.NIC, m.nic_bw, 2 * used, load[used])
+        self.add(LinkClass.GPU_NIC_P2P, m.p2p_bw, 2 * used, load[used])
+        # PXN: the share for another rail hops over NVLink to that rail's GPU, whose PCIe link
+        # then carries the NIC's whole load.
+        own = m.rail(gpu)
+        forwarded = per_rail.sum(axis=1) - per_rail[np.arange(gpu.size), own]
+        self.add(LinkClass.NVLINK, m.nvlink_bw, 2 * gpu, forwarded)
+        into = per_rail.copy()
+        into[np.arange(gpu.size), own] = 0.0
+        forwarder = (node[:, None] * m.gpn + m.rail_first_gpu[None, :]).ravel()
+        self.add(LinkClass.NVLINK, m.nvlink_bw, 2 * forwarder + 1, into.ravel())
+        rail_gpu = (used // m.nics) * m.gpn + m.rail_first_gpu[used % m.nics]
+        self.add(LinkClass.PCIE, m.pcie_bw, 2 * rail_gpu, load[used])
 
     def fabric(self, src_node: np.ndarray, dst_node: np.ndarray, rail: np.ndarray, amount) -> None:
         """Node-to-node flows on one rail: leaf uplinks when the leaves differ, the zone

@@ -30,6 +30,7 @@ from planner.specs.model import (
     RouterScore,
 )
 from planner.specs.plan import (
+    AttentionKernel,
     DEFAULT_RANK_ORDER,
     PipelineSchedule,
     Plan,
@@ -40,6 +41,7 @@ from planner.specs.plan import (
 )
 
 __all__ = [
+    "AttentionKernel",
     "DEFAULT_RANK_ORDER",
     "AttentionKind",
     "ClusterSpec",

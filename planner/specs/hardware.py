@@ -166,9 +166,8 @@ class NodeSpec(Spec):
         # A root port naming a GPU the node lacks is a dangling link in the topology.
         ports = self.pcie.root_ports if self.pcie is not None else None
         if ports is not None and sorted(i for port in ports for i in port) != list(range(self.gpus_per_node)):
-            raise rule_error(
-                "pcie.root_ports", ports, f"must place each of the {self.gpus_per_node} GPUs (0..{self.gpus_per_node - 1}) once"
-            )
+            last = self.gpus_per_node - 1
+            raise rule_error("pcie.root_ports", ports, f"must place each of the {self.gpus_per_node} GPUs (0..{last}) once")
         return self
 
 

@@ -67,6 +67,18 @@ class PipelineSchedule(StrEnum):
     """DualPipeV, the "cut-in-half" DualPipe: two stages per rank (DualPipe repository)."""
 
 
+class AttentionKernel(StrEnum):
+    """How the attention core is computed."""
+
+    FLASH = "flash"
+    """Fused, IO-aware kernel (FlashAttention, Dao et al. 2022): scores never reach HBM,
+    causal masking skips the upper triangle."""
+    UNFUSED = "unfused"
+    """Scores materialised in HBM: batched QK^T and PV GEMMs over the full s x s matrix with
+    Megatron's fused scale-mask-softmax and dropout between them (Megatron-LM before
+    FlashAttention; Korthikanti et al. 2022 §4.1 store these 5as^2b bytes)."""
+
+
 DEFAULT_RANK_ORDER = "tp-cp-ep-dp-pp"
 _ORDER_DIMS = frozenset(DEFAULT_RANK_ORDER.split("-"))
 
@@ -124,6 +136,8 @@ class Plan(Spec):
     micro_batch_size: PositiveInt = 1
     """Sequences per micro-batch (Megatron ``micro_batch_size``)."""
     pipeline_schedule: PipelineSchedule = PipelineSchedule.ONE_F_ONE_B
+    attention_kernel: AttentionKernel = AttentionKernel.FLASH
+    """Attention implementation; ``unfused`` for runs before FlashAttention."""
     rank_order: str = DEFAULT_RANK_ORDER
     """Order in which dimensions are laid over consecutive ranks, fastest first
     (Megatron ``order``): with the default, TP groups are adjacent GPUs."""

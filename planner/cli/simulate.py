@@ -18,6 +18,7 @@ from planner.costmodel.report import StepReport
 from planner.costmodel.simulate import simulate
 from planner.errors import SpecError
 from planner.presets import load_cluster, load_model, load_plan, validate_spec
+from planner.report.trace import write_chrome_trace
 from planner.specs import Plan, Workload
 
 
@@ -109,6 +110,11 @@ def simulate_command(
     micro_batch: int = typer.Option(None, "--micro-batch", "--micro-batch-size", help="Sequences per micro-batch."),
     schedule: str = typer.Option(None, "--schedule", help="1f1b, interleaved, zero-bubble, dualpipe, dualpipev."),
     fmt: OutputFormat = typer.Option(OutputFormat.TABLE, "--format", help="Output format."),
+    trace: Path = typer.Option(
+        None, "--trace", metavar="FILE",
+        help="Also write the simulated pipeline timeline (F/B/W blocks per rank, times in µs) as a "
+             "Chrome/Perfetto trace JSON to FILE; open it at ui.perfetto.dev or chrome://tracing.",
+    ),
 ) -> None:
     """Predict step time, its breakdown and memory per GPU for one plan.
 
@@ -130,7 +136,19 @@ def simulate_command(
     }
     plan = build_plan(plan_file, cluster_spec.num_gpus, knobs)
     report = simulate(model_spec, cluster_spec, plan, workload)
+    trace_path = None
+    if trace is not None:
+        label = f"{model} on {cluster}, {plan.pipeline_schedule.value}, pp={plan.pp}"
+        try:
+            trace_path = write_chrome_trace(report, trace, label=label)
+        except OSError as exc:
+            raise SpecError("--trace", str(trace), f"cannot write the trace: {exc.strerror or exc}") from None
     if fmt is OutputFormat.JSON:
-        print(json.dumps(report_json(report), indent=2))
+        data = report_json(report)
+        if trace_path is not None:
+            data["trace_file"] = str(trace_path)
+        print(json.dumps(data, indent=2))
     else:
         print_report(report, Console())
+        if trace_path is not None:
+            print(f"trace: {trace_path} (Chrome/Perfetto trace; open at ui.perfetto.dev)")

@@ -22,6 +22,7 @@ activations), and the collective each becomes (Megatron-LM; DeepSeek-V3 §3.2):
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,7 +30,7 @@ import numpy as np
 from planner.costmodel.partition import Chunk, Piece
 from planner.hwmodels.alltoall import moe_all_to_all
 from planner.hwmodels.collectives import CollectiveOp, collective_cost
-from planner.hwmodels.placement import RankLayout
+from planner.hwmodels.placement import RankLayout, rank_layout
 from planner.specs.hardware import ClusterSpec
 from planner.specs.model import ModelSpec
 from planner.specs.plan import Plan, Precision, Workload, ZeroStage
@@ -41,9 +42,17 @@ def stage_groups(layout: RankLayout, dims: str, stage: int, experts: bool = Fals
     """The groups of dimension ``dims`` whose ranks sit in pipeline stage ``stage``.
 
     Ranks are GPUs: rank r runs on GPU r (node r // gpus_per_node, torchrun's order)."""
+    return _stage_groups(layout.plan, dims, stage, experts)
+
+
+@functools.lru_cache(maxsize=1024)
+def _stage_groups(plan: Plan, dims: str, stage: int, experts: bool) -> np.ndarray:
+    layout = rank_layout(plan)
     groups = layout.groups(dims, experts=experts)
     in_stage = layout.groups("pp")[:, stage]
-    return groups[np.isin(groups[:, 0], in_stage)]
+    out = groups[np.isin(groups[:, 0], in_stage)]
+    out.flags.writeable = False
+    return out
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,8 @@ imbalanced routing, the attention-score matrix of non-flash attention.
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import cache
@@ -184,6 +186,7 @@ def _block_params(model: ModelSpec, plan: Plan, moe: bool) -> GPUParams:
     return GPUParams(dense + shared + P.router(model).total, routed)
 
 
+@functools.lru_cache(maxsize=4096)
 def piece_params(model: ModelSpec, plan: Plan, piece: Piece) -> GPUParams:
     """Parameters of one piece on one GPU (the embedding copy of a lone head excluded)."""
     d, tp = model.hidden_size, plan.tp
@@ -407,12 +410,14 @@ def _kept(model: ModelSpec, plan: Plan, workload: Workload, piece: Piece) -> tup
     return saved, []
 
 
+@functools.lru_cache(maxsize=4096)
 def activation_bytes(model: ModelSpec, plan: Plan, workload: Workload, piece: Piece) -> float:
     """Bytes ``piece`` keeps for backward for one micro-batch on one GPU."""
     kept, _ = _kept(model, plan, workload, piece)
     return _tokens(plan, workload) * sum(s.bytes_per_token for s in kept)
 
 
+@functools.lru_cache(maxsize=4096)
 def working_set_bytes(model: ModelSpec, plan: Plan, workload: Workload, piece: Piece) -> float:
     """Transient bytes of one micro-batch in ``piece`` beyond what it keeps: the tensors
     its backward recomputes (all but the input under full recompute: "one layer's working

@@ -17,6 +17,7 @@ bubble, opt), which partition the step of one rank.
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -135,6 +136,9 @@ class StepReport(_Out):
     num_microbatches: int
     messages: list[str] = Field(default_factory=list)
     """Assumptions and defaults taken, in words."""
+    timeline: Any = Field(default=None, exclude=True, repr=False)
+    """The simulated :class:`~planner.costmodel.schedules.PipelineTimeline` (not in the JSON;
+    :func:`planner.report.trace.chrome_trace` exports it)."""
 
     @property
     def fits(self) -> bool:

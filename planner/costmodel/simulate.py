@@ -36,7 +36,7 @@ from planner.costmodel import compute as C
 from planner.costmodel import params as P
 from planner.costmodel.comm import StageComm, dp_step_comm, pp_p2p_s
 from planner.costmodel.flops import flops_per_token_train
-from planner.costmodel.memory import inflight_microbatches, stage_memory
+from planner.costmodel.memory import inflight_microbatches, piece_params, stage_memory
 from planner.costmodel.partition import Chunk, Partition, Piece, model_pieces, partition
 from planner.costmodel.report import Dim, StageReport, Status, StepReport, TimeBreakdown
 from planner.costmodel.schedules import ChunkTimes, simulate_pipeline
@@ -49,31 +49,33 @@ from planner.specs.plan import PipelineSchedule, Plan, Precision, Workload, Zero
 DUAL = (PipelineSchedule.DUALPIPE, PipelineSchedule.DUALPIPEV)
 
 
-def _piece_params(model: ModelSpec, plan: Plan, piece: Piece) -> tuple[float, float]:
-    """(dense, expert) parameters of one piece held by one GPU (after tp / ep*etp)."""
-    d, tp = model.hidden_size, plan.tp
-    if piece in (Piece.EMBEDDING, Piece.HEAD):
-        return model.vocab_size * d / tp, 0.0
-    attn = P.attention(model).total + P.layer_norms(model).total
-    if piece is Piece.DENSE or model.moe is None:
-        ffn = P.ffn(model, model.ffn_hidden_size).total
-        dense, expert = (attn + ffn) / tp, 0.0
-    else:
-        moe = model.moe
-        shared = P.ffn(model, moe.shared_ffn_hidden_size).total * moe.num_shared_experts
-        dense = (attn + shared) / tp + P.router(model).total
-        expert = P.ffn(model, moe.expert_ffn_hidden_size).total * moe.num_experts / (plan.ep * plan.expert_tp)
-    if piece is Piece.MTP:
-        dense += (2 * d * d + 3 * d) / tp  # M_k and norms; embedding and head are shared (V3 §2.2)
-    return dense, expert
-
-
 def _optimizer_bytes_per_param(workload: Workload) -> float:
     """HBM bytes one Adam update moves per locally-updated parameter: read the FP32 gradient
     (4), read+write the FP32 master (8), read+write both moments (16 in FP32, 8 in BF16 as
     DeepSeek-V3 keeps them, §3.3.3), write the 16-bit weight (2)."""
     moments = 8.0 if workload.precision is Precision.FP8 else 16.0
     return 4.0 + 8.0 + moments + 2.0
+
+
+def _piece_compute(model, plan, workload, gpu, piece, compute_share) -> tuple[C.PieceTime, float]:
+    """PieceTime of one piece and its attention-core forward seconds (memoised per call
+    signature: every rank of a plan shares them)."""
+    # GPUSpec holds dicts (unhashable): key on its identity and keep it alive in the entry
+    # so that the id cannot be reused by another spec while cached.
+    key = (model, plan, workload, id(gpu), piece, compute_share, tuple(C.compute_constants().values()))
+    hit = _PIECE_CACHE.get(key)
+    if hit is None or hit[0] is not gpu:
+        ops = C.piece_ops(model, plan, workload, piece)
+        time = C.piece_time(ops, gpu, workload.precision, plan.recompute, compute_share)
+        attn = sum(C.op_forward_s(op, gpu, workload.precision, compute_share)
+                   for op in ops if op.kind is C.OpKind.ATTENTION)
+        if len(_PIECE_CACHE) > 4096:
+            _PIECE_CACHE.clear()
+        hit = _PIECE_CACHE[key] = (gpu, time, attn)
+    return hit[1], hit[2]
+
+
+_PIECE_CACHE: dict = {}
 
 
 class _RankCosts:
@@ -91,9 +93,9 @@ class _RankCosts:
         self.dense_params = self.expert_params = 0.0
         for chunk in self.chunks:
             for piece in chunk.pieces:
-                dense, expert = _piece_params(model, plan, piece)
-                self.dense_params += dense
-                self.expert_params += expert
+                params = piece_params(model, plan, piece)
+                self.dense_params += params.dense
+                self.expert_params += params.expert
         self.dp = dp_step_comm(cluster, plan, workload, layout, rank, self.dense_params, self.expert_params)
         self.zero3_gather_s = self.dp.per_microbatch_gather_s
         self.zero3_scatter_s = self.dp.per_microbatch_scatter_s
@@ -103,12 +105,9 @@ class _RankCosts:
         comp = C.ZERO_TIME
         attn_fwd = 0.0
         for piece in chunk.pieces:
-            ops = C.piece_ops(self.model, plan, wl, piece)
-            comp = comp + C.piece_time(ops, self.gpu, wl.precision, plan.recompute, self.compute_share)
-            attn_fwd += sum(
-                C.op_forward_s(op, self.gpu, wl.precision, self.compute_share)
-                for op in ops if op.kind is C.OpKind.ATTENTION
-            )
+            time, attn = _piece_compute(self.model, plan, wl, self.gpu, piece, self.compute_share)
+            comp = comp + time
+            attn_fwd += attn
         comm = self.comm.chunk(chunk)
         # CP ring exchange hides behind the attention core it feeds (backward ~2x forward).
         cp_f = max(0.0, comm.cp_forward_s - attn_fwd)
@@ -291,4 +290,5 @@ def _simulate_partition(
         memory_capacity_bytes=capacity,
         num_microbatches=num_micro,
         messages=messages,
+        timeline=timeline,
     )

@@ -4,10 +4,13 @@ Public API (more arrives with the cost model and the search):
 
 - :func:`load_model`, :func:`load_gpu`, :func:`load_cluster`: specs from presets or YAML;
 - :func:`describe_model`: parameter, FLOP and KV-cache accounting of a model;
+- :func:`simulate`: step time, its breakdown and memory per GPU of one plan;
 - the spec classes in :mod:`planner.specs`.
 """
 
 from planner.costmodel.accounting import ModelAccount, describe_model
+from planner.costmodel.report import StepReport
+from planner.costmodel.simulate import simulate
 from planner.errors import InfeasibleError, PlannerError, SpecError, UnsupportedError
 from planner.presets import load_cluster, load_gpu, load_model, preset_names, revalidate
 from planner.specs import ClusterSpec, GPUSpec, ModelSpec, Plan, Workload
@@ -23,6 +26,7 @@ __all__ = [
     "Plan",
     "PlannerError",
     "SpecError",
+    "StepReport",
     "UnsupportedError",
     "Workload",
     "__version__",
@@ -32,4 +36,5 @@ __all__ = [
     "load_model",
     "preset_names",
     "revalidate",
+    "simulate",
 ]

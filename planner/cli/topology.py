@@ -21,12 +21,18 @@ def topology(
     gpus: int = typer.Option(None, "--gpus", help="Resize the cluster to this many GPUs (whole nodes)."),
     route: str = typer.Option(None, "--route", help="Show the path between two GPUs, e.g. '0,9'."),
     fmt: OutputFormat = typer.Option(OutputFormat.TABLE, "--format", "-f", help="Output format."),
+    out: str = typer.Option(None, "--out", "-o", help="Also draw the topology (first nodes, their switches) "
+                            "to this .png, .svg or .pdf file."),
 ) -> None:
     """Summarise a cluster's topology graph: elements, link classes and their achievable
     bandwidth per direction (GB/s); optionally the route between two GPUs.
 
-    Example: planner topology --cluster deepseek-v3-h800 --route 0,9
+    Example: planner topology --cluster deepseek-v3-h800 --route 0,9 --out topo.png
     """
+    if out:  # matplotlib is imported only when a drawing is asked for
+        from planner.report.topology_plot import check_suffix, draw_topology
+
+        check_suffix(out)
     topo = build_topology(load_cluster(cluster, gpus))
     summary = topo.summary()
     if route:
@@ -40,6 +46,8 @@ def topology(
             "hops": [[str(a), str(b), topo.graph.edges[a, b]["kind"], topo.bandwidth((a, b))] for a, b in topo.route(src, dst)],
             "latency_s": topo.latency_s(src, dst),
         }
+    if out:
+        summary["drawing"] = str(draw_topology(topo, out))
     if fmt is OutputFormat.JSON:
         print(json.dumps(summary, indent=2))
         return
@@ -56,3 +64,5 @@ def topology(
         console.print(f"route {r['src']} -> {r['dst']} (latency {r['latency_s'] * 1e6:.2f} us):")
         for a, b, kind, bw in r["hops"]:
             console.print(f"  {a} -> {b}  ({kind}, {bw / 1e9:,.1f} GB/s)", markup=False)
+    if out:
+        console.print(f"wrote {summary['drawing']}", markup=False, highlight=False, soft_wrap=True)

@@ -64,6 +64,7 @@ def _register() -> None:
     from planner.cli import describe, simulate, topology  # noqa: F401  (register their commands on `app`)
     from planner.cli import validate  # noqa: F401
     from planner.cli import collective  # noqa: F401
+    from planner.cli import plan  # noqa: F401
 
 
 _register()

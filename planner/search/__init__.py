@@ -1,1 +1,14 @@
-"""Search over parallel plans: candidate space, lossless pruning, stage partitioning, ranking."""
+"""Search over parallel plans: candidate space, lossless pruning, ranking.
+
+``plan(model, cluster, workload, constraints)`` returns the fastest feasible plans
+(:class:`SearchResult`); see :mod:`planner.search.plan`.
+"""
+
+from planner.search.plan import RankedPlan, SearchCounts, SearchResult, plan
+from planner.search.prune import BoundCalculator, PlanBounds, PruneRule
+from planner.search.space import Constraints, SpaceStats, candidates
+
+__all__ = [
+    "BoundCalculator", "Constraints", "PlanBounds", "PruneRule", "RankedPlan", "SearchCounts", "SearchResult",
+    "SpaceStats", "candidates", "plan",
+]

@@ -5,6 +5,7 @@ Public API (more arrives with the cost model and the search):
 - :func:`load_model`, :func:`load_gpu`, :func:`load_cluster`: specs from presets or YAML;
 - :func:`describe_model`: parameter, FLOP and KV-cache accounting of a model;
 - :func:`simulate`: step time, its breakdown and memory per GPU of one plan;
+- :func:`sweep`: a what-if grid of simulations as a pandas DataFrame;
 - the spec classes in :mod:`planner.specs`.
 """
 
@@ -14,6 +15,7 @@ from planner.costmodel.simulate import simulate
 from planner.errors import InfeasibleError, PlannerError, SpecError, UnsupportedError
 from planner.presets import load_cluster, load_gpu, load_model, preset_names, revalidate
 from planner.specs import ClusterSpec, GPUSpec, ModelSpec, Plan, Workload
+from planner.sweep import SweepBase, sweep
 
 __version__ = "0.1.0"
 
@@ -27,6 +29,7 @@ __all__ = [
     "PlannerError",
     "SpecError",
     "StepReport",
+    "SweepBase",
     "UnsupportedError",
     "Workload",
     "__version__",
@@ -37,4 +40,5 @@ __all__ = [
     "preset_names",
     "revalidate",
     "simulate",
+    "sweep",
 ]

@@ -111,6 +111,12 @@ def load_plan(path: str) -> Plan:
     return validate_spec(Plan, _read_yaml(Path(path), "plan"), path)
 
 
+def read_plan_fields(path: str) -> dict:
+    """A plan file's fields as written (Megatron or short names), not yet validated, so
+    that callers can complete them (e.g. dp from the GPU count) before validating once."""
+    return dict(_read_yaml(Path(path), "plan"))
+
+
 def load_workload(path: str) -> Workload:
     return validate_spec(Workload, _read_yaml(Path(path), "workload"), path)
 

@@ -65,6 +65,8 @@ def _register() -> None:
     from planner.cli import validate  # noqa: F401
     from planner.cli import collective  # noqa: F401
     from planner.cli import plan  # noqa: F401
+    from planner.cli import explain  # noqa: F401
+    from planner.cli import launch  # noqa: F401
 
 
 _register()

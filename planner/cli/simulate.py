@@ -17,21 +17,31 @@ from planner.cli.main import OutputFormat, app, reports_errors
 from planner.costmodel.report import StepReport
 from planner.costmodel.simulate import simulate
 from planner.errors import SpecError
-from planner.presets import load_cluster, load_model, load_plan, validate_spec
+from planner.presets import load_cluster, load_model, read_plan_fields, validate_spec
 from planner.report.trace import write_chrome_trace
 from planner.specs import Plan, Workload
 
 
 def build_plan(plan_file: Path | None, gpus: int, knobs: dict) -> Plan:
     """A Plan from an optional YAML file plus CLI knobs (None = not given)."""
-    data = load_plan(plan_file).model_dump(exclude_unset=True) if plan_file else {}
+    data = _short_names(read_plan_fields(str(plan_file))) if plan_file else {}
     data.update({k: v for k, v in knobs.items() if v is not None})
     if "dp" not in data:
         denom = data.get("tp", 1) * data.get("cp", 1) * data.get("pp", 1)
         if gpus % denom:
             raise SpecError("--dp", None, f"GPUs ({gpus}) are not a multiple of tp * cp * pp ({denom}); give --dp")
         data["dp"] = gpus // denom
-    return validate_spec(Plan, data, "plan")
+    return validate_spec(Plan, data, str(plan_file) if plan_file else "plan")
+
+
+def _short_names(fields: dict) -> dict:
+    """Megatron long names -> the Plan's short field names (tp, pp, ...)."""
+    aliases = {}
+    for name, info in Plan.model_fields.items():
+        choices = getattr(info.validation_alias, "choices", None) or []
+        for alias in choices:
+            aliases[alias] = name
+    return {aliases.get(key, key): value for key, value in fields.items()}
 
 
 def _gib(x: float) -> str:

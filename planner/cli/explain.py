@@ -1,0 +1,153 @@
+"""``planner explain``: why one plan is faster than another, term by term.
+
+Both plans come from YAML files (Megatron names or short forms, as ``planner simulate
+--plan``); ``dp`` defaults to GPUs / (tp * cp * pp).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from planner.cli.main import OutputFormat, app, reports_errors
+from planner.cli.simulate import build_plan
+from planner.costmodel.simulate import simulate
+from planner.presets import load_cluster, load_model, validate_spec
+from planner.search.explain import GIB, Explanation, Sensitivity, explain, sensitivity
+from planner.specs import Plan, Workload
+
+_DEGREES = {"tp": "tensor_model_parallel_size", "cp": "context_parallel_size", "pp": "pipeline_model_parallel_size"}
+
+
+def load_plan_file(path: Path, gpus: int) -> Plan:
+    """The plan in ``path``; with no dp in the file, dp = GPUs / (tp * cp * pp) before the
+    plan is validated (so ``ep`` may exceed the file's implicit dp of 1)."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        raw = None
+    if isinstance(raw, dict) and "dp" not in raw and "data_parallel_size" not in raw:
+        try:
+            degrees = [int(raw.get(short, raw.get(long, 1))) for short, long in _DEGREES.items()]
+        except (TypeError, ValueError):
+            degrees = []
+        denom = degrees[0] * degrees[1] * degrees[2] if degrees and all(d > 0 for d in degrees) else 0
+        if denom and gpus % denom == 0:
+            long_names = any(k in raw for k in _DEGREES.values())
+            return validate_spec(Plan, {**raw, ("data_parallel_size" if long_names else "dp"): gpus // denom},
+                                 str(path))
+    return build_plan(path, gpus, {})
+
+
+def _share(delta: float, total: float) -> str:
+    return f"{delta / total:+.1%}" if total else "-"
+
+
+def print_explanation(e: Explanation, console: Console, files: tuple[str, str] | None = None) -> None:
+    a, b = e.labels
+    if files:
+        console.print(f"{a} = {files[0]}   {b} = {files[1]}")
+    console.print(f"[bold]step time {a} {e.a_step_s:.3f} s, {b} {e.b_step_s:.3f} s, "
+                  f"\u0394 {e.delta_s:+.3f} s ({e.relative_delta:+.1%})[/bold]")
+    for title, terms, with_notes in (("Step time by term (critical rank), sorted by |\u0394|", e.dominant, True),
+                                     ("Pipeline phases", e.phases, False)):
+        table = Table(title=title, title_justify="left")
+        table.add_column("term")
+        for col in (f"{a} s", f"{b} s", "\u0394 s", "share of \u0394"):
+            table.add_column(col, justify="right")
+        if with_notes:
+            table.add_column("driven by")
+        for t in terms:
+            row = [t.label, f"{t.a_s:.3f}", f"{t.b_s:.3f}", f"{t.delta_s:+.3f}", _share(t.delta_s, e.delta_s)]
+            table.add_row(*row, *([t.note] if with_notes else []))
+        table.add_row("step", f"{e.a_step_s:.3f}", f"{e.b_step_s:.3f}", f"{e.delta_s:+.3f}",
+                      "100.0%" if e.delta_s else "-", *([""] if with_notes else []), style="bold")
+        console.print(table)
+    m = e.memory
+    mem = Table(title="Memory per GPU (GiB)", title_justify="left")
+    for col in ("", a, b, "\u0394"):
+        mem.add_column(col, justify="right" if col else "left")
+    mem.add_row("peak", f"{m.a_peak_bytes / GIB:,.1f}", f"{m.b_peak_bytes / GIB:,.1f}",
+                f"{(m.b_peak_bytes - m.a_peak_bytes) / GIB:+,.1f}")
+    mem.add_row("headroom", f"{m.a_headroom_bytes / GIB:,.1f}", f"{m.b_headroom_bytes / GIB:,.1f}",
+                f"{(m.b_headroom_bytes - m.a_headroom_bytes) / GIB:+,.1f}")
+    console.print(mem)
+    console.print(e.verdict)
+
+
+def print_sensitivity(s: Sensitivity, labels: tuple[str, str], console: Console) -> None:
+    table = Table(title="Sensitivity: step time / unperturbed step time", title_justify="left")
+    table.add_column("scenario")
+    for lab in labels[: len(s.plans)]:
+        table.add_column(lab, justify="right")
+    table.add_column("faster", justify="left")
+    table.add_column("ranking changes", justify="left")
+
+    def cell(o) -> str:
+        if o.step_time_s is None:
+            return "invalid"
+        text = f"{o.ratio:.3f} ({o.step_time_s:.3f} s)" if o.ratio else f"{o.step_time_s:.3f} s"
+        return text if o.fits else text + " OOM"
+
+    for sc in (s.baseline, *s.scenarios):
+        changed = "-" if sc.ranking_changed is None else ("yes" if sc.ranking_changed else "no")
+        table.add_row(sc.description, *(cell(o) for o in sc.outcomes), labels[sc.ranking[0]], changed)
+    console.print(table)
+    for sc in s.scenarios:
+        for lab, o in zip(labels, sc.outcomes):
+            if o.error:
+                console.print(f"note: {sc.description}, {lab}: {o.error}")
+
+
+@app.command("explain")
+@reports_errors
+def explain_command(
+    model: str = typer.Option(..., "--model", "-m", help="Model preset name or YAML file."),
+    cluster: str = typer.Option(..., "--cluster", "-c", help="Cluster preset name or YAML file."),
+    gpus: int = typer.Option(None, "--gpus", help="Resize the cluster to this many GPUs (whole nodes)."),
+    global_batch: int = typer.Option(..., "--global-batch", help="Sequences per optimizer step."),
+    seq_len: int = typer.Option(None, "--seq-len", help="Tokens per sequence [default: the model's]."),
+    precision: str = typer.Option("bf16", "--precision", help="GEMM precision: bf16, fp16 or fp8."),
+    plan_a: Path = typer.Option(..., "--plan-a", help="Plan A YAML (Megatron names or tp/pp/...)."),
+    plan_b: Path = typer.Option(..., "--plan-b", help="Plan B YAML (Megatron names or tp/pp/...)."),
+    with_sensitivity: bool = typer.Option(
+        False, "--sensitivity", help="Also re-simulate both plans at inter-node bandwidth x0.5 and x1.5, "
+                                     "GPUs x2 (dp x2, same global batch) and micro-batch x2."),
+    fmt: OutputFormat = typer.Option(OutputFormat.TABLE, "--format", help="Output format."),
+) -> None:
+    """Explain the step-time difference of two plans term by term (B minus A).
+
+    Example: planner explain -m llama3-8b -c dgx-h100 --gpus 16 --global-batch 128
+    --plan-a tp8.yaml --plan-b tp1.yaml --sensitivity
+    """
+    model_spec = load_model(model)
+    cluster_spec = load_cluster(cluster, num_gpus=gpus)
+    workload = validate_spec(
+        Workload,
+        {"global_batch_size": global_batch, "seq_length": seq_len or model_spec.default_seq_length,
+         "precision": precision},
+        "workload",
+    )
+    pa = load_plan_file(plan_a, cluster_spec.num_gpus)
+    pb = load_plan_file(plan_b, cluster_spec.num_gpus)
+    ra = simulate(model_spec, cluster_spec, pa, workload)
+    rb = simulate(model_spec, cluster_spec, pb, workload)
+    labels = ("A", "B")
+    result = explain(ra, rb, labels, plans=(pa, pb), cluster=cluster_spec)
+    sens = sensitivity(model_spec, cluster_spec, pa, workload, plans=[pb]) if with_sensitivity else None
+    if fmt is OutputFormat.JSON:
+        data = result.to_json()
+        data["plan_files"] = {"A": str(plan_a), "B": str(plan_b)}
+        if sens is not None:
+            data["sensitivity"] = sens.to_json()
+        print(json.dumps(data, indent=2))
+        return
+    console = Console()
+    print_explanation(result, console, files=(str(plan_a), str(plan_b)))
+    if sens is not None:
+        print_sensitivity(sens, labels, console)

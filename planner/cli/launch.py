@@ -1,0 +1,291 @@
+"""``planner launch``: run a plan on the reference runtime, or emit its launch configs.
+
+Every rule is checked before any process starts (exit 2, one line naming the rule):
+the plan against the model and workload (:func:`~planner.specs.compat.check_plan`: ep
+divides the experts, pp * vpp <= layers, ...), ``--nproc`` against the plan's world size,
+then, for a run, that torch is installed and that the runtime supports the plan
+(:func:`~planner.model.parallel.check_supported`: no pipeline parallelism yet ...).
+
+A run (``planner.model.parallel.train``: one forked process per rank, gloo, float32, the
+synthetic batch) prints one JSON line per optimizer step and a summary line. The runtime
+returns its losses only at the end, so the per-step lines come after the run and
+``step_time_s`` is the run's wall time (process start included) divided by the steps
+(``step_time_is_average: true``). ``peak_memory_bytes`` is ``resource.getrusage`` max RSS,
+the largest of this process and its (reaped) rank processes, in bytes
+(``peak_memory_source``); CPU memory, not accelerator memory.
+
+``--emit DIR`` runs nothing: it writes ``torchrun.sh``, ``run_config.yaml`` and
+``megatron_args.txt`` (:mod:`planner.launch.emit`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import resource
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import typer
+
+from planner.cli.main import app, reports_errors
+from planner.errors import SpecError, UnsupportedError
+from planner.presets import load_model, load_plan, validate_spec
+from planner.specs import Plan, Workload
+from planner.specs.compat import check_plan
+
+TORCH_MISSING = 'torch is not installed; install the model extra: pip install "planner[model]"'
+DEFAULT_BATCH = 4
+"""Global batch when --global-batch is not given: 4 sequences (the runtime's default),
+rounded up to a multiple of dp * micro_batch_size."""
+STEP_TIME_NOTE = (
+    "wall time of the whole run (process start included) / steps; the runtime has no per-step timing"
+)
+PEAK_MEMORY_SOURCE = "resource.getrusage ru_maxrss (max of this process and its rank processes), bytes, CPU"
+
+
+def _build_plan(plan_file: Path | None, knobs: dict) -> Plan:
+    """The plan file with the knobs over it; unlike ``simulate``, dp is not derived: 1 unless given."""
+    data = load_plan(str(plan_file)).model_dump(exclude_unset=True) if plan_file else {}
+    data.update({k: v for k, v in knobs.items() if v is not None})
+    return validate_spec(Plan, data, "plan")
+
+
+def _local_command(
+    model: str, plan_file: Path | None, plan: Plan, steps: int, batch: int, seq: int, seed: int
+) -> str:
+    """The ``planner launch`` line that runs this plan on the reference runtime."""
+    args = ["planner", "launch", "--model", model, *(["--plan", str(plan_file)] if plan_file else [])]
+    args += [
+        "--steps",
+        str(steps),
+        "--nproc",
+        str(plan.world_size),
+        "--global-batch",
+        str(batch),
+        "--seq-len",
+        str(seq),
+        "--seed",
+        str(seed),
+    ]
+    knobs = {
+        "tp": plan.tp,
+        "pp": plan.pp,
+        "vpp": plan.vpp,
+        "cp": plan.cp,
+        "ep": plan.ep,
+        "etp": plan.expert_tp,
+        "dp": plan.dp,
+        "zero": int(plan.zero_stage),
+        "recompute": plan.recompute.value,
+        "micro-batch": plan.micro_batch_size,
+        "schedule": plan.pipeline_schedule.value,
+    }
+    args += [f"--{k}={v}" for k, v in knobs.items()]
+    args.append("--sequence-parallel" if plan.sequence_parallel else "--no-sequence-parallel")
+    return shlex.join(args)
+
+
+def _peak_memory_bytes() -> int:
+    scale = 1 if sys.platform == "darwin" else 1024  # Linux reports KiB, macOS bytes
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(own, children) * scale
+
+
+def _import_runtime():
+    """The runtime's train and check_supported; a missing torch is a user error."""
+    try:
+        import torch  # noqa: F401
+
+        from planner.model.parallel import TrainConfig, check_supported, train
+    except ImportError:
+        raise UnsupportedError(TORCH_MISSING) from None
+    return TrainConfig, check_supported, train
+
+
+def _check_before_torch(plan: Plan, backend: str) -> None:
+    """Runtime limits that need no torch import (fast)."""
+    if backend != "gloo":
+        raise SpecError(
+            "--backend", backend, "the reference runtime runs gloo only (CPU, float32); use --emit for NCCL"
+        )
+    if plan.pp > 1:
+        raise UnsupportedError(
+            f"plan.pp = {plan.pp}: pipeline parallelism is not implemented in the runtime yet; "
+            "use pp = 1, or --emit DIR for Megatron-LM"
+        )
+
+
+def _check_runtime(check_supported, config, plan: Plan, spec) -> None:
+    try:
+        check_supported(plan, spec, config)
+    except NotImplementedError as exc:
+        what = str(exc).split(": not implemented")[0]
+        raise UnsupportedError(f"{what} is not implemented in the runtime yet ({spec.name})") from None
+    except ValueError as exc:
+        raise UnsupportedError(str(exc)) from None
+
+
+@app.command("launch")
+@reports_errors
+def launch_command(
+    model: str = typer.Option(..., "--model", "-m", help="Model preset name or YAML file."),
+    plan_file: Path = typer.Option(None, "--plan", help="Plan YAML (Megatron names or tp/pp/...)."),
+    steps: int = typer.Option(..., "--steps", min=1, help="Optimizer steps."),
+    nproc: int = typer.Option(
+        None, "--nproc", help="Processes; must equal the plan's world size [default: it]."
+    ),
+    nnodes: int = typer.Option(1, "--nnodes", min=1, help="Nodes of the emitted torchrun command (--emit)."),
+    backend: str = typer.Option(
+        None, "--backend", help="gloo (runs; the default) or nccl (--emit's default)."
+    ),
+    global_batch: int = typer.Option(
+        None, "--global-batch", help="Sequences per optimizer step [default: 4]."
+    ),
+    seq_len: int = typer.Option(None, "--seq-len", help="Tokens per sequence [default: the model's]."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the model initialisation and the synthetic data."),
+    precision: str = typer.Option(
+        "bf16", "--precision", help="bf16, fp16 or fp8 (emitted configs; runs are float32)."
+    ),
+    emit: Path = typer.Option(
+        None,
+        "--emit",
+        metavar="DIR",
+        help="Write torchrun.sh, run_config.yaml and megatron_args.txt; run nothing.",
+    ),
+    tp: int = typer.Option(None, "--tp", "--tensor-model-parallel-size", help="Tensor-parallel degree."),
+    pp: int = typer.Option(None, "--pp", "--pipeline-model-parallel-size", help="Pipeline stages."),
+    vpp: int = typer.Option(None, "--vpp", "--virtual-pipeline-model-parallel-size", help="Chunks per rank."),
+    cp: int = typer.Option(None, "--cp", "--context-parallel-size", help="Context-parallel degree."),
+    ep: int = typer.Option(None, "--ep", "--expert-model-parallel-size", help="Expert-parallel degree."),
+    etp: int = typer.Option(None, "--etp", "--expert-tensor-parallel-size", help="Expert TP degree."),
+    dp: int = typer.Option(None, "--dp", help="Data-parallel degree [default: 1]."),
+    zero: int = typer.Option(None, "--zero", help="ZeRO stage 0-3 (1 = distributed optimizer)."),
+    sp: bool = typer.Option(None, "--sequence-parallel/--no-sequence-parallel", help="Megatron SP."),
+    recompute: str = typer.Option(None, "--recompute", help="none, selective or full."),
+    micro_batch: int = typer.Option(
+        None, "--micro-batch", "--micro-batch-size", help="Sequences per micro-batch."
+    ),
+    schedule: str = typer.Option(
+        None, "--schedule", help="1f1b, interleaved, zero-bubble, dualpipe, dualpipev."
+    ),
+) -> None:
+    """Run a plan locally on the reference runtime (JSON lines per step), or --emit its configs.
+
+    Example: planner launch -m tiny-dense --tp 2 --steps 3
+    """
+    spec = load_model(model)
+    knobs = {
+        "tp": tp,
+        "pp": pp,
+        "vpp": vpp,
+        "cp": cp,
+        "ep": ep,
+        "etp": etp,
+        "dp": dp,
+        "zero_stage": zero,
+        "sequence_parallel": sp,
+        "recompute": recompute,
+        "micro_batch_size": micro_batch,
+        "pipeline_schedule": schedule,
+    }
+    plan = _build_plan(plan_file, knobs)
+    if global_batch is None:
+        step = plan.dp * plan.micro_batch_size
+        global_batch = math.ceil(DEFAULT_BATCH / step) * step
+    workload = validate_spec(
+        Workload,
+        {
+            "global_batch_size": global_batch,
+            "seq_length": seq_len or spec.default_seq_length,
+            "precision": precision,
+        },
+        "workload",
+    )
+    check_plan(spec, workload, plan)
+    if nproc is not None and nproc != plan.world_size:
+        raise SpecError(
+            "--nproc",
+            nproc,
+            f"must equal the plan's world size tp * cp * dp * pp = "
+            f"{plan.tp} * {plan.cp} * {plan.dp} * {plan.pp} = {plan.world_size}",
+        )
+    if emit is not None:
+        backend = backend or "nccl"
+        if backend not in ("gloo", "nccl"):
+            raise SpecError("--backend", backend, "must be gloo or nccl")
+        local = _local_command(model, plan_file, plan, steps, global_batch, workload.seq_length, seed)
+        from planner.launch.emit import write_emit
+
+        try:
+            paths = write_emit(
+                emit,
+                model,
+                spec,
+                plan,
+                workload,
+                steps=steps,
+                seed=seed,
+                backend=backend,
+                nnodes=nnodes,
+                local_command=local,
+            )
+        except OSError as exc:
+            raise SpecError("--emit", str(emit), f"cannot write there: {exc.strerror or exc}") from None
+        for path in paths:
+            print(path)
+        return
+    backend = backend or "gloo"
+    _check_before_torch(plan, backend)
+    TrainConfig, check_supported, train = _import_runtime()
+    config = TrainConfig(steps=steps, seed=seed, batch=global_batch, seq_len=workload.seq_length)
+    _check_runtime(check_supported, config, plan, spec)
+    start = time.perf_counter()
+    result = train(plan, spec, steps=steps, seed=seed, batch=global_batch, seq_len=workload.seq_length)
+    wall = time.perf_counter() - start
+    per_step = wall / steps
+    peak = _peak_memory_bytes()
+    for i, loss in enumerate(result.losses):
+        print(
+            json.dumps(
+                {
+                    "step": i + 1,
+                    "loss": loss,
+                    "step_time_s": per_step,
+                    "step_time_is_average": True,
+                    "peak_memory_bytes": peak,
+                    "peak_memory_source": PEAK_MEMORY_SOURCE,
+                }
+            )
+        )
+    print(
+        json.dumps(
+            {
+                "summary": True,
+                "model": spec.name,
+                "world_size": plan.world_size,
+                "backend": backend,
+                "tp": plan.tp,
+                "pp": plan.pp,
+                "cp": plan.cp,
+                "ep": plan.ep,
+                "dp": plan.dp,
+                "zero_stage": int(plan.zero_stage),
+                "steps": steps,
+                "global_batch": global_batch,
+                "seq_len": workload.seq_length,
+                "dtype": "float32",
+                "first_loss": result.losses[0],
+                "final_loss": result.losses[-1],
+                "all_losses_finite": all(math.isfinite(x) for x in result.losses),
+                "wall_time_s": wall,
+                "mean_step_time_s": per_step,
+                "step_time_note": STEP_TIME_NOTE,
+                "peak_memory_bytes": peak,
+                "peak_memory_source": PEAK_MEMORY_SOURCE,
+            }
+        )
+    )

@@ -1,0 +1,224 @@
+"""``planner launch``: bad input stops before any process starts; a real run; --emit configs."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from planner.launch.emit import megatron_args, megatron_argv, torchrun_command
+from planner.presets import load_model
+from planner.specs import Plan, Workload
+
+
+def planner(*args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "planner", "launch", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+def assert_user_error(result: subprocess.CompletedProcess, *words: str) -> str:
+    assert result.returncode == 2, result.stderr + result.stdout
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+    assert result.stdout == ""
+    return lines[0]
+
+
+BAD_INPUTS = {
+    "ep-not-dividing-experts": (
+        ["-m", "tiny-moe-mla", "--ep", "3", "--dp", "3", "--etp", "1", "--steps", "3"],
+        ["plan.ep = 3", "must divide the routed experts (8)"],
+    ),
+    "pp-above-layers": (["-m", "tiny-dense", "--pp", "8", "--steps", "3"], ["plan.pp = 8", "num_layers (4)"]),
+    "pp-not-in-runtime": (
+        ["-m", "tiny-dense", "--pp", "2", "--steps", "3"],
+        ["pipeline parallelism is not implemented in the runtime yet"],
+    ),
+    "mla-under-tp-not-in-runtime": (
+        ["-m", "tiny-moe-mla", "--tp", "2", "--steps", "3"],
+        ["tensor parallelism of MLA attention is not implemented in the runtime yet"],
+    ),
+    "nccl-run": (["-m", "tiny-dense", "--backend", "nccl", "--steps", "1"], ["--backend", "gloo only"]),
+    "micro-batch": (
+        ["-m", "tiny-dense", "--dp", "2", "--global-batch", "3", "--steps", "1"],
+        ["micro_batch_size", "global_batch_size (3)"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_exits_2_with_the_rule(case):
+    args, words = BAD_INPUTS[case]
+    assert_user_error(planner(*args), *words)
+
+
+def test_nproc_mismatch_fails_fast():
+    start = time.perf_counter()
+    result = planner("-m", "tiny-dense", "--tp", "2", "--nproc", "4", "--steps", "3")
+    elapsed = time.perf_counter() - start
+    assert_user_error(result, "--nproc = 4", "world size", "= 2")
+    assert elapsed < 15, f"took {elapsed:.1f} s: the check must come before any process or torch import"
+
+
+def test_torch_missing_says_how_to_install(tmp_path):
+    """A ``torch`` package that fails to import, first on the path, stands for a missing torch."""
+    fake = tmp_path / "torch"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("raise ImportError(\"No module named 'torch'\")\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    result = planner("-m", "tiny-dense", "--tp", "2", "--steps", "3", env=env)
+    assert_user_error(result, "torch is not installed", 'pip install "planner[model]"')
+
+
+def test_real_run_tp2_prints_json_lines():
+    pytest.importorskip("torch")
+    result = planner("-m", "tiny-dense", "--tp", "2", "--nproc", "2", "--steps", "3", timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.strip().splitlines()]
+    assert len(lines) == 4
+    steps, summary = lines[:3], lines[3]
+    assert [s["step"] for s in steps] == [1, 2, 3]
+    for s in steps:
+        assert math.isfinite(s["loss"]) and 0 < s["loss"] < 20
+        assert s["step_time_s"] > 0 and s["step_time_is_average"] is True
+        assert s["peak_memory_bytes"] > 1_000_000 and "getrusage" in s["peak_memory_source"]
+    assert summary["summary"] is True and summary["world_size"] == 2 and summary["tp"] == 2
+    assert summary["all_losses_finite"] is True
+    assert summary["final_loss"] == steps[-1]["loss"]
+
+
+def test_emit_writes_three_files(tmp_path):
+    plan_file = tmp_path / "plan.yaml"
+    plan_file.write_text(
+        "tensor_model_parallel_size: 2\nexpert_model_parallel_size: 2\ndata_parallel_size: 2\n"
+    )
+    out = tmp_path / "emit"
+    result = planner(
+        "-m",
+        "tiny-moe-mla",
+        "--plan",
+        str(plan_file),
+        "--etp",
+        "1",
+        "--zero",
+        "1",
+        "--steps",
+        "7",
+        "--emit",
+        str(out),
+    )
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["megatron_args.txt", "run_config.yaml", "torchrun.sh"]
+    args = (out / "megatron_args.txt").read_text().splitlines()
+    for line in (
+        "--tensor-model-parallel-size 2",
+        "--pipeline-model-parallel-size 1",
+        "--expert-model-parallel-size 2",
+        "--expert-tensor-parallel-size 1",
+        "--use-distributed-optimizer",
+        "--num-experts 8",
+        "--train-iters 7",
+        "--multi-latent-attention",
+    ):
+        assert line in args
+    script = (out / "torchrun.sh").read_text()
+    assert "torchrun --nnodes 1 --nproc-per-node 4" in script
+    config = yaml.safe_load((out / "run_config.yaml").read_text())
+    assert config["plan"]["tensor_model_parallel_size"] == 2
+    assert config["plan"]["expert_model_parallel_size"] == 2
+    assert config["plan"]["data_parallel_size"] == 2
+    assert config["world_size"] == 4 and config["steps"] == 7 and config["seed"] == 0
+    assert config["model"]["name"] == "tiny-moe-mla"
+
+
+def test_emit_also_checks_the_plan(tmp_path):
+    assert_user_error(
+        planner("-m", "tiny-dense", "--pp", "8", "--steps", "1", "--emit", str(tmp_path / "x")), "plan.pp"
+    )
+    assert not (tmp_path / "x").exists()
+
+
+def test_megatron_args_deepseek_v3_dualpipe():
+    model = load_model("deepseek-v3")
+    plan = Plan(
+        pp=16, ep=64, etp=1, dp=128, zero_stage=1, pipeline_schedule="dualpipe", recompute="selective"
+    )
+    workload = Workload(global_batch_size=15360, seq_length=4096, precision="fp8")
+    lines = megatron_args(model, plan, workload)
+    for line in (
+        "--pipeline-model-parallel-size 16",
+        "--expert-model-parallel-size 64",
+        "--expert-tensor-parallel-size 1",
+        "--tensor-model-parallel-size 1",
+        "--num-layers 61",
+        "--num-experts 256",
+        "--moe-router-topk 8",
+        "--multi-latent-attention",
+        "--kv-lora-rank 512",
+        "--q-lora-rank 1536",
+        "--use-distributed-optimizer",
+        "--recompute-granularity selective",
+        "--fp8-format e4m3",
+        "--global-batch-size 15360",
+        "--seq-length 4096",
+        "--mtp-num-layers 1",
+        "--moe-router-score-function sigmoid",
+        "--moe-layer-freq ([0]*3+[1]*58)",
+    ):
+        assert line in lines, line
+    comments = [line for line in lines if line.startswith("#")]
+    assert any("no DualPipe" in c for c in comments)
+    argv = megatron_argv(lines)
+    assert not any(tok.startswith("#") for tok in argv)
+    assert argv[argv.index("--pipeline-model-parallel-size") + 1] == "16"
+    cmd = torchrun_command(plan, nproc_per_node=8, nnodes=256)
+    assert "--nproc-per-node 8" in cmd and "--nnodes 256" in cmd
+
+
+def test_megatron_args_gpt3_interleaved():
+    model = load_model("gpt3-175b")
+    plan = Plan(
+        tp=8, pp=8, vpp=3, dp=8, pipeline_schedule="interleaved", sequence_parallel=True, recompute="full"
+    )
+    lines = megatron_args(model, plan, Workload(global_batch_size=1536, seq_length=2048))
+    for line in (
+        "--tensor-model-parallel-size 8",
+        "--pipeline-model-parallel-size 8",
+        "--num-layers-per-virtual-pipeline-stage 4",
+        "--num-layers 96",
+        "--hidden-size 12288",
+        "--num-attention-heads 96",
+        "--sequence-parallel",
+        "--recompute-granularity full",
+        "--recompute-method uniform",
+        "--bf16",
+        "--position-embedding-type learned_absolute",
+    ):
+        assert line in lines, line
+    assert not any(line.startswith(("--num-experts", "--swiglu")) for line in lines)
+    assert not any("DualPipe" in line for line in lines)
+
+
+def test_torchrun_command_rejects_a_wrong_world():
+    from planner.errors import SpecError
+
+    with pytest.raises(SpecError, match="world size"):
+        torchrun_command(Plan(tp=2), nproc_per_node=4)
+    assert torchrun_command(Plan(tp=2, dp=2), nproc_per_node=4).startswith(
+        "torchrun --nnodes 1 --nproc-per-node 4 "
+    )

@@ -33,7 +33,6 @@ from __future__ import annotations
 from collections import Counter
 
 from planner.costmodel import compute as C
-from planner.costmodel import params as P
 from planner.costmodel.comm import StageComm, dp_step_comm, pp_p2p_s
 from planner.costmodel.flops import flops_per_token_train
 from planner.costmodel.memory import inflight_microbatches, piece_params, stage_memory

@@ -6,6 +6,7 @@ Public API (more arrives with the cost model and the search):
 - :func:`describe_model`: parameter, FLOP and KV-cache accounting of a model;
 - :func:`simulate`: step time, its breakdown and memory per GPU of one plan;
 - :func:`sweep`: a what-if grid of simulations as a pandas DataFrame;
+- :func:`plan`: the fastest feasible plans under :class:`Constraints` (lossless search);
 - the spec classes in :mod:`planner.specs`.
 """
 
@@ -14,6 +15,7 @@ from planner.costmodel.report import StepReport
 from planner.costmodel.simulate import simulate
 from planner.errors import InfeasibleError, PlannerError, SpecError, UnsupportedError
 from planner.presets import load_cluster, load_gpu, load_model, preset_names, revalidate
+from planner.search import Constraints, SearchResult, plan
 from planner.specs import ClusterSpec, GPUSpec, ModelSpec, Plan, Workload
 from planner.sweep import SweepBase, sweep
 
@@ -21,12 +23,14 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ClusterSpec",
+    "Constraints",
     "GPUSpec",
     "InfeasibleError",
     "ModelAccount",
     "ModelSpec",
     "Plan",
     "PlannerError",
+    "SearchResult",
     "SpecError",
     "StepReport",
     "SweepBase",
@@ -37,6 +41,7 @@ __all__ = [
     "load_cluster",
     "load_gpu",
     "load_model",
+    "plan",
     "preset_names",
     "revalidate",
     "simulate",

@@ -67,6 +67,7 @@ def _register() -> None:
     from planner.cli import plan  # noqa: F401
     from planner.cli import explain  # noqa: F401
     from planner.cli import launch  # noqa: F401
+    from planner.cli import calibrate  # noqa: F401
 
 
 _register()

@@ -125,6 +125,11 @@ def simulate_command(
         help="Also write the simulated pipeline timeline (F/B/W blocks per rank, times in µs) as a "
              "Chrome/Perfetto trace JSON to FILE; open it at ui.perfetto.dev or chrome://tracing.",
     ),
+    plot_dir: Path = typer.Option(
+        None, "--plot-dir", metavar="DIR",
+        help="Also write pipeline.png (timeline per rank), breakdown.png (step time by phase) and "
+             "memory.png (GiB per pipeline rank vs capacity) to DIR.",
+    ),
 ) -> None:
     """Predict step time, its breakdown and memory per GPU for one plan.
 
@@ -153,12 +158,34 @@ def simulate_command(
             trace_path = write_chrome_trace(report, trace, label=label)
         except OSError as exc:
             raise SpecError("--trace", str(trace), f"cannot write the trace: {exc.strerror or exc}") from None
+    plot_paths = _write_plots(report, plot_dir, f"{model} on {cluster}", plan) if plot_dir is not None else []
     if fmt is OutputFormat.JSON:
         data = report_json(report)
         if trace_path is not None:
             data["trace_file"] = str(trace_path)
+        if plot_paths:
+            data["plot_files"] = [str(p) for p in plot_paths]
         print(json.dumps(data, indent=2))
     else:
         print_report(report, Console())
         if trace_path is not None:
             print(f"trace: {trace_path} (Chrome/Perfetto trace; open at ui.perfetto.dev)")
+        for plot_path in plot_paths:
+            print(f"plot: {plot_path}")
+
+
+def _write_plots(report: StepReport, folder: Path, what: str, plan: Plan) -> list[Path]:
+    """pipeline.png, breakdown.png and memory.png of one simulated plan in ``folder``."""
+    from planner.report.plots import plot_breakdown, plot_memory, plot_pipeline
+
+    knobs = f"tp={plan.tp} pp={plan.pp} ep={plan.ep} dp={plan.dp}, {plan.pipeline_schedule.value}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = [plot_breakdown({knobs: report}, folder / "breakdown.png",
+                                title=f"Step time by phase (critical pipeline rank): {what}"),
+                 plot_memory(report, folder / "memory.png", label=f"{what}, {knobs}")]
+        if report.timeline is not None:
+            paths.insert(0, plot_pipeline(report, folder / "pipeline.png", label=f"{what}, {knobs}"))
+    except OSError as exc:
+        raise SpecError("--plot-dir", str(folder), f"cannot write the plots: {exc.strerror or exc}") from None
+    return paths

@@ -68,12 +68,21 @@ def validate(
     out: Path = typer.Option(None, "--out", "-o", help="Write predictions here (CSV)."),
     report: Path = typer.Option(None, "--report", help="Also write summary.json and per_case.csv here."),
     fmt: OutputFormat = typer.Option(OutputFormat.TABLE, "--format", "-f", help="Output format of the summary."),
+    plot: Path = typer.Option(
+        None, "--plot", metavar="FILE",
+        help="Also draw predicted vs measured step time (log-log, ±10% band, coloured by source) to FILE "
+             "(.png, .svg or .pdf).",
+    ),
 ) -> None:
     """Predict the step time of published training runs and score against the measurements.
 
     Examples: planner validate --out pred.csv;
     planner validate --cases my_cases.csv --out pred.csv --report report/ --format json.
     """
+    if plot is not None:  # matplotlib is imported only when a drawing is asked for
+        from planner.report.topology_plot import check_suffix
+
+        plot = check_suffix(plot, "--plot")  # before the cases run, not after
     path = cases or data_root() / "validation" / "public_cases.csv"
     rows = read_cases(path)
     results = run_cases(rows)
@@ -85,7 +94,16 @@ def validate(
     summary = score(rows, results)
     if report is not None:
         _write_report(report, summary)
+    if plot is not None:
+        from planner.report.plots import plot_validation
+
+        try:
+            plot_validation(rows, results, plot)
+        except OSError as exc:
+            raise SpecError("--plot", str(plot), f"cannot be written ({exc.strerror or exc})") from None
     if fmt is OutputFormat.JSON:
         print(json.dumps(summary.as_dict(), indent=2))
     else:
         _print_summary(summary, Console())
+        if plot is not None:
+            print(f"plot: {plot}")

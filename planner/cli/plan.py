@@ -10,6 +10,7 @@ import json
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from planner.cli.main import OutputFormat, app, reports_errors
@@ -124,7 +125,16 @@ def plan_command(
         sequence_parallel=_bools("--sequence-parallel", sp), recompute=_enums("--recompute", recompute, Recompute),
         pipeline_schedule=_enums("--schedule", schedule, PipelineSchedule), max_memory_fraction=max_memory_frac,
     )
-    result = plan(model_spec, cluster_spec, workload, constraints, top_k=top_k, exhaustive=exhaustive)
+    # A transient progress bar on stderr (rich draws nothing when stderr is not a terminal).
+    with Progress(
+        TextColumn("simulating candidates"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=Console(stderr=True), transient=True,
+    ) as bar:
+        task = bar.add_task("search", total=None)
+        result = plan(
+            model_spec, cluster_spec, workload, constraints, top_k=top_k, exhaustive=exhaustive,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
     if fmt is OutputFormat.JSON:
         print(json.dumps(result.to_json(), indent=2))
     else:

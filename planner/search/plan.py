@@ -14,6 +14,8 @@ return the same ranking: a plan left unsimulated has a step time above the k-th 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -135,9 +137,12 @@ class _Shortfall:
 
 def plan(
     model: ModelSpec, cluster: ClusterSpec, workload: Workload, constraints: Constraints | None = None,
-    top_k: int = 5, exhaustive: bool = False,
+    top_k: int = 5, exhaustive: bool = False, progress: Callable[[int, int], None] | None = None,
 ) -> SearchResult:
     """The ``top_k`` fastest feasible plans for ``model`` on all of ``cluster``'s GPUs.
+
+    ``progress(done, total)`` is called after each full simulation (total = candidates
+    left after the memory rule; the time bound usually stops the loop well before it).
 
     Raises :class:`~planner.errors.InfeasibleError` when no candidate fits, naming the
     smallest memory shortfall seen and what would close it.
@@ -171,6 +176,8 @@ def plan(
             break
         report = simulate(model, cluster, plans[i], workload)
         simulated += 1
+        if progress is not None:
+            progress(n + 1, len(order))
         if report.fits and report.memory_peak_bytes <= limit:
             feasible.append((report.step_time_s, i, report))
             feasible.sort(key=lambda x: (x[0], x[1]))

@@ -10,39 +10,14 @@ import json
 from pathlib import Path
 
 import typer
-import yaml
 from rich.console import Console
 from rich.table import Table
 
 from planner.cli.main import OutputFormat, app, reports_errors
-from planner.cli.simulate import build_plan
+from planner.cli.inputs import build_plan, build_workload
 from planner.costmodel.simulate import simulate
-from planner.presets import load_cluster, load_model, validate_spec
+from planner.presets import load_cluster, load_model
 from planner.search.explain import GIB, Explanation, Sensitivity, explain, sensitivity
-from planner.specs import Plan, Workload
-
-_DEGREES = {"tp": "tensor_model_parallel_size", "cp": "context_parallel_size", "pp": "pipeline_model_parallel_size"}
-
-
-def load_plan_file(path: Path, gpus: int) -> Plan:
-    """The plan in ``path``; with no dp in the file, dp = GPUs / (tp * cp * pp) before the
-    plan is validated (so ``ep`` may exceed the file's implicit dp of 1)."""
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError, UnicodeDecodeError):
-        raw = None
-    if isinstance(raw, dict) and "dp" not in raw and "data_parallel_size" not in raw:
-        try:
-            degrees = [int(raw.get(short, raw.get(long, 1))) for short, long in _DEGREES.items()]
-        except (TypeError, ValueError):
-            degrees = []
-        denom = degrees[0] * degrees[1] * degrees[2] if degrees and all(d > 0 for d in degrees) else 0
-        if denom and gpus % denom == 0:
-            long_names = any(k in raw for k in _DEGREES.values())
-            return validate_spec(Plan, {**raw, ("data_parallel_size" if long_names else "dp"): gpus // denom},
-                                 str(path))
-    return build_plan(path, gpus, {})
-
 
 def _share(delta: float, total: float) -> str:
     return f"{delta / total:+.1%}" if total else "-"
@@ -127,14 +102,9 @@ def explain_command(
     """
     model_spec = load_model(model)
     cluster_spec = load_cluster(cluster, num_gpus=gpus)
-    workload = validate_spec(
-        Workload,
-        {"global_batch_size": global_batch, "seq_length": seq_len or model_spec.default_seq_length,
-         "precision": precision},
-        "workload",
-    )
-    pa = load_plan_file(plan_a, cluster_spec.num_gpus)
-    pb = load_plan_file(plan_b, cluster_spec.num_gpus)
+    workload = build_workload(model_spec, global_batch, seq_len, precision)
+    pa = build_plan(plan_a, cluster_spec.num_gpus, {})
+    pb = build_plan(plan_b, cluster_spec.num_gpus, {})
     ra = simulate(model_spec, cluster_spec, pa, workload)
     rb = simulate(model_spec, cluster_spec, pb, workload)
     labels = ("A", "B")

@@ -32,8 +32,9 @@ import typer
 
 from planner.cli.main import app, reports_errors
 from planner.errors import SpecError, UnsupportedError
+from planner.cli.inputs import build_workload
 from planner.presets import load_model, load_plan, validate_spec
-from planner.specs import Plan, Workload
+from planner.specs import Plan
 from planner.specs.compat import check_plan
 
 TORCH_MISSING = 'torch is not installed; install the model extra: pip install "planner[model]"'
@@ -196,15 +197,7 @@ def launch_command(
     if global_batch is None:
         step = plan.dp * plan.micro_batch_size
         global_batch = math.ceil(DEFAULT_BATCH / step) * step
-    workload = validate_spec(
-        Workload,
-        {
-            "global_batch_size": global_batch,
-            "seq_length": seq_len or spec.default_seq_length,
-            "precision": precision,
-        },
-        "workload",
-    )
+    workload = build_workload(spec, global_batch, seq_len, precision)
     check_plan(spec, workload, plan)
     if nproc is not None and nproc != plan.world_size:
         raise SpecError(

@@ -15,9 +15,9 @@ from rich.table import Table
 
 from planner.cli.main import OutputFormat, app, reports_errors
 from planner.errors import SpecError
-from planner.presets import load_cluster, load_model, validate_spec
+from planner.cli.inputs import build_workload
+from planner.presets import load_cluster, load_model
 from planner.search import Constraints, SearchResult, plan
-from planner.specs import Workload
 from planner.specs.plan import PipelineSchedule, Recompute, ZeroStage
 
 
@@ -107,12 +107,7 @@ def plan_command(
     """
     model_spec = load_model(model)
     cluster_spec = load_cluster(cluster, num_gpus=gpus)
-    workload = validate_spec(
-        Workload,
-        {"global_batch_size": global_batch, "seq_length": seq_len or model_spec.default_seq_length,
-         "precision": precision},
-        "workload",
-    )
+    workload = build_workload(model_spec, global_batch, seq_len, precision)
     if top_k < 1:
         raise SpecError("--top-k", top_k, "must be >= 1")
     zeros = _ints("--zero", zero, minimum=0)

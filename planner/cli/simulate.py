@@ -17,31 +17,9 @@ from planner.cli.main import OutputFormat, app, reports_errors
 from planner.costmodel.report import StepReport
 from planner.costmodel.simulate import simulate
 from planner.errors import SpecError
-from planner.presets import load_cluster, load_model, read_plan_fields, validate_spec
+from planner.cli.inputs import build_plan, build_workload
+from planner.presets import load_cluster, load_model
 from planner.report.trace import write_chrome_trace
-from planner.specs import Plan, Workload
-
-
-def build_plan(plan_file: Path | None, gpus: int, knobs: dict) -> Plan:
-    """A Plan from an optional YAML file plus CLI knobs (None = not given)."""
-    data = _short_names(read_plan_fields(str(plan_file))) if plan_file else {}
-    data.update({k: v for k, v in knobs.items() if v is not None})
-    if "dp" not in data:
-        denom = data.get("tp", 1) * data.get("cp", 1) * data.get("pp", 1)
-        if gpus % denom:
-            raise SpecError("--dp", None, f"GPUs ({gpus}) are not a multiple of tp * cp * pp ({denom}); give --dp")
-        data["dp"] = gpus // denom
-    return validate_spec(Plan, data, str(plan_file) if plan_file else "plan")
-
-
-def _short_names(fields: dict) -> dict:
-    """Megatron long names -> the Plan's short field names (tp, pp, ...)."""
-    aliases = {}
-    for name, info in Plan.model_fields.items():
-        choices = getattr(info.validation_alias, "choices", None) or []
-        for alias in choices:
-            aliases[alias] = name
-    return {aliases.get(key, key): value for key, value in fields.items()}
 
 
 def _gib(x: float) -> str:
@@ -138,12 +116,7 @@ def simulate_command(
     """
     model_spec = load_model(model)
     cluster_spec = load_cluster(cluster, num_gpus=gpus)
-    workload = validate_spec(
-        Workload,
-        {"global_batch_size": global_batch, "seq_length": seq_len or model_spec.default_seq_length,
-         "precision": precision},
-        "workload",
-    )
+    workload = build_workload(model_spec, global_batch, seq_len, precision)
     knobs = {
         "tp": tp, "pp": pp, "vpp": vpp, "cp": cp, "ep": ep, "etp": etp, "dp": dp, "zero_stage": zero,
         "sequence_parallel": sp, "recompute": recompute, "micro_batch_size": micro_batch,

@@ -1,0 +1,42 @@
+"""Specs from command-line options, shared by the commands (no typer app here, so any
+command module can import it without a cycle through ``planner.cli.main``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from planner.errors import SpecError
+from planner.presets import read_plan_fields, validate_spec
+from planner.specs import ModelSpec, Plan, Workload
+
+
+def build_plan(plan_file: Path | None, gpus: int, knobs: dict) -> Plan:
+    """A Plan from an optional YAML file plus CLI knobs (None = not given)."""
+    data = _short_names(read_plan_fields(str(plan_file))) if plan_file else {}
+    data.update({k: v for k, v in knobs.items() if v is not None})
+    if "dp" not in data:
+        denom = data.get("tp", 1) * data.get("cp", 1) * data.get("pp", 1)
+        if gpus % denom:
+            raise SpecError("--dp", None, f"GPUs ({gpus}) are not a multiple of tp * cp * pp ({denom}); give --dp")
+        data["dp"] = gpus // denom
+    return validate_spec(Plan, data, str(plan_file) if plan_file else "plan")
+
+
+def build_workload(model: ModelSpec, global_batch: int, seq_len: int | None, precision: str) -> Workload:
+    """The Workload of the CLI options; the sequence length defaults to the model's."""
+    return validate_spec(
+        Workload,
+        {"global_batch_size": global_batch, "seq_length": seq_len or model.default_seq_length,
+         "precision": precision},
+        "workload",
+    )
+
+
+def _short_names(fields: dict) -> dict:
+    """Megatron long names -> the Plan's short field names (tp, pp, ...)."""
+    aliases = {}
+    for name, info in Plan.model_fields.items():
+        choices = getattr(info.validation_alias, "choices", None) or []
+        for alias in choices:
+            aliases[alias] = name
+    return {aliases.get(key, key): value for key, value in fields.items()}

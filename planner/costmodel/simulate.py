@@ -194,14 +194,13 @@ def _simulate_partition(
         local = rc.dense_params / dense_shard + rc.expert_params / expert_shard
         eff = cluster.gpu.efficiency
         opt = local * _optimizer_bytes_per_param(workload) / (cluster.gpu.hbm_bandwidth_bytes_per_s * eff.hbm_fraction)
-        end = rank_end[rc.rank]
-        ends.append(end + exposed + opt)
-        tails.append((exposed, opt, dp.step_s))
+        ends.append(rank_end[rc.rank] + exposed + opt)
+        tails.append((opt, dp.step_s))
     critical = max(range(plan.pp), key=lambda r: ends[r])
     step = max(ends)
     makespan = timeline.makespan_s
     tail = max(0.0, step - makespan)
-    exposed_dp, opt_s, dp_total = tails[critical]
+    opt_s, dp_total = tails[critical]
     optimizer_s = min(opt_s, tail)
     dp_exposed_s = tail - optimizer_s
 
@@ -220,10 +219,11 @@ def _simulate_partition(
     exposed = {d: 0.0 for d in Dim}
     hidden = {d: 0.0 for d in Dim}
     compute_s = recompute_s = 0.0
+    # Each chunk of a rank runs every micro-batch, or half of them under DualPipe's mirror.
+    runs = num_micro if not part.mirrored else num_micro / 2
     for chunk in part.chunks_of_rank(critical):
         info = infos[chunk.index]
         comm, comp = info["comm"], info["compute"]
-        runs = num_micro if not part.mirrored else num_micro / 2
         compute_s += runs * (comp.forward_s + comp.backward_input_s + comp.backward_weight_s)
         recompute_s += runs * comp.recompute_s
         exposed[Dim.TP] += runs * (comm.tp_forward_s + comm.tp_backward_s)
@@ -243,8 +243,8 @@ def _simulate_partition(
     for rc in ranks:
         inflight = inflight_microbatches(plan, num_micro, rc.rank)
         mem = stage_memory(model, plan, workload, part, rc.rank, cluster.gpu, inflight)
-        pieces = Counter(p.value for c in part.chunks_of_rank(rc.rank) for p in c.pieces)
         own = part.chunks_of_rank(rc.rank)
+        pieces = Counter(p.value for c in own for p in c.pieces)
         stages.append(
             StageReport(
                 rank=rc.rank,

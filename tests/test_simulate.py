@@ -185,3 +185,19 @@ def test_cli_simulate_rejects_invalid_plans(args: list[str], rule: str) -> None:
     assert out.returncode == 2, out.stdout + out.stderr
     assert rule in out.stderr and "Traceback" not in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_dualpipe_pp_traffic_counts_each_micro_batch_once() -> None:
+    """Under DualPipe a rank holds two chunks but each micro-batch visits it once (in one
+    direction): one activation and one gradient per micro-batch, not per chunk held."""
+    from planner.costmodel.comm import pp_p2p_s
+    from planner.hwmodels.placement import rank_layout
+
+    model = load_model("tiny-moe-mla")
+    cluster = load_cluster("dgx-h100", num_gpus=16)
+    plan = Plan(pp=2, dp=8, ep=4, pipeline_schedule="dualpipe")
+    workload = Workload(global_batch_size=64, seq_length=64)
+    report = simulate(model, cluster, plan, workload)
+    p2p = pp_p2p_s(cluster, plan, workload, rank_layout(plan), model)
+    assert p2p > 0
+    assert report.comm_hidden_s["pp"] == pytest.approx(2 * p2p * report.num_microbatches)

@@ -233,8 +233,8 @@ def _simulate_partition(
         hidden_ep = runs * info["ep_hidden_in_pair"]
         hidden[Dim.EP] += min(a2a, hidden_ep)
         exposed[Dim.EP] += a2a - min(a2a, hidden_ep)
-    pp_total = 2 * num_micro * p2p * (len(part.chunks_of_rank(critical)))
-    hidden[Dim.PP] = pp_total
+    # One activation out and one gradient back per chunk run.
+    hidden[Dim.PP] = 2 * p2p * runs * len(part.chunks_of_rank(critical))
     exposed[Dim.DP] = dp_exposed_s
     hidden[Dim.DP] = max(0.0, dp_total - dp_exposed_s)
 

@@ -24,10 +24,11 @@ def v3_report():
 
 
 def test_deepseek_v3_step_time(v3_report) -> None:
-    """ISCA'25 "Insights into DeepSeek-V3" (arXiv 2505.09343) Table 4, MPFT: 19.926 s/step.
-    Issue #5 asks for 5%; the model is at -12% today (kernel plateaus from microbenchmarks
-    run faster than DeepSeek's Dec-2024 training kernels, seeds-digest §2.10). Guard: 15%."""
-    assert v3_report.step_time_s == pytest.approx(19.926, rel=0.15)
+    """ISCA'25 "Insights into DeepSeek-V3" (arXiv 2505.09343) Table 4, MPFT: 19.926 s/step,
+    within 5% (issue #5). The H800 preset's FP8 GEMM and attention rates come from DeepSeek's
+    kernel profile of the same training (seeds-digest §2.10), a different measurement from
+    Table 4's step time; the model is at -3% with them."""
+    assert v3_report.step_time_s == pytest.approx(19.926, rel=0.05)
 
 
 def test_deepseek_v3_fits_and_pp1_does_not(v3_report) -> None:
@@ -54,16 +55,16 @@ def test_deepseek_v3_mfu_follows_from_time(v3_report) -> None:
 
 def test_deepseek_v3_phases(v3_report) -> None:
     """Table 4 phases: 1F 1.13 s, 1B 1.99 s, 1F1B 13.95 s (each within 20% per issue #5;
-    met for 1F and 1B, 1F1B at -13%). Not met today, so not asserted at 20%: 1W 0.48 s (ours
-    0.79 on the rank that holds embedding, head and MTP), bubble 2.06 s (ours 1.39) and opt
-    0.29 s (ours 0.16 as DP exposed + optimizer)."""
+    met: +1%, +3%, -2%). Not met today, so not asserted at 20%: 1W 0.48 s (ours 0.93 on the
+    rank that holds embedding, head and MTP), bubble 2.06 s (ours 1.42) and opt 0.29 s (ours
+    0.16 as DP exposed + optimizer); W + bubble + opt together: 2.50 s against 2.83 (-12%)."""
     b = v3_report.breakdown
     assert b.forward_s == pytest.approx(1.13, rel=0.2)
     assert b.backward_input_s == pytest.approx(1.99, rel=0.2)
     assert b.overlapped_fb_s == pytest.approx(13.95, rel=0.2)
     assert b.bubble_s == pytest.approx(2.06, rel=0.5)
     assert b.backward_weight_s + b.bubble_s + b.dp_exposed_s + b.optimizer_s == pytest.approx(
-        0.48 + 2.06 + 0.29, rel=0.25
+        0.48 + 2.06 + 0.29, rel=0.15
     )
 
 

@@ -15,7 +15,7 @@ from planner.costmodel.params import count_params
 from planner.costmodel.report import Status, StepReport, TimeBreakdown
 from planner.errors import SpecError, UnsupportedError
 from planner.presets import data_root, load_model
-from planner.specs import PipelineSchedule, Precision, Recompute, ZeroStage
+from planner.specs import AttentionKernel, PipelineSchedule, Precision, Recompute, ZeroStage
 from planner.validation import (
     PREDICTION_COLUMNS,
     CaseStatus,
@@ -91,8 +91,25 @@ def test_defaults_are_recorded_in_notes():
     assert plan.pipeline_schedule is PipelineSchedule.ONE_F_ONE_B and plan.vpp == 1
     assert case.workload.precision is Precision.BF16
     assert case.cluster.name == "fire-flyer-2"
-    # A fully specified row takes no default at all.
-    assert case_inputs(BY_ID["korthikanti22-t5-gpt-175b-64gpu-selective"]).notes == []
+    # A fully specified row takes no default but the attention kernel (no column for it).
+    notes = case_inputs(BY_ID["korthikanti22-t5-gpt-175b-64gpu-selective"]).notes
+    assert notes == ["attention kernel: unfused (source year 2022 < 2023, before FlashAttention)"]
+
+
+def test_source_year_sets_attention_kernel_and_unstated_recompute():
+    """Runs published before 2023 predate FlashAttention in Megatron-LM and selective
+    recomputation: the unfused kernel, and full recomputation when the row leaves it empty.
+    Later (or undated) sources get FlashAttention and the least recomputation that fits."""
+    old = case_inputs(_row("narayanan21-t2-ptdp-gpt-174.6b-384gpu"))
+    assert old.plan.attention_kernel is AttentionKernel.UNFUSED
+    assert old.recompute_candidates == (Recompute.FULL,)
+    new = case_inputs(_row("narayanan21-t2-ptdp-gpt-174.6b-384gpu", source="Someone et al. 2024"))
+    assert new.plan.attention_kernel is AttentionKernel.FLASH
+    assert new.recompute_candidates == RECOMPUTE_ORDER
+    undated = case_inputs(_row("narayanan21-t2-ptdp-gpt-174.6b-384gpu", source="a README"))
+    assert undated.plan.attention_kernel is AttentionKernel.FLASH
+    stated = case_inputs(_row("narayanan21-t2-ptdp-gpt-174.6b-384gpu", recompute="selective"))
+    assert stated.recompute_candidates == (Recompute.SELECTIVE,)
 
 
 def test_interleaved_without_vpp_takes_the_mildest_even_split():
@@ -243,7 +260,8 @@ def fake_simulate(model, cluster, plan, workload):
 
 def test_run_cases_statuses():
     rows = [
-        BY_ID["mtnlg-530b-2240gpu"],  # recompute empty: none and selective OOM, full fits
+        # recompute empty (a 2024 source): none and selective OOM, full fits
+        _row("mtnlg-530b-2240gpu", source="Smith et al. 2024"),
         _row("korthikanti22-t5-gpt-22b-8gpu-selective"),  # recompute given: stays OOM
         _row("bloom-176b-384gpu", model_name="boom"),
         _row("bloom-176b-384gpu", gpu="mi300x"),

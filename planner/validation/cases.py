@@ -37,9 +37,16 @@ zero                   1: a sharded optimizer (Megatron distributed optimizer, D
                        all-gather) and is what current frameworks run
 sequence_parallel      0 (Megatron's flag default)
 micro_batch            1 (Megatron's default)
-recompute              the least of none, selective, full that fits in memory: every
+recompute              ``full`` when the ``source`` cites a year before 2023 (before selective
+                       recomputation, Korthikanti et al. 2022, the practice of that era);
+                       otherwise the least of none, selective, full that fits in memory: every
                        candidate is in ``CaseInputs.recompute_candidates`` and
                        :func:`planner.validation.run.run_cases` keeps the first that is not OOM
+attention kernel       (no column) ``unfused`` when the ``source`` cites a year before 2023,
+                       else ``flash``: FlashAttention (Dao et al., arXiv 2205.14135, May
+                       2022) reached Megatron-LM as ``--use-flash-attn`` in 2023; runs
+                       published earlier materialised the score matrix (Korthikanti et al.
+                       2022 §4.1 store its 5as^2b bytes). No year: ``flash``
 pp_schedule            pp = 1: irrelevant. pp > 1: ``interleaved`` if vpp > 1, else ``1f1b``
                        (Megatron without virtual stages, DeepSpeed's pipeline engine)
 vpp                    1, unless the schedule is ``interleaved`` ("interleaved with an
@@ -70,6 +77,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -78,6 +86,7 @@ from typing import Any
 from planner.errors import SpecError
 from planner.presets import load_model, preset_names, revalidate, validate_spec
 from planner.specs import (
+    AttentionKernel,
     ClusterSpec,
     FFNActivation,
     ModelSpec,
@@ -388,7 +397,11 @@ def _plan(cells: Row, model: ModelSpec, notes: list[str]) -> tuple[Plan, tuple[R
         notes.append(f"num_gpus {num_gpus} != tp * pp * cp * dp ({tp * pp * cp * dp}): simulated the plan's GPUs")
     schedule, vpp = _schedule(cells, model, pp, notes)
     recompute = cells.choice("recompute", Recompute)
-    if recompute is None:
+    year = _source_year(cells)
+    if recompute is None and year is not None and year < SELECTIVE_RECOMPUTE_YEAR:
+        candidates = (Recompute.FULL,)
+        notes.append(f"recompute empty: full (source year {year} < {SELECTIVE_RECOMPUTE_YEAR}, before selective recomputation)")
+    elif recompute is None:
         candidates = RECOMPUTE_ORDER
         notes.append("recompute empty: the least of none / selective / full that fits in memory")
     else:
@@ -405,6 +418,7 @@ def _plan(cells: Row, model: ModelSpec, notes: list[str]) -> tuple[Plan, tuple[R
         "recompute": candidates[0],
         "micro_batch_size": _default(cells, "micro_batch", 1, notes),
         "pipeline_schedule": schedule,
+        "attention_kernel": _attention_kernel(cells, notes),
     }
     etp = cells.int("etp")
     if model.moe is not None:
@@ -413,6 +427,33 @@ def _plan(cells: Row, model: ModelSpec, notes: list[str]) -> tuple[Plan, tuple[R
         else:
             plan["etp"] = etp
     return validate_spec(Plan, plan, origin=cells.text("case_id")), candidates
+
+
+FLASH_ATTENTION_YEAR = 2023
+"""First year in which published Megatron-style runs can be assumed to use FlashAttention
+(Megatron-LM gained ``--use-flash-attn`` in 2023; Dao et al. 2022 appeared May 2022)."""
+
+
+SELECTIVE_RECOMPUTE_YEAR = 2023
+"""First year in which an unstated recomputation is not assumed to be full: selective
+recomputation (Korthikanti et al., arXiv 2205.05198, May 2022) shipped in Megatron-LM during
+2022; before it, runs that fit large models recomputed whole layers (Megatron-LM's
+``--checkpoint-activations``; Narayanan et al. 2021 §5 and MT-NLG (Smith et al. 2022 §3)
+both train with activation recomputation)."""
+
+
+def _source_year(cells: Row) -> int | None:
+    """The latest year (19xx/20xx) that the ``source`` citation names, if any."""
+    years = [int(y) for y in re.findall(r"\b(?:19|20)\d{2}\b", cells.text("source") or "")]
+    return max(years) if years else None
+
+
+def _attention_kernel(cells: Row, notes: list[str]) -> AttentionKernel:
+    year = _source_year(cells)
+    if year is not None and year < FLASH_ATTENTION_YEAR:
+        notes.append(f"attention kernel: unfused (source year {year} < {FLASH_ATTENTION_YEAR}, before FlashAttention)")
+        return AttentionKernel.UNFUSED
+    return AttentionKernel.FLASH
 
 
 def _schedule(cells: Row, model: ModelSpec, pp: int, notes: list[str]) -> tuple[PipelineSchedule, int]:

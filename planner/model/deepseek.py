@@ -307,19 +307,24 @@ class Transformer(nn.Module):
         if spec.tie_word_embeddings:
             self.head.weight = self.embed.weight
 
-    def _rope(self, seq_len: int, device: torch.device) -> Rope:
+    def rope(self, seq_len: int, device: torch.device) -> Rope:
+        """RoPE tables for ``seq_len`` positions, or None without RoPE."""
         if self.spec.position_embedding is not PositionEmbedding.ROPE:
             return None
         dim = self.spec.mla.qk_rope_head_dim if self.spec.mla else self.spec.kv_channels
         return rope_tables(seq_len, dim, device)
 
-    def hidden(self, tokens_BS: Tensor) -> tuple[Tensor, Rope]:
-        """Hidden states after the last block (before the final norm), and the RoPE tables."""
-        S = tokens_BS.size(1)
+    def embed_tokens(self, tokens_BS: Tensor) -> Tensor:
+        """Input of the first block: token embeddings (plus learned positions)."""
         h_BSD = self.embed(tokens_BS)
         if self.pos_embed is not None:
-            h_BSD = h_BSD + self.pos_embed(torch.arange(S, device=tokens_BS.device))
-        rope = self._rope(S, tokens_BS.device)
+            h_BSD = h_BSD + self.pos_embed(torch.arange(tokens_BS.size(1), device=tokens_BS.device))
+        return h_BSD
+
+    def hidden(self, tokens_BS: Tensor) -> tuple[Tensor, Rope]:
+        """Hidden states after the last block (before the final norm), and the RoPE tables."""
+        h_BSD = self.embed_tokens(tokens_BS)
+        rope = self.rope(tokens_BS.size(1), tokens_BS.device)
         for layer in self.layers:
             h_BSD = layer(h_BSD, rope)
         return h_BSD, rope
@@ -338,6 +343,12 @@ class Transformer(nn.Module):
         through h (and RoPE), not through the embedding of the extra token.
         """
         h_BSD, rope = self.hidden(tokens_BS)
+        return self.output_loss(h_BSD, rope, tokens_BS, targets_BS, mtp_weight)
+
+    def output_loss(
+        self, h_BSD: Tensor, rope: Rope, tokens_BS: Tensor, targets_BS: Tensor, mtp_weight: float = 0.3
+    ) -> Tensor:
+        """:meth:`loss` from the last block's hidden states on: final norm, head, MTP modules."""
         loss = _cross_entropy(self.head(self.norm(h_BSD)), targets_BS)
         if not self.mtp:
             return loss

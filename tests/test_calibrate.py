@@ -60,3 +60,76 @@ def test_cli_calibrate_bad_grid(small_csv: Path) -> None:
         capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 2 and "--grid" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# --- planner calibrate --device ------------------------------------------------------
+
+
+def _calibrate(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "planner", "calibrate", *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_device_cpu_writes_a_cluster_the_simulator_accepts(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    out = tmp_path / "hw.yaml"
+    proc = _calibrate("--device", "cpu", "--nproc", "2", "--out", str(out), "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    fit = json.loads(proc.stdout)["fit"]
+    assert fit["peak_flops_per_s"] > 1e8 and fit["link_bandwidth_bytes_per_s"] > 1e6
+    assert 0 < fit["attention_forward_fraction"] <= 1 and fit["link_latency_s"] >= 0
+    from planner.presets import load_cluster
+
+    cluster = load_cluster(str(out))
+    assert cluster.num_gpus == 2 and cluster.name == "local-cpu-2"
+    assert cluster.gpu.efficiency is not None and "calibrate --device cpu" in cluster.gpu.source
+    sim = subprocess.run([sys.executable, "-m", "planner", "simulate", "-m", "tiny-dense", "--cluster", str(out),
+                          "--global-batch", "4", "--dp", "2", "--format", "json"],
+                         capture_output=True, text=True, timeout=120)
+    assert sim.returncode == 0, sim.stderr
+    assert json.loads(sim.stdout)["step_time_s"] > 0
+
+
+def test_device_cuda_without_a_gpu_exits_2() -> None:
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    proc = _calibrate("--device", "cuda", "--out", "unused.yaml")
+    assert proc.returncode == 2 and "torch.cuda.is_available() is False" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("args", [[], ["--device", "cpu", "--from-cases", "x.csv"], ["--device", "cpu", "--nproc", "1"]])
+def test_device_bad_input_exits_2(args: list[str]) -> None:
+    proc = _calibrate(*args, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("planner: error:") and "Traceback" not in proc.stderr
+
+
+def test_gemm_fit_recovers_plateau_and_half_dim() -> None:
+    from planner.launch.device_calibration import fit_gemm
+
+    peak, half = 5e10, 32.0
+    shapes = [(64, 64, 64), (256, 256, 256), (1024, 1024, 1024), (2048, 64, 512)]
+    samples = [(m, n, k, 2 * m * n * k / (peak * (m / (m + half)) * (n / (n + half)) * (k / (k + half))))
+               for m, n, k in shapes]
+    got_peak, got_half, rms = fit_gemm(samples)
+    assert got_half == pytest.approx(half, rel=0.05) and got_peak == pytest.approx(peak, rel=0.05)
+    assert rms < 0.02
+
+
+def test_link_fit_recovers_the_collective_model() -> None:
+    """Samples priced by the planner's own collective model come back as its bandwidth and latency."""
+    import numpy as np
+
+    from planner.hwmodels.collectives import collective_cost
+    from planner.launch.device_calibration import _trial_cluster, fit_link
+
+    bandwidth, latency = 2e9, 50e-6
+    cluster = _trial_cluster(4, bandwidth, latency)
+    group = np.arange(4).reshape(1, -1)
+    samples = [(op, n, collective_cost(cluster, op, group, n).time_s)
+               for op in ("all_reduce", "all_gather", "all_to_all") for n in (16384, 1 << 20, 1 << 24)]
+    got_bw, got_lat, rms = fit_link(samples, 4)
+    assert got_bw == pytest.approx(bandwidth, rel=1e-3) and got_lat == pytest.approx(latency, rel=1e-3)
+    assert rms < 1e-6

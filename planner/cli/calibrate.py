@@ -1,5 +1,11 @@
-"""``planner calibrate --from-cases FILE.csv``: fit ``sustained_kernel_fraction`` on published
-runs and report its leave-one-source-out error (the honest accuracy figure)."""
+"""``planner calibrate``: fit the cost model to measurements.
+
+- ``--from-cases FILE.csv``: fit ``sustained_kernel_fraction`` on published runs and report
+  its leave-one-source-out error (the honest accuracy figure);
+- ``--device cpu|cuda [--nproc N] --out HW.yaml``: measure this machine's GEMM, attention,
+  memory and gloo collective speeds on N local processes and write a one-node cluster YAML
+  the simulator accepts (:mod:`planner.launch.device_calibration`).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +18,8 @@ from rich.console import Console
 from rich.table import Table
 
 from planner.cli.main import OutputFormat, app, reports_errors
-from planner.errors import SpecError
+from planner.errors import SpecError, UnsupportedError
+from planner.launch.device_calibration import Device
 from planner.validation import read_cases
 from planner.validation.calibrate import DEFAULT_GRID, calibrate
 
@@ -20,16 +27,25 @@ from planner.validation.calibrate import DEFAULT_GRID, calibrate
 @app.command("calibrate")
 @reports_errors
 def calibrate_command(
-    from_cases: Path = typer.Option(..., "--from-cases", help="Validation CSV (schema of data/validation)."),
+    from_cases: Path = typer.Option(None, "--from-cases", help="Validation CSV (schema of data/validation)."),
+    device: Device = typer.Option(None, "--device", help="Measure this machine (cpu or cuda) instead."),
+    nproc: int = typer.Option(8, "--nproc", help="Local processes (devices) measured at once with --device."),
+    name: str = typer.Option(None, "--name", help="Cluster name written with --device [default: local-DEVICE-N]."),
     grid: str = typer.Option(",".join(f"{v:g}" for v in DEFAULT_GRID), "--grid",
                              help="Comma-separated sustained_kernel_fraction values to try (0 < v <= 1)."),
     out: Path = typer.Option(None, "--out", help="Write the fitted constant as YAML here."),
     fmt: OutputFormat = typer.Option(OutputFormat.TABLE, "--format", help="Output format."),
 ) -> None:
-    """Fit the sustained kernel fraction; print in-sample and leave-one-source-out error.
+    """Fit the sustained kernel fraction (--from-cases), or measure this machine (--device).
 
-    Each grid value re-runs every case, so a 44-case file takes a few minutes.
+    --from-cases: each grid value re-runs every case, so a 44-case file takes a few minutes.
+    --device cpu: about 10-30 s; writes a cluster YAML for planner simulate/launch --cluster.
     """
+    if (from_cases is None) == (device is None):
+        raise SpecError("--from-cases/--device", None, "give exactly one of --from-cases FILE.csv and --device cpu|cuda")
+    if device is not None:
+        _calibrate_device(device, nproc, name, out, fmt)
+        return
     try:
         values = tuple(float(v) for v in grid.split(","))
     except ValueError:
@@ -65,3 +81,50 @@ def calibrate_command(
     for source, (fit, ape) in result.per_source.items():
         table.add_row(source, f"{fit:g}", f"{ape:.1%}")
     console.print(table)
+
+
+def _calibrate_device(device: Device, nproc: int, name: str | None, out: Path | None, fmt: OutputFormat) -> None:
+    """Measure, fit, write the cluster YAML (friendly units) and print the fitted terms."""
+    if nproc < 2:
+        raise SpecError("--nproc", nproc, "must be >= 2 (collectives need two processes)")
+    try:
+        import torch
+    except ImportError:
+        raise UnsupportedError('torch is not installed; install the model extra: pip install "planner[model]"') from None
+    if device is Device.CUDA and not torch.cuda.is_available():
+        raise UnsupportedError("--device cuda: torch.cuda.is_available() is False on this machine; use --device cpu")
+    from planner.launch import device_calibration as dc
+    from planner.presets import validate_spec
+    from planner.specs import ClusterSpec
+
+    name = name or f"local-{device.value}-{nproc}"
+    measured = dc.measure(device, nproc)
+    fitted = dc.fit(measured)
+    document = dc.calibrated_cluster(measured, fitted, name)
+    validate_spec(ClusterSpec, document, name)  # what we write must load
+    if out is not None:
+        try:
+            out.write_text(yaml.safe_dump(document, sort_keys=False))
+        except OSError as exc:
+            raise SpecError("--out", str(out), f"cannot write there: {exc.strerror or exc}") from None
+    if fmt is OutputFormat.JSON:
+        print(json.dumps({**dc.summary(measured, fitted), "out": str(out) if out else None}, indent=2))
+        return
+    console = Console()
+    table = Table(title=f"{name}: {measured.device_name}, {nproc} processes", title_justify="left")
+    table.add_column("term")
+    table.add_column("value", justify="right")
+    rows = [
+        ("GEMM plateau (peak)", f"{fitted.peak_flops_per_s / 1e9:.2f} GFLOP/s"),
+        ("gemm_half_dim", f"{fitted.gemm_half_dim:.1f} (rms log error {fitted.gemm_rms_log_error:.3f})"),
+        ("attention forward / backward fraction",
+         f"{fitted.attention_forward_fraction:.3f} / {fitted.attention_backward_fraction:.3f}"),
+        ("memory bandwidth", f"{fitted.memory_bytes_per_s / 1e9:.2f} GB/s"),
+        ("link bandwidth (gloo)", f"{fitted.link_bandwidth_bytes_per_s / 1e9:.3f} GB/s"),
+        ("link latency (gloo)", f"{fitted.link_latency_s * 1e6:.0f} us (rms rel. error {fitted.link_rms_relative_error:.2f})"),
+    ]
+    for term, value in rows:
+        table.add_row(term, value)
+    console.print(table)
+    if out is not None:
+        console.print(f"wrote {out}")

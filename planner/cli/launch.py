@@ -1,18 +1,23 @@
-"""``planner launch``: run a plan on the reference runtime, or emit its launch configs.
+"""``planner launch``: run a plan locally, print its losses and measured vs predicted step time,
+or emit its launch configs.
 
-Every rule is checked before any process starts (exit 2, one line naming the rule):
-the plan against the model and workload (:func:`~planner.specs.compat.check_plan`: ep
-divides the experts, pp * vpp <= layers, ...), ``--nproc`` against the plan's world size,
-then, for a run, that torch is installed and that the runtime supports the plan
-(:func:`~planner.model.parallel.check_supported`: no pipeline parallelism yet ...).
+Every rule is checked before any process starts (exit 2, one line naming the rule): the
+plan against the model and workload (:func:`~planner.specs.compat.check_plan`: ep divides
+the experts, pp * vpp <= layers, ...), ``--nproc`` against the plan's world size, then, for
+a run, the backend, that torch is installed (else the ``model`` extra's install line) and
+that the runtime supports the plan (:func:`~planner.model.parallel.check_supported`; the
+CLI keeps no support matrix of its own).
 
-A run (``planner.model.parallel.train``: one forked process per rank, gloo, float32, the
-synthetic batch) prints one JSON line per optimizer step and a summary line. The runtime
-returns its losses only at the end, so the per-step lines come after the run and
-``step_time_s`` is the run's wall time (process start included) divided by the steps
-(``step_time_is_average: true``). ``peak_memory_bytes`` is ``resource.getrusage`` max RSS,
-the largest of this process and its (reaped) rank processes, in bytes
-(``peak_memory_source``); CPU memory, not accelerator memory.
+A run (:mod:`planner.launch.local`) starts one process per rank with torchrun (default) or
+by fork, gloo, float32, on the generated corpus (``--data corpus``, :mod:`planner.launch.corpus`)
+or random tokens. It prints one JSON line per optimizer step as the step ends (``step``,
+``loss``, ``step_time_s``: the slowest rank's time from a barrier to its optimizer step
+done, ``peak_memory_bytes``: the largest rank's max RSS so far, CPU memory), then a summary
+line: the mean step time without the first (warm-up) step beside the simulator's
+prediction for the same plan and workload on ``--cluster`` (default ``local-cpu-8``, whose
+one node is fitted to the run's process count), and ``relative_error`` = (predicted -
+measured) / measured. The simulator prices the workload's ``--precision`` (bf16) GEMMs at
+the device's bf16 peak; on the local CPU presets that is the measured float32 rate.
 
 ``--emit DIR`` runs nothing: it writes ``torchrun.sh``, ``run_config.yaml`` and
 ``megatron_args.txt`` (:mod:`planner.launch.emit`).
@@ -22,10 +27,7 @@ from __future__ import annotations
 
 import json
 import math
-import resource
 import shlex
-import sys
-import time
 from pathlib import Path
 
 import typer
@@ -33,7 +35,9 @@ import typer
 from planner.cli.main import app, reports_errors
 from planner.errors import SpecError, UnsupportedError
 from planner.cli.inputs import build_workload
-from planner.presets import load_model, load_plan, validate_spec
+from planner.launch.corpus import DataSource
+from planner.launch.local import Launcher
+from planner.presets import load_cluster, load_model, load_plan, validate_spec
 from planner.specs import Plan
 from planner.specs.compat import check_plan
 
@@ -41,10 +45,9 @@ TORCH_MISSING = 'torch is not installed; install the model extra: pip install "p
 DEFAULT_BATCH = 4
 """Global batch when --global-batch is not given: 4 sequences (the runtime's default),
 rounded up to a multiple of dp * micro_batch_size."""
-STEP_TIME_NOTE = (
-    "wall time of the whole run (process start included) / steps; the runtime has no per-step timing"
-)
-PEAK_MEMORY_SOURCE = "resource.getrusage ru_maxrss (max of this process and its rank processes), bytes, CPU"
+DEFAULT_CLUSTER = "local-cpu-8"
+MEASURED_NOTE = "mean of step_time_s over steps 2..S (step 1 is warm-up)"
+PEAK_MEMORY_SOURCE = "resource.getrusage ru_maxrss, the largest rank process, bytes, CPU"
 
 
 def _build_plan(plan_file: Path | None, knobs: dict) -> Plan:
@@ -89,13 +92,6 @@ def _local_command(
     return shlex.join(args)
 
 
-def _peak_memory_bytes() -> int:
-    scale = 1 if sys.platform == "darwin" else 1024  # Linux reports KiB, macOS bytes
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return max(own, children) * scale
-
-
 def _import_runtime():
     """The runtime's train and check_supported; a missing torch is a user error."""
     try:
@@ -107,22 +103,19 @@ def _import_runtime():
     return TrainConfig, check_supported, train
 
 
-def _check_before_torch(plan: Plan, backend: str) -> None:
+def _check_before_torch(backend: str) -> None:
     """Runtime limits that need no torch import (fast)."""
     if backend != "gloo":
         raise SpecError(
             "--backend", backend, "the reference runtime runs gloo only (CPU, float32); use --emit for NCCL"
-        )
-    if plan.pp > 1:
-        raise UnsupportedError(
-            f"plan.pp = {plan.pp}: pipeline parallelism is not implemented in the runtime yet; "
-            "use pp = 1, or --emit DIR for Megatron-LM"
         )
 
 
 def _check_runtime(check_supported, config, plan: Plan, spec) -> None:
     try:
         check_supported(plan, spec, config)
+    except SpecError:
+        raise
     except NotImplementedError as exc:
         what = str(exc).split(": not implemented")[0]
         raise UnsupportedError(f"{what} is not implemented in the runtime yet ({spec.name})") from None
@@ -166,6 +159,16 @@ def launch_command(
     dp: int = typer.Option(None, "--dp", help="Data-parallel degree [default: 1]."),
     zero: int = typer.Option(None, "--zero", help="ZeRO stage 0-3 (1 = distributed optimizer)."),
     sp: bool = typer.Option(None, "--sequence-parallel/--no-sequence-parallel", help="Megatron SP."),
+    cluster: str = typer.Option(
+        DEFAULT_CLUSTER, "--cluster", "-c",
+        help="Cluster preset or file the prediction is made for (planner calibrate --device writes one).",
+    ),
+    data: DataSource = typer.Option(
+        DataSource.CORPUS, "--data", help="corpus (generated text, bytewise) or random tokens."
+    ),
+    launcher: Launcher = typer.Option(
+        Launcher.TORCHRUN, "--launcher", help="torchrun (fresh processes) or fork (fast start)."
+    ),
     recompute: str = typer.Option(None, "--recompute", help="none, selective or full."),
     micro_batch: int = typer.Option(
         None, "--micro-batch", "--micro-batch-size", help="Sequences per micro-batch."
@@ -174,9 +177,9 @@ def launch_command(
         None, "--schedule", help="1f1b, interleaved, zero-bubble, dualpipe, dualpipev."
     ),
 ) -> None:
-    """Run a plan locally on the reference runtime (JSON lines per step), or --emit its configs.
+    """Run a plan locally (JSON lines per step; measured vs predicted step time), or --emit its configs.
 
-    Example: planner launch -m tiny-dense --tp 2 --steps 3
+    Example: planner launch -m tiny-dense --tp 2 --steps 50
     """
     spec = load_model(model)
     knobs = {
@@ -232,53 +235,32 @@ def launch_command(
             print(path)
         return
     backend = backend or "gloo"
-    _check_before_torch(plan, backend)
-    TrainConfig, check_supported, train = _import_runtime()
+    _check_before_torch(backend)
+    hardware = load_cluster(cluster)
+    TrainConfig, check_supported, _ = _import_runtime()
     config = TrainConfig(steps=steps, seed=seed, batch=global_batch, seq_len=workload.seq_length)
     _check_runtime(check_supported, config, plan, spec)
-    start = time.perf_counter()
-    result = train(plan, spec, steps=steps, seed=seed, batch=global_batch, seq_len=workload.seq_length)
-    wall = time.perf_counter() - start
-    per_step = wall / steps
-    peak = _peak_memory_bytes()
-    for i, loss in enumerate(result.losses):
-        print(
-            json.dumps(
-                {
-                    "step": i + 1,
-                    "loss": loss,
-                    "step_time_s": per_step,
-                    "step_time_is_average": True,
-                    "peak_memory_bytes": peak,
-                    "peak_memory_source": PEAK_MEMORY_SOURCE,
-                }
-            )
-        )
-    print(
-        json.dumps(
-            {
-                "summary": True,
-                "model": spec.name,
-                "world_size": plan.world_size,
-                "backend": backend,
-                "tp": plan.tp,
-                "pp": plan.pp,
-                "cp": plan.cp,
-                "ep": plan.ep,
-                "dp": plan.dp,
-                "zero_stage": int(plan.zero_stage),
-                "steps": steps,
-                "global_batch": global_batch,
-                "seq_len": workload.seq_length,
-                "dtype": "float32",
-                "first_loss": result.losses[0],
-                "final_loss": result.losses[-1],
-                "all_losses_finite": all(math.isfinite(x) for x in result.losses),
-                "wall_time_s": wall,
-                "mean_step_time_s": per_step,
-                "step_time_note": STEP_TIME_NOTE,
-                "peak_memory_bytes": peak,
-                "peak_memory_source": PEAK_MEMORY_SOURCE,
-            }
-        )
-    )
+    from planner.launch.local import mean_after_warmup, predict_step_s, run_local
+
+    predicted, status = predict_step_s(spec, hardware, plan, workload)
+    run = run_local(spec, plan, steps=steps, seed=seed, batch=global_batch, seq_len=workload.seq_length,
+                    data=data, launcher=launcher, on_line=lambda line: print(json.dumps(line), flush=True))
+    losses = [line["loss"] for line in run.steps]
+    measured = mean_after_warmup([line["step_time_s"] for line in run.steps])
+    error = (predicted - measured) / measured if predicted is not None and measured > 0 else None
+    print(json.dumps({
+        "summary": True, "model": spec.name, "world_size": plan.world_size, "backend": backend,
+        "launcher": run.launcher, "data": run.data.value,
+        "tp": plan.tp, "pp": plan.pp, "cp": plan.cp, "ep": plan.ep, "dp": plan.dp,
+        "zero_stage": int(plan.zero_stage), "micro_batch": plan.micro_batch_size, "steps": steps,
+        "global_batch": global_batch, "seq_len": workload.seq_length, "dtype": "float32",
+        "first_loss": losses[0], "final_loss": losses[-1], "loss_fell": losses[-1] < losses[0],
+        "all_losses_finite": all(math.isfinite(x) for x in losses),
+        "wall_time_s": run.wall_time_s,
+        "measured_step_time_s": measured,
+        "measured_note": MEASURED_NOTE,
+        "cluster": hardware.name, "predicted_step_time_s": predicted, "prediction_status": status,
+        "relative_error": error,
+        "peak_memory_bytes": max(line["peak_memory_bytes"] for line in run.steps),
+        "peak_memory_source": PEAK_MEMORY_SOURCE,
+    }))

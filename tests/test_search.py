@@ -147,3 +147,114 @@ def test_cli_json_and_infeasible_exit_code():
     assert bad.returncode == 3
     lines = bad.stderr.strip().splitlines()
     assert len(lines) == 1 and "no plan fits" in lines[0] and "Traceback" not in bad.stderr
+
+
+def _reference_candidates(model, num_gpus, workload, c, stats):
+    """The space as it was enumerated one Plan at a time (Plan validators, check_plan,
+    check_schedule, num_chunks): the vectorised rules must give the same plans and counts."""
+    import itertools
+
+    from pydantic import ValidationError
+
+    from planner.costmodel.partition import num_chunks
+    from planner.costmodel.schedules import check_schedule
+    from planner.errors import SpecError
+    from planner.search.space import DEFAULT_CPS, DEFAULT_MICRO_BATCH_SIZES, DEFAULT_VPPS, _allowed, _divisors
+    from planner.specs import Plan
+    from planner.specs.compat import check_plan
+
+    divisors = _divisors(num_gpus)
+    tps = [t for t in _allowed(c.tp, divisors) if t in divisors]
+    cps = [x for x in _allowed(c.cp, DEFAULT_CPS) if x in divisors]
+    pps = [p for p in _allowed(c.pp, divisors) if p in divisors]
+    eps = _allowed(c.ep, _divisors(model.moe.num_experts) if model.moe else (1,))
+    for tp, cp, pp in itertools.product(tps, cps, pps):
+        if num_gpus % (tp * cp * pp):
+            continue
+        dp = num_gpus // (tp * cp * pp)
+        per_replica = workload.global_batch_size // dp if workload.global_batch_size % dp == 0 else 0
+        mbs = _allowed(c.micro_batch_size, [m for m in DEFAULT_MICRO_BATCH_SIZES if m <= max(per_replica, 1)])
+        for schedule in _allowed(c.pipeline_schedule, PipelineSchedule):
+            for vpp in (_allowed(c.vpp, DEFAULT_VPPS) if schedule is PipelineSchedule.INTERLEAVED else [1]):
+                for ep, mb, zero, sp, rec in itertools.product(
+                        eps, mbs, _allowed(c.zero_stage, ZeroStage), _allowed(c.sequence_parallel, (False, True)),
+                        _allowed(c.recompute, Recompute)):
+                    stats.generated += 1
+                    if sp and tp == 1:
+                        stats.rejected["sequence_parallel_without_tp"] += 1
+                        continue
+                    if pp == 1 and schedule is not PipelineSchedule.ONE_F_ONE_B:
+                        stats.rejected["schedule_without_pp"] += 1
+                        continue
+                    try:
+                        plan = Plan(tp=tp, cp=cp, pp=pp, dp=dp, vpp=vpp, ep=ep, micro_batch_size=mb, zero_stage=zero,
+                                    sequence_parallel=sp, recompute=rec, pipeline_schedule=schedule)
+                    except ValidationError as exc:
+                        error = exc.errors()[0]
+                        stats.rejected[f"plan.{(error.get('ctx') or {}).get('field')}"] += 1
+                        continue
+                    try:
+                        check_plan(model, workload, plan, num_gpus)
+                        check_schedule(plan.pipeline_schedule, plan.num_microbatches(workload), plan.pp, plan.vpp)
+                        if num_chunks(plan) > model.num_layers:
+                            raise SpecError("partition.num_chunks", num_chunks(plan), "> num_layers")
+                    except SpecError as exc:
+                        stats.rejected[exc.field if "." in exc.field else f"schedule.{exc.field}"] += 1
+                        continue
+                    yield plan
+
+
+@pytest.mark.parametrize(("name", "gpus", "batch", "seq", "pins"), [
+    ("tiny-dense", 16, 64, 2048, {}), ("tiny-moe-mla", 16, 48, 2048, {}), ("llama3-8b", 64, 96, 4096, {}),
+    ("deepseek-v3", 2048, 15360, 4096, {"cp": (1, 2), "tp": (1, 8), "vpp": (1, 3), "zero_stage": (1,)}),
+    ("gpt3-175b", 1024, 1536, 2048, {"pp": (8, 16, 32, 96, 128)}),
+])
+def test_vectorised_space_equals_the_plan_by_plan_rules(name, gpus, batch, seq, pins):
+    model = load_model(name)
+    workload = Workload(global_batch_size=batch, seq_length=seq)
+    c = Constraints(**pins)
+    ref_stats, stats = SpaceStats(), SpaceStats()
+    ref = list(_reference_candidates(model, gpus, workload, c, ref_stats))
+    got = list(candidates(model, gpus, workload, c, stats))
+    assert got == ref
+    assert stats.generated == ref_stats.generated and stats.rejected == ref_stats.rejected
+
+
+def test_bounds_never_exceed_the_simulation_on_deepseek_v3():
+    """Level-0 and level-1 bounds on DualPipe(V), 1F1B and ZB plans of V3 (uneven splits,
+    EP hidden in F&B pairs, ZeRO-3 waits)."""
+    from planner.specs import Plan
+    from planner.specs.plan import Precision
+    model, cluster = load_model("deepseek-v3"), load_cluster("deepseek-v3-h800")
+    workload = Workload(global_batch_size=15360, seq_length=4096, precision=Precision.FP8)
+    calc = BoundCalculator(model, cluster, workload)
+    for sched, pp, ep, zero in [("dualpipe", 16, 64, 1), ("dualpipev", 8, 32, 3), ("1f1b", 16, 64, 1),
+                                ("zero-bubble", 8, 64, 0)]:
+        p = Plan(tp=1, pp=pp, ep=ep, dp=2048 // pp, zero_stage=zero, recompute="selective", pipeline_schedule=sched)
+        bound, report = calc.bounds(p), simulate(model, cluster, p, workload)
+        assert 0.7 * report.step_time_s < bound.step_time_s <= report.step_time_s * (1 + 1e-9), p
+        assert 0 < bound.memory_bytes <= report.memory_peak_bytes * (1 + 1e-9), p
+
+
+@pytest.mark.slow
+def test_gpt3_full_space_beats_the_published_layout():
+    """Narayanan et al. 2021's GPT-3 175B run on 1024 A100-80GB (batch 1536 x 2048):
+    the recommendation's predicted throughput is at least the published layout's."""
+    from planner.specs import Plan
+    model, cluster = load_model("gpt3-175b"), load_cluster("dgx-a100", num_gpus=1024)
+    workload = Workload(global_batch_size=1536, seq_length=2048, precision="fp16")
+    best = plan(model, cluster, workload, top_k=1).best.report
+    published = simulate(model, cluster, Plan(tp=8, pp=16, dp=8, micro_batch_size=1, recompute="full"), workload)
+    assert best.tokens_per_s_per_gpu >= published.tokens_per_s_per_gpu
+
+
+@pytest.mark.slow
+def test_deepseek_v3_full_space_beats_the_published_plan():
+    from planner.specs import Plan
+    from planner.specs.plan import Precision
+    model, cluster = load_model("deepseek-v3"), load_cluster("deepseek-v3-h800")
+    workload = Workload(global_batch_size=15360, seq_length=4096, precision=Precision.FP8)
+    best = plan(model, cluster, workload, top_k=1).best.report
+    published = simulate(model, cluster, Plan(tp=1, pp=16, ep=64, dp=128, zero_stage=1, micro_batch_size=1,
+                                              recompute="selective", pipeline_schedule="dualpipe"), workload)
+    assert best.step_time_s <= published.step_time_s

@@ -1,30 +1,42 @@
 """``plan(model, cluster, workload) -> SearchResult``: the fastest plans that fit, ranked.
 
-1. Enumerate the structurally valid candidates (:mod:`planner.search.space`).
-2. Bound each (:mod:`planner.search.prune`): drop those whose peak-memory lower bound is
-   over ``capacity * max_memory_fraction``.
-3. Simulate the survivors in ascending order of their step-time lower bound and stop once
-   the next bound exceeds the k-th best feasible step simulated (branch and bound).
+1. Enumerate the structurally valid candidates as integer columns
+   (:func:`planner.search.space.candidate_table`).
+2. Level-0 bounds for all of them at once (:mod:`planner.search.prune`): drop those whose
+   peak-memory lower bound is over ``capacity * max_memory_fraction``.
+3. Best-first on the step-time lower bounds: pop the smallest; a level-0 bound is refined to
+   the level-1 bound (one rank priced with communication) and pushed back; a refined plan
+   whose exact memory of its first and last ranks is over the limit in every split is
+   dropped (memory rule); otherwise it is simulated. Stop once the smallest bound left
+   exceeds the k-th best feasible step simulated (ties: strictly greater, so equal plans
+   are still simulated).
+
+Why this is lossless: every bound is a proven lower bound of what ``simulate`` reports for
+that plan (prune.py says why for each), so a plan never simulated has a step time above the
+k-th best simulated one, or memory over the limit; the ranking is by ``simulate``'s step
+time alone, ties by enumeration order, exactly as ``exhaustive=True`` (simulate every valid
+candidate) ranks them. The fast estimate (:mod:`planner.costmodel.fast`) is not used here:
+ordering by bounds already simulates only plans whose bound is below the k-th best step.
 
 A plan is *feasible* when the simulator reports it fits (status ok) and its peak memory is
-at most ``max_memory_fraction`` of HBM. Ties in step time rank by enumeration order, so the
-pruned search and ``exhaustive=True`` (simulate every valid candidate, no bound pruning)
-return the same ranking: a plan left unsimulated has a step time above the k-th best.
+at most ``max_memory_fraction`` of HBM.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
+import heapq
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
+
+import numpy as np
 
 from planner.costmodel.report import StepReport
 from planner.costmodel.simulate import simulate
 from planner.errors import InfeasibleError
 from planner.search.prune import BoundCalculator, PlanBounds, PruneRule
-from planner.search.space import Constraints, SpaceStats, candidates
+from planner.search.space import Constraints, SpaceStats, candidate_table
 from planner.specs.hardware import ClusterSpec
 from planner.specs.model import ModelSpec
 from planner.specs.plan import Plan, Workload
@@ -152,58 +164,92 @@ def plan(
     constraints = constraints or Constraints()
     start = time.perf_counter()
     stats = SpaceStats()
-    plans = list(candidates(model, cluster.num_gpus, workload, constraints, stats))
+    table = candidate_table(model, cluster.num_gpus, workload, constraints, stats)
     limit = cluster.gpu.hbm_capacity_bytes * constraints.max_memory_fraction
     calc = BoundCalculator(model, cluster, workload)
-    bounds = [calc.bounds(p) for p in plans]
+    memory = calc.memory_bounds(table)
     shortfall = _Shortfall()
     pruned = Counter({PruneRule.DIVISIBILITY.value: sum(stats.rejected.values())})
-    order = list(range(len(plans)))
-    if not exhaustive:
-        survivors = []
-        for i in order:
-            if bounds[i].memory_bytes > limit:
-                pruned[PruneRule.MEMORY_LOWER_BOUND.value] += 1
-                shortfall.see(bounds[i].memory_bytes - limit, plans[i], exact=False)
-            else:
-                survivors.append(i)
-        order = sorted(survivors, key=lambda i: (bounds[i].step_time_s, i))
+    plans: dict[int, Plan] = {}
+
+    def plan_of(i: int) -> Plan:
+        if i not in plans:
+            plans[i] = table.plan(i)
+        return plans[i]
+
+    if exhaustive:
+        survivors = np.arange(len(table))
+    else:
+        over = memory > limit
+        pruned[PruneRule.MEMORY_LOWER_BOUND.value] += int(over.sum())
+        if over.any():
+            i = int(np.flatnonzero(over)[np.argmin(memory[over])])
+            shortfall.see(float(memory[i] - limit), plan_of(i), exact=False)
+        survivors = np.flatnonzero(~over)
+    coarse = np.zeros(len(table))
+    coarse[survivors] = calc.time_bounds(table.take(survivors))
+    bound = coarse.copy()
     feasible: list[tuple[float, int, StepReport]] = []
     simulated = 0
-    for n, i in enumerate(order):
-        if not exhaustive and len(feasible) >= top_k and bounds[i].step_time_s > feasible[top_k - 1][0]:
-            pruned[PruneRule.TIME_LOWER_BOUND.value] += len(order) - n
-            break
-        report = simulate(model, cluster, plans[i], workload)
+
+    def run(i: int) -> None:
+        nonlocal simulated
+        report = simulate(model, cluster, plan_of(i), workload)
         simulated += 1
         if progress is not None:
-            progress(n + 1, len(order))
+            progress(simulated, len(survivors))
         if report.fits and report.memory_peak_bytes <= limit:
             feasible.append((report.step_time_s, i, report))
             feasible.sort(key=lambda x: (x[0], x[1]))
         else:
-            shortfall.see(report.memory_peak_bytes - limit, plans[i], exact=True)
+            shortfall.see(report.memory_peak_bytes - limit, plan_of(i), exact=True)
+
+    if exhaustive:
+        for i in survivors:
+            run(int(i))
+    else:
+        # Best-first on the bounds (level 0 for all, refined to level 1 when popped, then
+        # simulated): a plan is simulated only once its refined bound is the smallest left.
+        heap = [(float(coarse[i]), 0, int(i)) for i in survivors]
+        heapq.heapify(heap)
+        while heap:
+            b, level, i = heapq.heappop(heap)
+            if len(feasible) >= top_k and b > feasible[top_k - 1][0]:
+                pruned[PruneRule.TIME_LOWER_BOUND.value] += len(heap) + 1
+                break
+            if level == 0:
+                bound[i] = max(b, calc.refined(plan_of(i)))
+                heapq.heappush(heap, (float(bound[i]), 1, i))
+                continue
+            memory[i] = max(memory[i], calc.refined_memory(plan_of(i)))
+            if memory[i] > limit:  # every split the simulator may pick has a rank over the limit
+                pruned[PruneRule.MEMORY_LOWER_BOUND.value] += 1
+                shortfall.see(float(memory[i] - limit), plan_of(i), exact=False)
+                continue
+            run(i)
     for rule in PruneRule:
         pruned.setdefault(rule.value, 0)
     counts = SearchCounts(
-        generated=stats.generated, enumerated=len(plans), invalid_by_rule=dict(stats.rejected),
+        generated=stats.generated, enumerated=len(table), invalid_by_rule=dict(stats.rejected),
         pruned={rule.value: pruned[rule.value] for rule in PruneRule}, simulated=simulated,
         feasible_simulated=len(feasible),
     )
     if not feasible:
-        raise InfeasibleError(_infeasible_message(model, cluster, constraints, plans, shortfall, limit))
+        raise InfeasibleError(_infeasible_message(model, cluster, constraints, len(table), shortfall, limit))
     ranked = tuple(
-        RankedPlan(rank=k + 1, plan=plans[i], report=report, bounds=bounds[i], memory_limit_bytes=limit)
+        RankedPlan(rank=k + 1, plan=plan_of(i), report=report,
+                   bounds=PlanBounds(step_time_s=float(bound[i]), memory_bytes=float(memory[i])),
+                   memory_limit_bytes=limit)
         for k, (_, i, report) in enumerate(feasible[:top_k])
     )
     return SearchResult(ranked=ranked, counts=counts, elapsed_s=time.perf_counter() - start,
                         exhaustive=exhaustive, memory_limit_bytes=limit)
 
 
-def _infeasible_message(model, cluster, constraints: Constraints, plans: list[Plan], shortfall: _Shortfall,
+def _infeasible_message(model, cluster, constraints: Constraints, num_plans: int, shortfall: _Shortfall,
                         limit: float) -> str:
     where = f"{model.name} on {cluster.num_gpus} x {cluster.gpu.name}"
-    if not plans:
+    if not num_plans:
         return f"no structurally valid plan for {where} within the constraints; relax the pinned knobs"
     best = shortfall.plan
     amount = f"{shortfall.bytes / GIB:,.1f} GiB" if shortfall.exact else f"at least {shortfall.bytes / GIB:,.1f} GiB"

@@ -7,9 +7,12 @@ Public API (more arrives with the cost model and the search):
 - :func:`simulate`: step time, its breakdown and memory per GPU of one plan;
 - :func:`sweep`: a what-if grid of simulations as a pandas DataFrame;
 - :func:`plan`: the fastest feasible plans under :class:`Constraints` (lossless search);
+- :func:`training_cost`: time, GPU-hours and US$ to train a token budget at one step time;
+  :func:`budget_workload`: global batch and peak LR of a token budget (DeepSeek LLM's laws);
 - the spec classes in :mod:`planner.specs`.
 """
 
+from planner.budget import BudgetWorkload, TrainingCost, budget_workload, training_cost
 from planner.costmodel.accounting import ModelAccount, describe_model
 from planner.costmodel.report import StepReport
 from planner.costmodel.simulate import simulate
@@ -22,6 +25,7 @@ from planner.sweep import SweepBase, sweep
 __version__ = "0.1.0"
 
 __all__ = [
+    "BudgetWorkload",
     "ClusterSpec",
     "Constraints",
     "GPUSpec",
@@ -34,9 +38,11 @@ __all__ = [
     "SpecError",
     "StepReport",
     "SweepBase",
+    "TrainingCost",
     "UnsupportedError",
     "Workload",
     "__version__",
+    "budget_workload",
     "describe_model",
     "load_cluster",
     "load_gpu",
@@ -46,4 +52,5 @@ __all__ = [
     "revalidate",
     "simulate",
     "sweep",
+    "training_cost",
 ]

@@ -178,7 +178,9 @@ def _show(value: Any) -> Any:
     return value
 
 
-def _metrics(report: StepReport) -> dict[str, Any]:
+def report_row(report: StepReport) -> dict[str, Any]:
+    """The columns of one sweep row filled from a :class:`StepReport` (status, message and
+    :data:`METRIC_COLUMNS`); ``planner simulate --format csv`` prints the same columns."""
     row: dict[str, Any] = {
         "status": report.status.value,
         "message": "",
@@ -218,13 +220,28 @@ def _run_point(
     derive: Callable[[SweepBase], Mapping[str, Any] | SweepBase | None] | None,
 ) -> dict[str, Any]:
     row: dict[str, Any] = {key: _show(v) for key, v in zip(keys, values, strict=True)}
-    # whole-spec replacements first, so that "cluster.num_gpus" applies to the new cluster
+    # whole-spec replacements first, so that "cluster.num_gpus" applies to the new cluster;
+    # then the top-level fields of one spec together (one revalidation: a schedule and the
+    # vpp it needs change at once), then deeper paths one by one.
     order = sorted(range(len(keys)), key=lambda i: "." in keys[i])
     point = base
+    joint: dict[str, dict[str, int]] = {}
     for i in order:
+        root, _, rest = keys[i].partition(".")
+        if rest and "." not in rest and keys[i] != "cluster.num_gpus":
+            joint.setdefault(root, {})[rest] = i
+            continue
         try:
             point = apply_change(point, keys[i], values[i])
         except PlannerError as exc:
+            return {**row, **_invalid(_change_error(keys[i], values[i], exc))}
+    for root, fields in joint.items():
+        update = {name: (v.model_dump() if isinstance(v := values[i], BaseModel) else v) for name, i in fields.items()}
+        try:
+            point = replace(point, **{root: revalidate(getattr(point, root), **update)})
+        except PlannerError as exc:
+            i = next((j for name, j in fields.items() if isinstance(exc, SpecError) and name == exc.field),
+                     next(iter(fields.values())))
             return {**row, **_invalid(_change_error(keys[i], values[i], exc))}
     if derive is not None:
         try:
@@ -246,7 +263,7 @@ def _run_point(
         report = simulate(point.model, point.cluster, point.plan, point.workload)
     except PlannerError as exc:
         return {**row, **_invalid(str(exc))}
-    return {**row, **_metrics(report)}
+    return {**row, **report_row(report)}
 
 
 def _points(grid: Mapping[str, Sequence[Any]]) -> Iterable[tuple[Any, ...]]:
@@ -302,4 +319,4 @@ def sweep(
     return df[leading + trailing]
 
 
-__all__ = ["SweepBase", "apply_change", "sweep"]
+__all__ = ["METRIC_COLUMNS", "SweepBase", "apply_change", "report_row", "sweep"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -116,3 +117,101 @@ def test_topology_summary_and_route():
 def test_topology_bad_route():
     assert_user_error(planner("topology", "--cluster", "dgx-h100", "--gpus", "16", "--route", "0,99"), "gpu = 99")
     assert_user_error(planner("topology", "--cluster", "dgx-h100", "--route", "zero"), "route = 'zero'")
+
+
+# --- formats, --out, cost, sweep, plan --tokens / --emit (issue #8, #6 item 7) ---------------
+
+TINY = ("-m", "tiny-moe-mla", "-c", "dgx-h100", "--gpus", "8")
+
+
+def test_yaml_and_out_file(tmp_path: Path):
+    result = planner("describe", "--model", "llama3-8b", "--format", "yaml")
+    assert result.returncode == 0, result.stderr
+    assert yaml.safe_load(result.stdout)["params_total"] == json.loads(
+        planner("describe", "--model", "llama3-8b", "--format", "json").stdout)["params_total"]
+    out = tmp_path / "sub" / "topo.json"
+    result = planner("collective", "-c", "dgx-h100", "--gpus", "16", "--op", "all_reduce", "-n", "16", "-b", "1GiB",
+                     "-f", "json", "-o", str(out))
+    assert result.returncode == 0 and result.stdout == ""
+    assert json.loads(out.read_text())["op"] == "all_reduce" and "wrote" in result.stderr
+    table = tmp_path / "describe.txt"
+    assert planner("describe", "--cluster", "dgx-h100", "--out", str(table)).returncode == 0
+    assert "scale-up" in table.read_text() and "\x1b[" not in table.read_text()  # no colour codes in files
+
+
+def test_csv_where_tabular_and_rejected_elsewhere():
+    assert_user_error(planner("describe", "--model", "llama3-8b", "--format", "csv"), "--format", "not a table")
+    result = planner("simulate", *TINY, "--global-batch", "16", "--pp", "2", "--ep", "4", "-f", "csv")
+    assert result.returncode == 0, result.stderr
+    header, row = result.stdout.strip().splitlines()
+    assert header.startswith("num_gpus,tokens_per_step,status") and "gpu_hours_per_1e12_tokens" in header
+    assert row.startswith("8,")
+
+
+def test_simulate_cost_and_token_budget():
+    result = planner("simulate", *TINY, "--global-batch", "16", "--pp", "2", "--ep", "4", "--tokens", "1e9",
+                     "--price-per-gpu-hour", "3", "-f", "json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    cost = data["cost"]
+    assert cost["tokens"] == 1e9 and cost["price_per_gpu_hour"] == 3
+    tokens_per_step = 16 * data["workload"]["seq_length"]
+    assert cost["gpu_hours"] == pytest.approx(8 * data["step_time_s"] * 1e9 / tokens_per_step / 3600)
+    assert cost["cost_usd"] == pytest.approx(3 * cost["gpu_hours"])
+    table = planner("simulate", *TINY, "--global-batch", "16", "--pp", "2", "--ep", "4")
+    assert "cost: 1T tokens" in table.stdout and "$2/GPU-hour" in table.stdout  # default: per trillion, $2
+    assert_user_error(planner("simulate", *TINY, "--pp", "2"), "--global-batch", "--tokens")
+    assert_user_error(planner("simulate", *TINY, "--global-batch", "16", "--tokens", "nan"), "--tokens")
+
+
+def test_plan_from_token_budget_and_emit(tmp_path: Path):
+    emit = tmp_path / "launch"
+    result = planner("plan", *TINY, "--tokens", "2e12", "--pp", "2", "--top-k", "2", "--emit", str(emit),
+                     "-f", "json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    budget = data["budget"]
+    assert budget["global_batch_size"] % 8 == 0 and data["workload"]["global_batch_size"] == budget["global_batch_size"]
+    assert budget["learning_rate_opt"] == pytest.approx(0.3118 * budget["compute_flops"] ** -0.125)
+    assert data["cost"]["tokens"] == 2e12
+    assert {Path(p).name for p in data["emitted_files"]} == {"torchrun.sh", "run_config.yaml", "megatron_args.txt"}
+    args = (emit / "megatron_args.txt").read_text()
+    assert f"--global-batch-size {budget['global_batch_size']}" in args
+    assert f"--train-iters {math.ceil(data['cost']['steps'])}" in args
+    table = planner("plan", *TINY, "--tokens", "2e12", "--pp", "2", "--top-k", "1")
+    assert "B_opt" in table.stdout and "rounded to" in table.stdout and "cost of #1" in table.stdout
+
+
+def test_plan_csv_rows():
+    result = planner("plan", *TINY, "--global-batch", "16", "--pp", "2", "--top-k", "2", "-f", "csv")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].startswith("rank,tp,pp") and "gpu_hours" in lines[0] and len(lines) == 3
+
+
+def test_sweep_cli(tmp_path: Path):
+    plot = tmp_path / "heat.png"
+    result = planner("sweep", *TINY, "--global-batch", "16", "--grid", "pp=1,2", "--grid", "ep=2,4",
+                     "--plot", str(plot), "-f", "json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    points = data["points"]
+    assert [(p["plan.pp"], p["plan.ep"]) for p in points] == [(1, 2), (1, 4), (2, 2), (2, 4)]
+    assert [p["plan.dp"] for p in points] == [8, 8, 4, 4]  # dp follows GPUs / (tp cp pp)
+    assert all(p["status"] == "ok" for p in points) and plot.stat().st_size > 1000
+    csv_out = tmp_path / "sweep.csv"
+    assert planner("sweep", *TINY, "--global-batch", "16", "-g", "mb=1,2", "-f", "csv", "-o", str(csv_out)).returncode == 0
+    assert csv_out.read_text().splitlines()[0].startswith("plan.micro_batch_size,")
+    table = planner("sweep", *TINY, "--global-batch", "16", "--grid", "tensor-model-parallel-size=1,3")
+    assert table.returncode == 0 and "invalid" in table.stdout  # a bad point is a row, not an error
+    assert_user_error(planner("sweep", *TINY, "--global-batch", "16", "--grid", "warp=1,2"), "--grid", "warp")
+    assert_user_error(planner("sweep", *TINY, "--global-batch", "16", "--grid", "pp"), "KEY=V1,V2")
+    assert_user_error(planner("sweep", *TINY, "--global-batch", "16", "--grid", "pp=1,2", "--plot",
+                              str(tmp_path / "x.png")), "--plot", "two --grid axes")
+
+
+def test_every_command_help_has_an_example():
+    for command in ("describe", "simulate", "plan", "explain", "sweep", "report", "validate", "collective",
+                    "topology"):
+        result = planner(command, "--help")
+        assert result.returncode == 0 and "Example" in result.stdout, command

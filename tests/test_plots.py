@@ -106,3 +106,16 @@ def test_cli_validate_plot(tmp_path) -> None:
                          timeout=120)
     assert bad.returncode == 2
     assert "Traceback" not in bad.stderr
+
+
+def test_plot_scaling_and_heatmap(tmp_path) -> None:
+    from planner.report.plots import plot_heatmap, plot_scaling
+
+    rows = [{"num_gpus": 8, "tokens_per_s_per_gpu": 1000.0, "status": "ok"},
+            {"num_gpus": 16, "tokens_per_s_per_gpu": 900.0, "status": "ok"},
+            {"num_gpus": float("nan"), "cluster.num_gpus": 4, "tokens_per_s_per_gpu": float("nan"),
+             "status": "invalid"}]
+    _png(plot_scaling(rows, tmp_path / "scaling.png", label="test"))
+    grid = [{"plan.pp": pp, "plan.ep": ep, "step_time_s": pp + ep / 10, "status": "oom" if pp == 4 else "ok"}
+            for pp in (1, 2, 4) for ep in (2, 4)]
+    _png(plot_heatmap(grid, "plan.ep", "plan.pp", tmp_path / "heat.png"))

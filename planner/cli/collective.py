@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import re
+from pathlib import Path
 
 import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from planner.cli.main import OutputFormat, app, reports_errors
+from planner.cli import options
+from planner.cli.main import app, reports_errors
+from planner.cli.output import Format, write_result
 from planner.errors import SpecError
 from planner.hwmodels.allocation import GroupLayout, job_gpus, layout_groups
 from planner.hwmodels.collectives import Algorithm, CollectiveOp, collective_cost
@@ -29,11 +31,12 @@ def parse_bytes(text: str) -> float:
     return float(match.group(1)) * _UNITS[(match.group(2) or "").lower()]
 
 
-@app.command()
+@app.command(epilog="Example: planner collective --cluster fire-flyer-2 --job-gpus 1024 --zone-spread 2 "
+                     "--op all_reduce --group-size 1024 --bytes 186MiB")
 @reports_errors
 def collective(
-    cluster: str = typer.Option(..., "--cluster", "-c", help="Cluster preset name or ClusterSpec YAML file."),
-    gpus: int = typer.Option(None, "--gpus", help="Resize the cluster to this many GPUs (whole nodes)."),
+    cluster: str = options.cluster(),
+    gpus: int = options.gpus(),
     op: CollectiveOp = typer.Option(..., "--op", help="Collective (nccl-tests names)."),
     group_size: int = typer.Option(..., "--group-size", "-n", help="GPUs per group (2 for p2p: [src, dst])."),
     nbytes: str = typer.Option(..., "--bytes", "-b", help="nccl-tests size: 186MiB, 1GB, 4096, ..."),
@@ -42,15 +45,13 @@ def collective(
     first_node: int = typer.Option(0, "--first-node", help="First node of the job (a range may straddle zones)."),
     zone_spread: int = typer.Option(1, "--zone-spread", help="Split the job's nodes over this many zones."),
     algorithm: Algorithm = typer.Option(Algorithm.AUTO, "--algorithm", "-a", help="Algorithm (auto = fastest)."),
-    fmt: OutputFormat = typer.Option(OutputFormat.TABLE, "--format", "-f", help="Output format."),
+    fmt: Format = options.fmt("the result (csv: one row per link class)"),
+    out: Path = options.out(),
 ) -> None:
     """Price one collective run by every group of a layout at once (sibling groups share
     links): time, algorithm, algbw and busbw (nccl-tests definitions), the bottleneck link
-    class and the load on the busiest link of each class.
-
-    Example: planner collective --cluster fire-flyer-2 --job-gpus 1024 --zone-spread 2
-    --op all_reduce --group-size 1024 --bytes 186MiB
-    """
+    class and the load on the busiest link of each class. Sizes in bytes (nccl-tests units),
+    bandwidths in GB/s, times in s / ms / µs."""
     spec = load_cluster(cluster, gpus)
     size = parse_bytes(nbytes)
     parsed = GroupLayout.parse(layout)
@@ -84,24 +85,28 @@ def collective(
             for load in cost.link_loads
         ],
     }
-    if fmt is OutputFormat.JSON:
-        print(json.dumps(result, indent=2))
-        return
-    console = Console()
-    console.print(
-        f"[bold]{op}[/bold] of {size:,.0f} B on {result['groups']:,} x {group_size} GPUs ({result['layout']}, "
-        f"{result['nodes_per_group']} node(s) per group) on {spec.name}"
-    )
-    table = Table("algorithm", "time", "algbw GB/s", "busbw GB/s", "latency us", "bottleneck")
-    table.add_row(result["algorithm"], _seconds(cost.time_s), f"{cost.algbw_bytes_per_s / 1e9:,.2f}",
-                  f"{cost.busbw_bytes_per_s / 1e9:,.2f}", f"{cost.latency_s * 1e6:,.2f}", result["bottleneck"])
-    console.print(table)
-    if cost.link_loads:
-        loads = Table("link class", "busiest link GB", "achievable GB/s", "time")
-        for load in cost.link_loads:
-            loads.add_row(str(load.link), f"{load.bytes / 1e9:,.3f}", f"{load.bandwidth_bytes_per_s / 1e9:,.1f}",
-                          _seconds(load.time_s))
-        console.print(loads)
+    def table(console: Console) -> None:
+        console.print(
+            f"[bold]{op}[/bold] of {size:,.0f} B on {result['groups']:,} x {group_size} GPUs ({result['layout']}, "
+            f"{result['nodes_per_group']} node(s) per group) on {spec.name}"
+        )
+        summary = Table("algorithm", "time", "algbw GB/s", "busbw GB/s", "latency us", "bottleneck")
+        summary.add_row(result["algorithm"], _seconds(cost.time_s), f"{cost.algbw_bytes_per_s / 1e9:,.2f}",
+                      f"{cost.busbw_bytes_per_s / 1e9:,.2f}", f"{cost.latency_s * 1e6:,.2f}", result["bottleneck"])
+        console.print(summary)
+        if cost.link_loads:
+            loads = Table("link class", "busiest link GB", "achievable GB/s", "time")
+            for load in cost.link_loads:
+                loads.add_row(str(load.link), f"{load.bytes / 1e9:,.3f}", f"{load.bandwidth_bytes_per_s / 1e9:,.1f}",
+                              _seconds(load.time_s))
+            console.print(loads)
+
+    rows = [{"cluster": spec.name, "op": str(op), "groups": result["groups"], "group_size": group_size,
+             "layout": result["layout"], "bytes": size, "algorithm": result["algorithm"], "time_s": cost.time_s,
+             "busbw_bytes_per_s": cost.busbw_bytes_per_s, "bottleneck": result["bottleneck"],
+             **{f"busiest_{k}" if k != "link" else k: v for k, v in load.items()}}
+            for load in result["link_loads"]] or [{k: v for k, v in result.items() if k != "link_loads"}]
+    write_result(result, fmt, out, table=table, rows=rows)
 
 
 def _seconds(value: float) -> str:

@@ -7,13 +7,15 @@ spec in friendly units. ``--list`` prints the preset names.
 
 from __future__ import annotations
 
-import json
+from pathlib import Path
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from planner.cli.main import OutputFormat, app, reports_errors
+from planner.cli import options
+from planner.cli.main import app, reports_errors
+from planner.cli.output import Format, write_result
 from planner.costmodel.accounting import ModelAccount, describe_model
 from planner.errors import SpecError
 from planner.presets import load_cluster, load_gpu, load_model, preset_names
@@ -117,33 +119,32 @@ def _print_rows(rows: list[tuple[str, str]], console: Console, source: str) -> N
         console.print(f"[dim]source: {source}[/dim]")
 
 
-@app.command()
+@app.command(epilog="Examples: planner describe --model deepseek-v3;  planner describe --model my-model.yaml "
+                     "--seq-len 8192 --format json;  planner describe --cluster fire-flyer-2 --gpus 640.")
 @reports_errors
 def describe(
-    model: str = typer.Option(None, "--model", "-m", help="Model preset name or ModelSpec YAML file."),
-    gpu: str = typer.Option(None, "--gpu", help="GPU preset name or GPUSpec YAML file."),
-    cluster: str = typer.Option(None, "--cluster", "-c", help="Cluster preset name or ClusterSpec YAML file."),
-    gpus: int = typer.Option(None, "--gpus", help="Resize the cluster to this many GPUs (whole nodes)."),
+    model: str = options.model(required=False),
+    gpu: str = typer.Option(None, "--gpu", help="GPU: preset name or GPUSpec YAML file."),
+    cluster: str = options.cluster(required=False),
+    gpus: int = options.gpus(),
     seq_len: int = typer.Option(
-        None, "--seq-len", min=1, help="Sequence length in tokens for attention FLOPs [default: the model's]."
+        None, "--seq-len", "--seq-length", min=1,
+        help="Sequence length in tokens for attention FLOPs [default: the model's]."
     ),
-    fmt: OutputFormat = typer.Option(OutputFormat.TABLE, "--format", "-f", help="Output format."),
+    fmt: Format = options.fmt(),
+    out: Path = options.out(),
     list_presets: bool = typer.Option(False, "--list", help="List the shipped presets and exit."),
 ) -> None:
-    """Parameters, FLOPs per token and KV cache of a model; or a GPU or cluster spec.
-
-    Examples: planner describe --model deepseek-v3;
-    planner describe --model my-model.yaml --seq-len 8192 --format json;
-    planner describe --cluster fire-flyer-2 --gpus 640.
-    """
-    console = Console()
+    """Parameters (B), FLOPs per token (GFLOPs) and KV cache (bytes/token) of a model; or a
+    GPU or cluster spec in friendly units (TFLOPS, GiB, GB/s)."""
     if list_presets:
         names = {kind: preset_names(kind) for kind in ("model", "gpu", "cluster")}
-        if fmt is OutputFormat.JSON:
-            print(json.dumps(names, indent=2))
-        else:
+
+        def listing(console: Console) -> None:
             for kind, items in names.items():
                 console.print(f"[bold]{kind}s[/bold]: {', '.join(items)}")
+
+        write_result(names, fmt, out, table=listing)
         return
     chosen = [name for name, value in (("--model", model), ("--gpu", gpu), ("--cluster", cluster)) if value]
     if len(chosen) != 1:
@@ -152,14 +153,8 @@ def describe(
         raise SpecError("gpus", gpus, "only resizes a --cluster")
     if model:
         acc = describe_model(load_model(model), seq_len)
-        if fmt is OutputFormat.JSON:
-            print(json.dumps(acc.as_dict(), indent=2))
-        else:
-            _model_table(acc, console)
+        write_result(acc.as_dict(), fmt, out, table=lambda console: _model_table(acc, console))
         return
     spec = load_gpu(gpu) if gpu else load_cluster(cluster, gpus)
-    if fmt is OutputFormat.JSON:
-        print(spec.model_dump_json(indent=2))
-        return
     rows = _gpu_rows(spec) if isinstance(spec, GPUSpec) else _cluster_rows(spec)
-    _print_rows(rows, console, spec.source)
+    write_result(spec.model_dump(mode="json"), fmt, out, table=lambda console: _print_rows(rows, console, spec.source))

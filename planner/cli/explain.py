@@ -6,14 +6,15 @@ Both plans come from YAML files (Megatron names or short forms, as ``planner sim
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from planner.cli.main import OutputFormat, app, reports_errors
+from planner.cli import options
+from planner.cli.main import app, reports_errors
+from planner.cli.output import Format, write_result
 from planner.cli.inputs import build_plan, build_workload
 from planner.costmodel.simulate import simulate
 from planner.presets import load_cluster, load_model
@@ -79,27 +80,26 @@ def print_sensitivity(s: Sensitivity, labels: tuple[str, str], console: Console)
                 console.print(f"note: {sc.description}, {lab}: {o.error}")
 
 
-@app.command("explain")
+@app.command("explain", epilog="Example: planner explain -m llama3-8b -c dgx-h100 --gpus 16 --global-batch 128 "
+                                "--plan-a tp8.yaml --plan-b tp1.yaml --sensitivity")
 @reports_errors
 def explain_command(
-    model: str = typer.Option(..., "--model", "-m", help="Model preset name or YAML file."),
-    cluster: str = typer.Option(..., "--cluster", "-c", help="Cluster preset name or YAML file."),
-    gpus: int = typer.Option(None, "--gpus", help="Resize the cluster to this many GPUs (whole nodes)."),
-    global_batch: int = typer.Option(..., "--global-batch", help="Sequences per optimizer step."),
-    seq_len: int = typer.Option(None, "--seq-len", help="Tokens per sequence [default: the model's]."),
-    precision: str = typer.Option("bf16", "--precision", help="GEMM precision: bf16, fp16 or fp8."),
+    model: str = options.model(),
+    cluster: str = options.cluster(),
+    gpus: int = options.gpus(),
+    global_batch: int = options.global_batch(),
+    seq_len: int = options.seq_len(),
+    precision: str = options.precision(),
     plan_a: Path = typer.Option(..., "--plan-a", help="Plan A YAML (Megatron names or tp/pp/...)."),
     plan_b: Path = typer.Option(..., "--plan-b", help="Plan B YAML (Megatron names or tp/pp/...)."),
     with_sensitivity: bool = typer.Option(
         False, "--sensitivity", help="Also re-simulate both plans at inter-node bandwidth x0.5 and x1.5, "
                                      "GPUs x2 (dp x2, same global batch) and micro-batch x2."),
-    fmt: OutputFormat = typer.Option(OutputFormat.TABLE, "--format", help="Output format."),
+    fmt: Format = options.fmt("the explanation (csv: one row per term)"),
+    out: Path = options.out("the explanation"),
 ) -> None:
-    """Explain the step-time difference of two plans term by term (B minus A).
-
-    Example: planner explain -m llama3-8b -c dgx-h100 --gpus 16 --global-batch 128
-    --plan-a tp8.yaml --plan-b tp1.yaml --sensitivity
-    """
+    """Explain the step-time difference (s) of two plans term by term (B minus A), with
+    memory per GPU (GiB) and, optionally, the sensitivity of the ranking."""
     model_spec = load_model(model)
     cluster_spec = load_cluster(cluster, num_gpus=gpus)
     workload = build_workload(model_spec, global_batch, seq_len, precision)
@@ -110,14 +110,14 @@ def explain_command(
     labels = ("A", "B")
     result = explain(ra, rb, labels, plans=(pa, pb), cluster=cluster_spec)
     sens = sensitivity(model_spec, cluster_spec, pa, workload, plans=[pb]) if with_sensitivity else None
-    if fmt is OutputFormat.JSON:
-        data = result.to_json()
-        data["plan_files"] = {"A": str(plan_a), "B": str(plan_b)}
-        if sens is not None:
-            data["sensitivity"] = sens.to_json()
-        print(json.dumps(data, indent=2))
-        return
-    console = Console()
-    print_explanation(result, console, files=(str(plan_a), str(plan_b)))
+    data = result.to_json()
+    data["plan_files"] = {"A": str(plan_a), "B": str(plan_b)}
     if sens is not None:
-        print_sensitivity(sens, labels, console)
+        data["sensitivity"] = sens.to_json()
+
+    def table(console: Console) -> None:
+        print_explanation(result, console, files=(str(plan_a), str(plan_b)))
+        if sens is not None:
+            print_sensitivity(sens, labels, console)
+
+    write_result(data, fmt, out, table=table, rows=[t.to_json(result.delta_s) for t in result.terms])

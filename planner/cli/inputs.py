@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from planner.budget import BudgetWorkload, TrainingCost, budget_workload, training_cost
+from planner.costmodel.accounting import describe_model
 from planner.errors import SpecError
 from planner.presets import read_plan_fields, validate_spec
 from planner.specs import ModelSpec, Plan, Workload
@@ -40,3 +42,24 @@ def _short_names(fields: dict) -> dict:
         for alias in choices:
             aliases[alias] = name
     return {aliases.get(key, key): value for key, value in fields.items()}
+
+
+def resolve_workload(model: ModelSpec, num_gpus: int, global_batch: int | None, tokens: float | None,
+                     seq_len: int | None, precision: str) -> tuple[Workload, BudgetWorkload | None]:
+    """The Workload of ``--global-batch``, or, without it, of the token budget ``--tokens``
+    (DeepSeek LLM's B_opt law, :func:`planner.budget.budget_workload`); the second value is
+    that derivation (None when the batch was given)."""
+    if global_batch is None:
+        if tokens is None:
+            raise SpecError("--global-batch", None, "give --global-batch (sequences per step) or --tokens "
+                            "(a token budget; the batch then follows DeepSeek LLM's B_opt law)")
+        seq = seq_len or model.default_seq_length
+        m = describe_model(model, seq).flops_per_token_nonembedding
+        budget = budget_workload(m, tokens, seq, num_gpus)
+        return build_workload(model, budget.global_batch_size, seq, precision), budget
+    return build_workload(model, global_batch, seq_len, precision), None
+
+
+def cost_of(report, workload: Workload, num_gpus: int, tokens: float | None, price: float | None) -> TrainingCost:
+    """The training cost of ``tokens`` (default 1e12) at one simulated step."""
+    return training_cost(report.step_time_s, workload.tokens_per_step, num_gpus, tokens, price)

@@ -68,6 +68,8 @@ def _register() -> None:
     from planner.cli import explain  # noqa: F401
     from planner.cli import launch  # noqa: F401
     from planner.cli import calibrate  # noqa: F401
+    from planner.cli import sweep  # noqa: F401
+    from planner.cli import report  # noqa: F401
 
 
 _register()

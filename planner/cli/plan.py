@@ -6,16 +6,20 @@ Knob options take comma-separated lists that pin or bound the search (``--tp 1``
 
 from __future__ import annotations
 
-import json
+import math
+from pathlib import Path
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from planner.cli.main import OutputFormat, app, reports_errors
+from planner.budget import check_budget
+from planner.cli import options
+from planner.cli.inputs import cost_of, resolve_workload
+from planner.cli.main import app, reports_errors
+from planner.cli.output import Format, write_result
 from planner.errors import SpecError
-from planner.cli.inputs import build_workload
 from planner.presets import load_cluster, load_model
 from planner.search import Constraints, SearchResult, plan
 from planner.specs.plan import PipelineSchedule, Recompute, ZeroStage
@@ -76,61 +80,113 @@ def print_result(result: SearchResult, console: Console) -> None:
                   f"{result.candidates_per_s:,.0f} candidates/s")
 
 
-@app.command("plan")
-@reports_errors
-def plan_command(
-    model: str = typer.Option(..., "--model", "-m", help="Model preset name or YAML file."),
-    cluster: str = typer.Option(..., "--cluster", "-c", help="Cluster preset name or YAML file."),
-    gpus: int = typer.Option(None, "--gpus", help="Resize the cluster to this many GPUs (whole nodes)."),
-    global_batch: int = typer.Option(..., "--global-batch", help="Sequences per optimizer step."),
-    seq_len: int = typer.Option(None, "--seq-len", help="Tokens per sequence [default: the model's]."),
-    precision: str = typer.Option("bf16", "--precision", help="GEMM precision: bf16, fp16 or fp8."),
-    tp: str = typer.Option(None, "--tp", help="Allowed tensor-parallel degrees, e.g. 1,2,4."),
-    pp: str = typer.Option(None, "--pp", help="Allowed pipeline stages, e.g. 8,16."),
-    vpp: str = typer.Option(None, "--vpp", help="Allowed chunks per rank (interleaved) [2,4]."),
-    cp: str = typer.Option(None, "--cp", help="Allowed context-parallel degrees [1,2,4,8]."),
-    ep: str = typer.Option(None, "--ep", help="Allowed expert-parallel degrees."),
-    micro_batch: str = typer.Option(None, "--micro-batch", help="Allowed micro-batch sizes [1,2,4,8]."),
-    zero: str = typer.Option(None, "--zero", help="Allowed ZeRO stages, e.g. 1 or 0,1,2,3."),
-    sp: str = typer.Option(None, "--sequence-parallel", help="on, off or on,off."),
-    recompute: str = typer.Option(None, "--recompute", help="Allowed: none, selective, full."),
-    schedule: str = typer.Option(None, "--schedule", help="Allowed: 1f1b, interleaved, zero-bubble, dualpipe, dualpipev."),
-    max_memory_frac: float = typer.Option(1.0, "--max-memory-frac", help="Largest fraction of HBM a plan may use."),
-    top_k: int = typer.Option(5, "--top-k", help="How many plans to list."),
-    exhaustive: bool = typer.Option(False, "--exhaustive", help="Simulate every valid candidate (no pruning)."),
-    fmt: OutputFormat = typer.Option(OutputFormat.TABLE, "--format", help="Output format."),
-) -> None:
-    """Recommend the fastest parallel plans that fit.
+EXAMPLE = (
+    "Example (DeepSeek-V3 on its 2048-H800 cluster, a bounded space, cost of 14.8T tokens):\n\n"
+    "planner plan -m deepseek-v3 -c deepseek-v3-h800 --global-batch 15360 --precision fp8 "
+    "--tp 1 --pp 8,16 --schedule 1f1b,dualpipe --tokens 14.8e12\n\n"
+    "From a token budget instead of a batch (DeepSeek LLM's B_opt and peak-LR laws): "
+    "planner plan -m deepseek-v3 -c deepseek-v3-h800 --tokens 2e12 --precision fp8 --tp 1 --pp 16 --ep 64"
+)
 
-    Example: planner plan -m deepseek-v3 -c deepseek-v3-h800 --global-batch 15360
-    --precision fp8 --tp 1 --pp 8,16 --schedule 1f1b,dualpipe
-    """
-    model_spec = load_model(model)
-    cluster_spec = load_cluster(cluster, num_gpus=gpus)
-    workload = build_workload(model_spec, global_batch, seq_len, precision)
-    if top_k < 1:
-        raise SpecError("--top-k", top_k, "must be >= 1")
+
+def constraints_from_options(tp, pp, vpp, cp, ep, micro_batch, zero, sp, recompute, schedule,
+                             max_memory_frac) -> Constraints:
+    """Search constraints from the comma-separated knob options (None = the default range)."""
     zeros = _ints("--zero", zero, minimum=0)
     if zeros is not None and max(zeros) > 3:
         raise SpecError("--zero", zero, "ZeRO stages are 0-3")
-    constraints = Constraints(
+    return Constraints(
         tp=_ints("--tp", tp), pp=_ints("--pp", pp), vpp=_ints("--vpp", vpp), cp=_ints("--cp", cp),
         ep=_ints("--ep", ep), micro_batch_size=_ints("--micro-batch", micro_batch),
         zero_stage=tuple(ZeroStage(z) for z in zeros) if zeros is not None else None,
         sequence_parallel=_bools("--sequence-parallel", sp), recompute=_enums("--recompute", recompute, Recompute),
         pipeline_schedule=_enums("--schedule", schedule, PipelineSchedule), max_memory_fraction=max_memory_frac,
     )
-    # A transient progress bar on stderr (rich draws nothing when stderr is not a terminal).
+
+
+def run_search(model_spec, cluster_spec, workload, constraints, top_k: int, exhaustive: bool) -> SearchResult:
+    """``planner.search.plan`` with a transient progress bar on stderr (rich draws nothing
+    when stderr is not a terminal)."""
+    if top_k < 1:
+        raise SpecError("--top-k", top_k, "must be >= 1")
     with Progress(
         TextColumn("simulating candidates"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         console=Console(stderr=True), transient=True,
     ) as bar:
         task = bar.add_task("search", total=None)
-        result = plan(
+        return plan(
             model_spec, cluster_spec, workload, constraints, top_k=top_k, exhaustive=exhaustive,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
-    if fmt is OutputFormat.JSON:
-        print(json.dumps(result.to_json(), indent=2))
-    else:
-        print_result(result, Console(width=max(Console().width, 160)))
+
+
+@app.command("plan", epilog=EXAMPLE)
+@reports_errors
+def plan_command(
+    model: str = options.model(),
+    cluster: str = options.cluster(),
+    gpus: int = options.gpus(),
+    global_batch: int = options.global_batch(required=False, budget=True),
+    seq_len: int = options.seq_len(),
+    precision: str = options.precision(),
+    tp: str = options.knob("tp", many=True),
+    pp: str = options.knob("pp", many=True),
+    vpp: str = options.knob("vpp", many=True),
+    cp: str = options.knob("cp", many=True),
+    ep: str = options.knob("ep", many=True),
+    micro_batch: str = typer.Option(None, "--micro-batch", "--micro-batch-size",
+                                    help="Allowed micro-batch sizes (sequences) [1,2,4,8]."),
+    zero: str = typer.Option(None, "--zero", help="Allowed ZeRO stages, e.g. 1 or 0,1,2,3."),
+    sp: str = typer.Option(None, "--sequence-parallel", help="on, off or on,off."),
+    recompute: str = typer.Option(None, "--recompute", help="Allowed: none, selective, full."),
+    schedule: str = typer.Option(None, "--schedule", help="Allowed: 1f1b, interleaved, zero-bubble, dualpipe, dualpipev."),
+    max_memory_frac: float = typer.Option(1.0, "--max-memory-frac", help="Largest fraction of HBM a plan may use (0-1]."),
+    top_k: int = typer.Option(5, "--top-k", help="How many plans to list."),
+    exhaustive: bool = typer.Option(False, "--exhaustive", help="Simulate every valid candidate (no pruning)."),
+    tokens: float = options.tokens(budget=True),
+    price: float = options.price(),
+    emit: Path = typer.Option(
+        None, "--emit", metavar="DIR",
+        help="Also write the recommended plan's launch files to DIR (torchrun.sh, run_config.yaml, "
+             "megatron_args.txt, as planner launch --emit), --train-iters = steps of the token budget."),
+    fmt: Format = options.fmt("the ranked plans"),
+    out: Path = options.out("the ranked plans"),
+) -> None:
+    """Recommend the fastest parallel plans that fit: step time (s), tokens/s/GPU, MFU,
+    memory (GiB), and the cost of a token budget (GPU-hours, US$) of the best."""
+    model_spec = load_model(model)
+    cluster_spec = load_cluster(cluster, num_gpus=gpus)
+    check_budget(tokens, price)
+    workload, budget = resolve_workload(model_spec, cluster_spec.num_gpus, global_batch, tokens, seq_len, precision)
+    constraints = constraints_from_options(tp, pp, vpp, cp, ep, micro_batch, zero, sp, recompute, schedule,
+                                           max_memory_frac)
+    result = run_search(model_spec, cluster_spec, workload, constraints, top_k, exhaustive)
+    costs = [cost_of(r.report, workload, cluster_spec.num_gpus, tokens, price) for r in result.ranked]
+    emitted = []
+    if emit is not None:
+        from planner.launch.emit import write_emit
+
+        try:
+            emitted = write_emit(emit, model, model_spec, result.best.plan, workload,
+                                 steps=math.ceil(costs[0].steps), backend="nccl", nnodes=cluster_spec.num_nodes)
+        except OSError as exc:
+            raise SpecError("--emit", str(emit), f"cannot write there: {exc.strerror or exc}") from None
+    data = result.to_json()
+    data["workload"] = workload.model_dump(mode="json")
+    data["cost"] = costs[0].to_json()
+    if budget is not None:
+        data["budget"] = budget.to_json()
+    if emitted:
+        data["emitted_files"] = [str(p) for p in emitted]
+    rows = [{**rec, "gpu_hours": c.gpu_hours, "cost_usd": c.cost_usd, "wall_time_days": c.wall_time_days}
+            for rec, c in zip(result.to_records(), costs)]
+
+    def table(console: Console) -> None:
+        if budget is not None:
+            console.print(f"workload: {budget.line()}", markup=False)
+        print_result(result, console)
+        console.print(f"cost of #1: {costs[0].line()}", markup=False)
+        for path in emitted:
+            console.print(f"wrote {path}", markup=False)
+
+    write_result(data, fmt, out, table=table, rows=rows)

@@ -6,20 +6,30 @@ options, which override the file; ``--dp`` defaults to GPUs / (tp * cp * pp).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from planner.cli.main import OutputFormat, app, reports_errors
+from planner.budget import check_budget
+from planner.cli import options
+from planner.cli.inputs import build_plan, cost_of, resolve_workload
+from planner.cli.main import app, reports_errors
+from planner.cli.output import Format, write_result
 from planner.costmodel.report import StepReport
 from planner.costmodel.simulate import simulate
 from planner.errors import SpecError
-from planner.cli.inputs import build_plan, build_workload
 from planner.presets import load_cluster, load_model
 from planner.report.trace import write_chrome_trace
+from planner.specs import Plan
+from planner.sweep import report_row
+
+EXAMPLE = (
+    "Example (DeepSeek-V3's published plan, cost of its 14.8T tokens at $2/GPU-hour):\n\n"
+    "planner simulate -m deepseek-v3 -c deepseek-v3-h800 --global-batch 15360 --precision fp8 "
+    "--pp 16 --ep 64 --zero 1 --schedule dualpipe --recompute selective --tokens 14.8e12"
+)
 
 
 def _gib(x: float) -> str:
@@ -75,29 +85,32 @@ def report_json(report: StepReport) -> dict:
     return data
 
 
-@app.command("simulate")
+@app.command("simulate", epilog=EXAMPLE)
 @reports_errors
 def simulate_command(
-    model: str = typer.Option(..., "--model", "-m", help="Model preset name or YAML file."),
-    cluster: str = typer.Option(..., "--cluster", "-c", help="Cluster preset name or YAML file."),
-    gpus: int = typer.Option(None, "--gpus", help="Resize the cluster to this many GPUs (whole nodes)."),
+    model: str = options.model(),
+    cluster: str = options.cluster(),
+    gpus: int = options.gpus(),
     plan_file: Path = typer.Option(None, "--plan", help="Plan YAML (Megatron names or tp/pp/...)."),
-    global_batch: int = typer.Option(..., "--global-batch", help="Sequences per optimizer step."),
-    seq_len: int = typer.Option(None, "--seq-len", help="Tokens per sequence [default: the model's]."),
-    precision: str = typer.Option("bf16", "--precision", help="GEMM precision: bf16, fp16 or fp8."),
-    tp: int = typer.Option(None, "--tp", "--tensor-model-parallel-size", help="Tensor-parallel degree."),
-    pp: int = typer.Option(None, "--pp", "--pipeline-model-parallel-size", help="Pipeline stages."),
-    vpp: int = typer.Option(None, "--vpp", "--virtual-pipeline-model-parallel-size", help="Chunks per rank."),
-    cp: int = typer.Option(None, "--cp", "--context-parallel-size", help="Context-parallel degree."),
-    ep: int = typer.Option(None, "--ep", "--expert-model-parallel-size", help="Expert-parallel degree."),
-    etp: int = typer.Option(None, "--etp", "--expert-tensor-parallel-size", help="Expert TP degree."),
-    dp: int = typer.Option(None, "--dp", help="Data-parallel degree [default: GPUs / (tp*cp*pp)]."),
+    global_batch: int = options.global_batch(required=False, budget=True),
+    seq_len: int = options.seq_len(),
+    precision: str = options.precision(),
+    tp: int = options.knob("tp"),
+    pp: int = options.knob("pp"),
+    vpp: int = options.knob("vpp"),
+    cp: int = options.knob("cp"),
+    ep: int = options.knob("ep"),
+    etp: int = options.knob("etp"),
+    dp: int = typer.Option(None, "--dp", "--data-parallel-size", help="Data-parallel degree [default: GPUs / (tp*cp*pp)]."),
     zero: int = typer.Option(None, "--zero", help="ZeRO stage 0-3 (1 = distributed optimizer)."),
     sp: bool = typer.Option(None, "--sequence-parallel/--no-sequence-parallel", help="Megatron SP."),
     recompute: str = typer.Option(None, "--recompute", help="none, selective or full."),
     micro_batch: int = typer.Option(None, "--micro-batch", "--micro-batch-size", help="Sequences per micro-batch."),
     schedule: str = typer.Option(None, "--schedule", help="1f1b, interleaved, zero-bubble, dualpipe, dualpipev."),
-    fmt: OutputFormat = typer.Option(OutputFormat.TABLE, "--format", help="Output format."),
+    tokens: float = options.tokens(budget=True),
+    price: float = options.price(),
+    fmt: Format = options.fmt(),
+    out: Path = options.out(),
     trace: Path = typer.Option(
         None, "--trace", metavar="FILE",
         help="Also write the simulated pipeline timeline (F/B/W blocks per rank, times in µs) as a "
@@ -109,14 +122,12 @@ def simulate_command(
              "memory.png (GiB per pipeline rank vs capacity) to DIR.",
     ),
 ) -> None:
-    """Predict step time, its breakdown and memory per GPU for one plan.
-
-    Example: planner simulate -m deepseek-v3 -c deepseek-v3-h800 --global-batch 15360
-    --precision fp8 --pp 16 --ep 64 --zero 1 --schedule dualpipe --recompute selective
-    """
+    """Predict step time (s), its breakdown, memory per GPU (GiB) and the cost of a token
+    budget (GPU-hours, US$) for one plan."""
     model_spec = load_model(model)
     cluster_spec = load_cluster(cluster, num_gpus=gpus)
-    workload = build_workload(model_spec, global_batch, seq_len, precision)
+    check_budget(tokens, price)
+    workload, budget = resolve_workload(model_spec, cluster_spec.num_gpus, global_batch, tokens, seq_len, precision)
     knobs = {
         "tp": tp, "pp": pp, "vpp": vpp, "cp": cp, "ep": ep, "etp": etp, "dp": dp, "zero_stage": zero,
         "sequence_parallel": sp, "recompute": recompute, "micro_batch_size": micro_batch,
@@ -124,6 +135,7 @@ def simulate_command(
     }
     plan = build_plan(plan_file, cluster_spec.num_gpus, knobs)
     report = simulate(model_spec, cluster_spec, plan, workload)
+    cost = cost_of(report, workload, cluster_spec.num_gpus, tokens, price)
     trace_path = None
     if trace is not None:
         label = f"{model} on {cluster}, {plan.pipeline_schedule.value}, pp={plan.pp}"
@@ -132,19 +144,30 @@ def simulate_command(
         except OSError as exc:
             raise SpecError("--trace", str(trace), f"cannot write the trace: {exc.strerror or exc}") from None
     plot_paths = _write_plots(report, plot_dir, f"{model} on {cluster}", plan) if plot_dir is not None else []
-    if fmt is OutputFormat.JSON:
-        data = report_json(report)
+    data = report_json(report)
+    data["plan"] = plan.model_dump(mode="json")
+    data["workload"] = workload.model_dump(mode="json")
+    data["cost"] = cost.to_json()
+    if budget is not None:
+        data["budget"] = budget.to_json()
+    if trace_path is not None:
+        data["trace_file"] = str(trace_path)
+    if plot_paths:
+        data["plot_files"] = [str(p) for p in plot_paths]
+    row = {"num_gpus": cluster_spec.num_gpus, "tokens_per_step": workload.tokens_per_step, **report_row(report),
+           "gpu_hours_per_1e12_tokens": cost.gpu_hours_per_1e12_tokens}
+
+    def table(console: Console) -> None:
+        print_report(report, console)
+        if budget is not None:
+            console.print(f"workload: {budget.line()}", markup=False)
+        console.print(f"cost: {cost.line()}", markup=False)
         if trace_path is not None:
-            data["trace_file"] = str(trace_path)
-        if plot_paths:
-            data["plot_files"] = [str(p) for p in plot_paths]
-        print(json.dumps(data, indent=2))
-    else:
-        print_report(report, Console())
-        if trace_path is not None:
-            print(f"trace: {trace_path} (Chrome/Perfetto trace; open at ui.perfetto.dev)")
+            console.print(f"trace: {trace_path} (Chrome/Perfetto trace; open at ui.perfetto.dev)", markup=False)
         for plot_path in plot_paths:
-            print(f"plot: {plot_path}")
+            console.print(f"plot: {plot_path}", markup=False)
+
+    write_result(data, fmt, out, table=table, rows=[row])
 
 
 def _write_plots(report: StepReport, folder: Path, what: str, plan: Plan) -> list[Path]:

@@ -17,7 +17,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from planner.cli.main import OutputFormat, app, reports_errors
+from planner.cli import options
+from planner.cli.main import app, reports_errors
+from planner.cli.output import Format, write_result
 from planner.errors import SpecError
 from planner.presets import data_root
 from planner.validation import read_cases, run_cases, score, write_per_case, write_predictions
@@ -59,26 +61,24 @@ def _write_report(folder: Path, summary: Summary) -> None:
     write_per_case(folder / "per_case.csv", summary)
 
 
-@app.command()
+@app.command(epilog="Examples: planner validate --out pred.csv;  planner validate --cases my_cases.csv --out "
+                     "pred.csv --report report/ --format json;  planner validate --plot scatter.png.")
 @reports_errors
 def validate(
     cases: Path = typer.Option(
         None, "--cases", help="Case file (CSV, validation schema); default: the shipped public cases."
     ),
-    out: Path = typer.Option(None, "--out", "-o", help="Write predictions here (CSV)."),
+    out: Path = typer.Option(None, "--out", "-o", help="Write the predictions to FILE (CSV: case_id, predicted_step_time_s, status, message)."),
     report: Path = typer.Option(None, "--report", help="Also write summary.json and per_case.csv here."),
-    fmt: OutputFormat = typer.Option(OutputFormat.TABLE, "--format", "-f", help="Output format of the summary."),
+    fmt: Format = options.fmt("the summary (csv: one row per case)"),
     plot: Path = typer.Option(
         None, "--plot", metavar="FILE",
         help="Also draw predicted vs measured step time (log-log, ±10% band, coloured by source) to FILE "
              "(.png, .svg or .pdf).",
     ),
 ) -> None:
-    """Predict the step time of published training runs and score against the measurements.
-
-    Examples: planner validate --out pred.csv;
-    planner validate --cases my_cases.csv --out pred.csv --report report/ --format json.
-    """
+    """Predict the step time (s) of published training runs and score against the
+    measurements (median absolute percentage error, share within 15%)."""
     if plot is not None:  # matplotlib is imported only when a drawing is asked for
         from planner.report.topology_plot import check_suffix
 
@@ -101,9 +101,13 @@ def validate(
             plot_validation(rows, results, plot)
         except OSError as exc:
             raise SpecError("--plot", str(plot), f"cannot be written ({exc.strerror or exc})") from None
-    if fmt is OutputFormat.JSON:
-        print(json.dumps(summary.as_dict(), indent=2))
-    else:
-        _print_summary(summary, Console())
+    rows = [{"case_id": c.case_id, "source": c.source, "measured_step_time_s": c.measured,
+             "predicted_step_time_s": c.predicted, "ape": c.ape, "status": c.status.value, "message": c.message}
+            for c in summary.cases]
+
+    def table(console: Console) -> None:
+        _print_summary(summary, console)
         if plot is not None:
-            print(f"plot: {plot}")
+            console.print(f"plot: {plot}", markup=False)
+
+    write_result(summary.as_dict(), fmt, None, table=table, rows=rows)

@@ -7,6 +7,10 @@
 - :func:`plot_memory`: memory per GPU of each pipeline rank, stacked, against capacity.
 - :func:`plot_validation`: predicted vs measured step time, log-log, with the y = x line
   and a ±10% band, points coloured by source.
+- :func:`plot_scaling`: GPU count vs tokens/s per GPU and scaling efficiency.
+- :func:`plot_heatmap`: one metric over a two-knob sweep grid (e.g. step time over pp x ep).
+
+Top-k plans side by side: :func:`plot_breakdown` with one label per plan.
 
 Every function writes ``path`` (format from its suffix: .png, .svg or .pdf; parent
 folders created) and returns it as a :class:`~pathlib.Path`.
@@ -294,4 +298,137 @@ def _median(values: list[float]) -> float:
     return s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2
 
 
-__all__ = ["plot_breakdown", "plot_memory", "plot_pipeline", "plot_validation"]
+# --- scaling curve ----------------------------------------------------------------------
+
+
+def plot_scaling(points: Sequence[Mapping[str, Any]] | Any, path: str | Path, *, label: str = "") -> Path:
+    """Two panels over the GPU count (log2 axis): left, total throughput (tokens/s) with the
+    ideal linear scaling from the smallest run that fits; right, tokens/s per GPU labelled
+    with the scaling efficiency (tokens/s per GPU relative to that smallest run). ``points``
+    are rows (dicts or a DataFrame) with ``num_gpus`` (or ``cluster.num_gpus``),
+    ``tokens_per_s_per_gpu`` and ``status``; points that do not run (``oom``,
+    ``invalid``) are marked with their status on the axis."""
+    rows = points.to_dict("records") if hasattr(points, "to_dict") else list(points)
+    for r in rows:
+        n = _finite(r.get("num_gpus"))
+        r["num_gpus"] = int(n) if n == n else int(r["cluster.num_gpus"])
+    ok = sorted((r for r in rows if r.get("status") == "ok"), key=lambda r: r["num_gpus"])
+    bad = [r for r in rows if r.get("status") != "ok"]
+    fig = Figure(figsize=(12, 4.6), dpi=120)
+    total_ax, per_ax = fig.subplots(1, 2)
+    ticks = sorted({r["num_gpus"] for r in rows})
+    for ax in (total_ax, per_ax):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ticks)
+        ax.set_xticklabels([f"{x:,}" for x in ticks])
+        ax.minorticks_off()
+        ax.set_xlim(ticks[0] / 1.35, ticks[-1] * 1.35)
+        ax.set_xlabel("GPUs")
+        ax.grid(color="#dddddd", linewidth=0.5)
+    if ok:
+        xs = [r["num_gpus"] for r in ok]
+        tps = [r["tokens_per_s_per_gpu"] for r in ok]
+        total = [t * x / 1e6 for t, x in zip(tps, xs)]
+        total_ax.plot(xs, total, "o-", color="#4c8bd6", label="simulated")
+        total_ax.plot(xs, [total[0] * x / xs[0] for x in xs], "--", color="#7f7f7f", label="ideal (linear)")
+        total_ax.set_ylim(0, max(max(total), total[0] * xs[-1] / xs[0]) * 1.15)
+        for x, t in zip(xs, total):
+            total_ax.annotate(f"{t:,.2f}M", (x, t), textcoords="offset points", xytext=(0, 7), ha="center",
+                              fontsize=7)
+        per_ax.plot(xs, tps, "s-", color="#d6404e", label="tokens/s per GPU")
+        for x, t in zip(xs, tps):
+            per_ax.annotate(f"{t:,.0f}\n{t / tps[0]:.0%}", (x, t), textcoords="offset points", xytext=(0, 7),
+                            ha="center", fontsize=7)
+        per_ax.set_ylim(0, max(tps) * 1.3)
+    for r in bad:
+        per_ax.plot([r["num_gpus"]], [0], marker="x", color="#7f7f7f", markersize=9, clip_on=False)
+        per_ax.annotate(str(r.get("status")), (r["num_gpus"], 0), textcoords="offset points", xytext=(0, 6),
+                        ha="center", fontsize=7, color="#7f7f7f")
+    total_ax.set_ylabel("throughput (million tokens/s, all GPUs)")
+    total_ax.set_title("Throughput vs GPUs", loc="left", fontsize=9)
+    if label:
+        fig.suptitle(f"Scaling: {label}", x=0.01, ha="left", fontsize=10)
+    total_ax.legend(loc="upper left", fontsize=8, frameon=False)
+    per_ax.set_ylabel("tokens/s per GPU")
+    per_ax.set_title("Tokens/s per GPU; label: value and scaling efficiency\n(vs the smallest run that fits; "
+                     "dp scaled with the GPUs, global batch fixed)", loc="left", fontsize=9)
+    if bad:
+        per_ax.plot([], [], "x", color="#7f7f7f", label="does not run (status)")
+    per_ax.legend(loc="lower right", fontsize=8, frameon=False)
+    return _save(fig, path)
+
+
+# --- sweep heatmap ----------------------------------------------------------------------
+
+
+def plot_heatmap(points: Sequence[Mapping[str, Any]] | Any, x: str, y: str, path: str | Path, *,
+                 value: str = "step_time_s", value_label: str = "step time (s)", lower_is_better: bool = True,
+                 title: str = "") -> Path:
+    """``value`` over a grid of two knobs: ``x`` across, ``y`` down (rows of a sweep, dicts
+    or a DataFrame, one per grid point). Cells that do not run show their status (OOM,
+    invalid) in grey; the best cell is outlined."""
+    rows = points.to_dict("records") if hasattr(points, "to_dict") else list(points)
+    xs = sorted({r[x] for r in rows})
+    ys = sorted({r[y] for r in rows})
+    cell = {(r[x], r[y]): r for r in rows}
+    values = [[_finite(cell.get((cx, cy), {}).get(value)) if cell.get((cx, cy), {}).get("status") == "ok"
+               else float("nan") for cx in xs] for cy in ys]
+    good = [v for row in values for v in row if v == v]
+    fig = Figure(figsize=(max(5.5, 1.3 + 1.1 * len(xs)), max(3.5, 1.4 + 0.7 * len(ys))), dpi=120)
+    ax = fig.add_subplot()
+    import numpy as np
+    from matplotlib import colormaps
+
+    cmap = colormaps["viridis_r" if lower_is_better else "viridis"].with_extremes(bad=IDLE_COLOR)
+    grid = np.ma.masked_invalid(np.array(values, dtype=float))
+    image = ax.imshow(grid, cmap=cmap, aspect="auto")
+    fig.colorbar(image, ax=ax, label=value_label)
+    best = (min if lower_is_better else max)(good) if good else None
+    for j, cy in enumerate(ys):
+        for i, cx in enumerate(xs):
+            v = values[j][i]
+            r = cell.get((cx, cy))
+            if v == v:
+                text = _short(v)
+            elif r:  # a point that does not run: its status, and its figure when it has one
+                raw = _finite(r.get(value))
+                text = str(r.get("status", "-")).upper() + (f"\n({_short(raw)})" if raw == raw else "")
+            else:
+                text = "-"
+            dark = False
+            if v == v and len(good) > 1 and max(good) > min(good):
+                norm = (v - min(good)) / (max(good) - min(good))
+                dark = norm > 0.5 if lower_is_better else norm < 0.5
+            ax.text(i, j, text, ha="center", va="center", fontsize=8, color="white" if dark else "black")
+            if best is not None and v == best:
+                ax.add_patch(_outline(i, j))
+    ax.set_xticks(range(len(xs)))
+    ax.set_xticklabels([str(v) for v in xs])
+    ax.set_yticks(range(len(ys)))
+    ax.set_yticklabels([str(v) for v in ys])
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    ax.set_title((title or f"{value_label} over {y} x {x}") + ("; best outlined" if best is not None else ""),
+                 loc="left", fontsize=10)
+    return _save(fig, path)
+
+
+def _finite(v: Any) -> float:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return float("nan")
+    return f if f == f and abs(f) != float("inf") else float("nan")
+
+
+def _short(v: float) -> str:
+    return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}"
+
+
+def _outline(i: int, j: int):
+    from matplotlib.patches import Rectangle
+
+    return Rectangle((i - 0.5, j - 0.5), 1, 1, fill=False, edgecolor="#d62728", linewidth=2.5)
+
+
+__all__ = ["plot_breakdown", "plot_heatmap", "plot_memory", "plot_pipeline", "plot_scaling", "plot_validation"]

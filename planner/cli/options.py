@@ -1,0 +1,101 @@
+"""The typer options the commands share, so that ``--model``, ``--cluster``, ``--gpus``,
+``--global-batch``, ``--seq-len``, ``--precision``, the plan knobs (short names with
+Megatron-LM's long names as aliases), ``--format``, ``--out``, ``--tokens`` and
+``--price-per-gpu-hour`` read the same, with units, in every command's ``--help``.
+
+Each function returns a fresh ``typer.Option`` for one parameter default, e.g.
+``model: str = options.model()``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+
+from planner.budget import DEFAULT_PRICE_PER_GPU_HOUR
+from planner.cli.output import Format
+
+# Megatron-LM's argument names of the plan knobs (arguments.py), as option aliases.
+MEGATRON = {
+    "tp": "--tensor-model-parallel-size",
+    "pp": "--pipeline-model-parallel-size",
+    "vpp": "--virtual-pipeline-model-parallel-size",
+    "cp": "--context-parallel-size",
+    "ep": "--expert-model-parallel-size",
+    "etp": "--expert-tensor-parallel-size",
+}
+KNOB_HELP = {
+    "tp": "Tensor-parallel degree (GPUs splitting each layer's matmuls)",
+    "pp": "Pipeline-parallel stages",
+    "vpp": "Virtual pipeline stages: model chunks per rank (interleaved schedule)",
+    "cp": "Context-parallel degree (GPUs splitting each sequence)",
+    "ep": "Expert-parallel degree (GPUs sharing the routed experts of a layer)",
+    "etp": "Expert tensor-parallel degree [default: tp]",
+}
+
+
+def model(required: bool = True) -> Any:
+    return typer.Option(... if required else None, "--model", "-m",
+                        help="Model: preset name (planner describe --list) or ModelSpec YAML file.")
+
+
+def cluster(required: bool = True) -> Any:
+    return typer.Option(... if required else None, "--cluster", "-c",
+                        help="Cluster: preset name (planner describe --list) or ClusterSpec YAML file.")
+
+
+def gpus() -> Any:
+    return typer.Option(None, "--gpus",
+                        help="Resize the cluster to this many GPUs (whole nodes) [default: the preset's].")
+
+
+def global_batch(required: bool = True, budget: bool = False) -> Any:
+    extra = " Or give --tokens to derive it from a token budget." if budget else ""
+    return typer.Option(... if required else None, "--global-batch", "--global-batch-size",
+                        help=f"Global batch: sequences per optimizer step.{extra}")
+
+
+def seq_len() -> Any:
+    return typer.Option(None, "--seq-len", "--seq-length", min=1,
+                        help="Sequence length in tokens [default: the model's].")
+
+
+def precision() -> Any:
+    return typer.Option("bf16", "--precision",
+                        help="GEMM precision: bf16, fp16 or fp8 (FP8 GEMMs, BF16 elsewhere).")
+
+
+def knob(name: str, *, many: bool = False) -> Any:
+    """``--tp`` (and ``--tensor-model-parallel-size``) ...; ``many``: a comma-separated list
+    of allowed values (search commands), else one degree."""
+    names = [f"--{name}"] + ([MEGATRON[name]] if name in MEGATRON else [])
+    text = KNOB_HELP[name]
+    text += ": allowed values, comma-separated, e.g. 1,2,4 [default: the search's range]." if many else "."
+    return typer.Option(None, *names, help=text)
+
+
+def fmt(what: str = "the result") -> Any:
+    return typer.Option(Format.TABLE, "--format", "-f",
+                        help=f"Output format of {what}: table (people), json or yaml (scripts), csv (tables).")
+
+
+def out(what: str = "the result") -> Any:
+    return typer.Option(None, "--out", "-o", metavar="FILE",
+                        help=f"Write {what} to FILE (in --format) instead of stdout.")
+
+
+def tokens(budget: bool = False) -> Any:
+    text = "Token budget to price, e.g. 1e12 [default: costs per trillion tokens]."
+    if budget:
+        text += (" Without --global-batch it also sets the global batch (DeepSeek LLM's B_opt law, rounded "
+                 "to a multiple of the GPU count) and reports the peak learning rate.")
+    return typer.Option(None, "--tokens", help=text)
+
+
+def price() -> Any:
+    return typer.Option(
+        None, "--price-per-gpu-hour",
+        help=f"US dollars per GPU-hour for the cost [default: {DEFAULT_PRICE_PER_GPU_HOUR:g}, the rental price "
+             "DeepSeek-V3 assumes, arXiv 2412.19437 §1].",
+    )

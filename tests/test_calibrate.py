@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from planner.presets import data_root
 from planner.validation import read_cases
@@ -52,6 +53,22 @@ def test_cli_calibrate(small_csv: Path, tmp_path: Path) -> None:
     data = json.loads(proc.stdout)
     assert data["best_fraction"] in (0.8, 0.9) and "loso_median_ape" in data
     assert "sustained_kernel_fraction" in out.read_text()
+
+
+def test_cli_calibrate_csv_and_yaml(small_csv: Path) -> None:
+    """The shared --format: csv is one row per held-out source, yaml the same payload as json."""
+    def run(fmt: str) -> str:
+        proc = subprocess.run(
+            [sys.executable, "-m", "planner", "calibrate", "--from-cases", str(small_csv), "--grid", "0.85",
+             "-f", fmt],
+            capture_output=True, text=True, timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    rows = list(csv.DictReader(run("csv").splitlines()))
+    assert {r["source"] for r in rows} == {r["source"] for r in read_cases(small_csv)}
+    assert yaml.safe_load(run("yaml"))["best_fraction"] == 0.85
 
 
 def test_cli_calibrate_bad_grid(small_csv: Path) -> None:

@@ -10,7 +10,7 @@ from planner.cli.main import app
 
 FROZEN = {
     "calibrate": (
-        "--device", "--format", "--from-cases", "--grid", "--name", "--nproc", "--out",
+        "--device", "--format", "--from-cases", "--grid", "--name", "--nproc", "--out", "-f",
     ),
     "collective": (
         "--algorithm", "--bytes", "--cluster", "--first-node", "--format", "--gpus",

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
@@ -17,7 +16,8 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from planner.cli.main import OutputFormat, app, reports_errors
+from planner.cli.main import app, reports_errors
+from planner.cli.output import Format, write_result
 from planner.errors import SpecError, UnsupportedError
 from planner.launch.device_calibration import Device
 from planner.validation import read_cases
@@ -34,7 +34,7 @@ def calibrate_command(
     grid: str = typer.Option(",".join(f"{v:g}" for v in DEFAULT_GRID), "--grid",
                              help="Comma-separated sustained_kernel_fraction values to try (0 < v <= 1)."),
     out: Path = typer.Option(None, "--out", help="Write the fitted constant as YAML here."),
-    fmt: OutputFormat = typer.Option(OutputFormat.TABLE, "--format", help="Output format."),
+    fmt: Format = typer.Option(Format.TABLE, "--format", "-f", help="Output format (csv: one row per held-out source or measured term)."),
 ) -> None:
     """Fit the sustained kernel fraction (--from-cases), or measure this machine (--device).
 
@@ -60,14 +60,14 @@ def calibrate_command(
             "loso_median_ape": round(result.loso_median_ape, 4),
             "loso_within_15pct": round(result.loso_within, 4),
         }, sort_keys=False))
-    if fmt is OutputFormat.JSON:
-        print(json.dumps({
+    if fmt is not Format.TABLE:
+        write_result({
             "best_fraction": result.best_fraction,
             "in_sample_median_ape": result.in_sample_median_ape,
             "loso_median_ape": result.loso_median_ape,
             "loso_within_15pct": result.loso_within,
             "per_source": {k: {"fitted": f, "held_out_median_ape": a} for k, (f, a) in result.per_source.items()},
-        }, indent=2))
+        }, fmt, rows=[{"source": k, "fitted": f, "held_out_median_ape": a} for k, (f, a) in result.per_source.items()])
         return
     console = Console()
     console.print(
@@ -83,7 +83,7 @@ def calibrate_command(
     console.print(table)
 
 
-def _calibrate_device(device: Device, nproc: int, name: str | None, out: Path | None, fmt: OutputFormat) -> None:
+def _calibrate_device(device: Device, nproc: int, name: str | None, out: Path | None, fmt: Format) -> None:
     """Measure, fit, write the cluster YAML (friendly units) and print the fitted terms."""
     if nproc < 2:
         raise SpecError("--nproc", nproc, "must be >= 2 (collectives need two processes)")
@@ -107,8 +107,9 @@ def _calibrate_device(device: Device, nproc: int, name: str | None, out: Path | 
             out.write_text(yaml.safe_dump(document, sort_keys=False))
         except OSError as exc:
             raise SpecError("--out", str(out), f"cannot write there: {exc.strerror or exc}") from None
-    if fmt is OutputFormat.JSON:
-        print(json.dumps({**dc.summary(measured, fitted), "out": str(out) if out else None}, indent=2))
+    if fmt is not Format.TABLE:
+        summary = {**dc.summary(measured, fitted), "out": str(out) if out else None}
+        write_result(summary, fmt, rows=[{"term": k, "value": v} for k, v in summary.items()])
         return
     console = Console()
     table = Table(title=f"{name}: {measured.device_name}, {nproc} processes", title_justify="left")

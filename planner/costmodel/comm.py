@@ -157,7 +157,8 @@ def _kv_width(model: ModelSpec) -> float:
 
 def pp_p2p_s(cluster: ClusterSpec, plan: Plan, workload: Workload, layout: RankLayout, model: ModelSpec) -> float:
     """Seconds to send one micro-batch's activation to the next pipeline rank (all ranks
-    of a stage send at once, so NICs are shared as placed)."""
+    of a stage send at once, so NICs are shared as placed; on hosts that stagger pipeline
+    transfers, one pair at a time)."""
     if plan.pp == 1:
         return 0.0
     tokens = plan.micro_batch_size * workload.seq_length / plan.cp
@@ -166,6 +167,13 @@ def pp_p2p_s(cluster: ClusterSpec, plan: Plan, workload: Workload, layout: RankL
     nbytes = tokens * model.hidden_size * BF16_BYTES
     groups = layout.groups("pp")
     pairs = np.stack([groups[:, 0], groups[:, 1]], axis=1)
+    host = cluster.node.host
+    if host is not None and host.staggered_pipeline_p2p:
+        # Transfers take turns on the shared NIC: price one pair alone, a cross-node one
+        # when the pipeline leaves the node (the slower kind).
+        per_node = cluster.node.gpus_per_node
+        cross = np.nonzero(pairs[:, 0] // per_node != pairs[:, 1] // per_node)[0]
+        pairs = pairs[cross[:1]] if cross.size else pairs[:1]
     return collective_cost(cluster, CollectiveOp.P2P, pairs, nbytes).time_s
 
 

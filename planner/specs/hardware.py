@@ -145,6 +145,9 @@ class HostSpec(Spec):
     cpu_allreduce: bool = False
     """The node runs HFReduce-style all-reduce (Fire-Flyer §IV): D2H copy, CPU reduction in
     host memory, inter-node double binary tree from host memory, H2D with GDRCopy."""
+    staggered_pipeline_p2p: bool = False
+    """The node's GPUs (different data-parallel ranks) stagger their pipeline transfers in
+    time, so a shared NIC carries one at a time (HaiScale, Fire-Flyer §V-B2)."""
 
 
 class NodeSpec(Spec):

@@ -99,3 +99,35 @@ def price() -> Any:
         help=f"US dollars per GPU-hour for the cost [default: {DEFAULT_PRICE_PER_GPU_HOUR:g}, the rental price "
              "DeepSeek-V3 assumes, arXiv 2412.19437 §1].",
     )
+
+
+# Search constraints shared by ``plan`` and ``report`` (each a comma-separated allowed set).
+
+
+def allowed_micro_batch() -> Any:
+    return typer.Option(None, "--micro-batch", "--micro-batch-size",
+                        help="Allowed micro-batch sizes (sequences) [1,2,4,8].")
+
+
+def allowed_zero() -> Any:
+    return typer.Option(None, "--zero", help="Allowed ZeRO stages, e.g. 1 or 0,1,2,3.")
+
+
+def allowed_sequence_parallel() -> Any:
+    return typer.Option(None, "--sequence-parallel", help="on, off or on,off.")
+
+
+def allowed_recompute() -> Any:
+    return typer.Option(None, "--recompute", help="Allowed: none, selective, full.")
+
+
+def allowed_schedule() -> Any:
+    return typer.Option(None, "--schedule", help="Allowed: 1f1b, interleaved, zero-bubble, dualpipe, dualpipev.")
+
+
+def max_memory_fraction() -> Any:
+    return typer.Option(1.0, "--max-memory-frac", help="Largest fraction of HBM a plan may use (0-1].")
+
+
+def exhaustive() -> Any:
+    return typer.Option(False, "--exhaustive", help="Simulate every valid candidate (no pruning).")

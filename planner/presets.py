@@ -107,14 +107,23 @@ def load_cluster(ref: str, num_gpus: int | None = None) -> ClusterSpec:
     return cluster if num_gpus is None else cluster.with_num_gpus(num_gpus)
 
 
+def _plan_document(path: str) -> dict:
+    """A plan file's mapping; a ``run_config.yaml`` written by ``--emit`` (model, plan,
+    workload, ...) contributes its ``plan:`` section, so either file can be passed as a plan."""
+    data = _read_yaml(Path(path), "plan")
+    if isinstance(data, dict) and isinstance(data.get("plan"), dict) and "model" in data:
+        return dict(data["plan"])
+    return data
+
+
 def load_plan(path: str) -> Plan:
-    return validate_spec(Plan, _read_yaml(Path(path), "plan"), path)
+    return validate_spec(Plan, _plan_document(path), path)
 
 
 def read_plan_fields(path: str) -> dict:
     """A plan file's fields as written (Megatron or short names), not yet validated, so
     that callers can complete them (e.g. dp from the GPU count) before validating once."""
-    return dict(_read_yaml(Path(path), "plan"))
+    return dict(_plan_document(path))
 
 
 def load_workload(path: str) -> Workload:

@@ -288,3 +288,23 @@ def test_torchrun_command_rejects_a_wrong_world():
     assert torchrun_command(Plan(tp=2, dp=2), nproc_per_node=4).startswith(
         "torchrun --nnodes 1 --nproc-per-node 4 "
     )
+
+
+def test_a_plan_from_planner_plan_launches(tmp_path):
+    """Issue #7: a plan that `planner plan` recommends for a tiny preset on local-cpu-8 runs
+    with `planner launch --plan` on the run_config.yaml that `plan --emit` wrote."""
+    pytest.importorskip("torch")
+    emit = tmp_path / "emit"
+    searched = subprocess.run(
+        [sys.executable, "-m", "planner", "plan", "-m", "tiny-dense", "-c", "local-cpu-8", "--global-batch", "16",
+         "--seq-len", "64", "--emit", str(emit), "--format", "json"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert searched.returncode == 0, searched.stderr
+    best = yaml.safe_load((emit / "run_config.yaml").read_text())["plan"]
+    world = 8
+    result = planner("-m", "tiny-dense", "--plan", str(emit / "run_config.yaml"), "--nproc", str(world),
+                     "--global-batch", "16", "--seq-len", "64", "--steps", "3", "--launcher", "fork", timeout=240)
+    steps, summary = _lines(result)
+    assert [s["step"] for s in steps] == [1, 2, 3] and summary["world_size"] == world
+    assert summary["micro_batch"] == best["micro_batch_size"]

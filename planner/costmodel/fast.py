@@ -62,7 +62,7 @@ import numpy as np
 from planner.costmodel import compute as C
 from planner.costmodel.comm import StageComm, dp_step_comm, pp_p2p_s
 from planner.costmodel.memory import (
-    _sharded, inflight_microbatches, memory_constants, piece_params, rank_params, stage_memory,
+    inflight_microbatches, piece_params, stage_memory, state_bytes,
 )
 from planner.costmodel.partition import Partition, Piece, model_pieces, partition
 from planner.costmodel.schedules import ChunkTimes, _compiled, simulate_pipeline
@@ -459,21 +459,8 @@ def _states(ctx: _Context, plan: Plan, core: _Core) -> np.ndarray:
     key = _dp_key(plan, core.pid)
     hit = ctx.states.get(key)
     if hit is None:
-        model, part = ctx.model, core.part
-        per = memory_constants().state_bytes_per_param[ctx.workload.precision]
-        zero = plan.zero_stage
-        out = []
-        for r in range(plan.pp):
-            params = rank_params(model, plan, part, r)
-            pieces = [p for ch in part.chunks_of_rank(r) for p in ch.pieces]
-            largest = max((piece_params(model, plan, p).total for p in pieces), default=0.0)
-            weights = _sharded(params, plan, per.weights, zero >= ZeroStage.PARAMETERS)
-            if zero >= ZeroStage.PARAMETERS:
-                weights = min(params.total * per.weights, weights + 2 * largest * per.weights)
-            grads = _sharded(params, plan, per.gradients, zero >= ZeroStage.GRADIENTS)
-            if zero >= ZeroStage.GRADIENTS:
-                grads = min(params.total * per.gradients, grads + largest * per.gradients)
-            out.append(weights + grads + _sharded(params, plan, per.optimizer, zero >= ZeroStage.OPTIMIZER))
+        precision = ctx.workload.precision
+        out = [sum(state_bytes(ctx.model, plan, precision, core.part, r)) for r in range(plan.pp)]
         hit = ctx.states[key] = np.array(out)
     return hit
 

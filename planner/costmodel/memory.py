@@ -442,6 +442,27 @@ def _sharded(params: GPUParams, plan: Plan, per_param: float, sharded: bool) -> 
     return (params.dense / (plan.dp * plan.cp) + params.expert / plan.edp) * per_param
 
 
+def state_bytes(
+    model: ModelSpec, plan: Plan, precision: Precision, partition: Partition, rank: int,
+) -> tuple[float, float, float]:
+    """Weight, gradient and optimizer-state bytes on one GPU of pipeline ``rank``."""
+    states = memory_constants().state_bytes_per_param[precision]
+    pieces = [p for ch in partition.chunks_of_rank(rank) for p in ch.pieces]
+    params = rank_params(model, plan, partition, rank)
+    largest = max((piece_params(model, plan, p).total for p in pieces), default=0.0)
+    zero = plan.zero_stage
+    weights = _sharded(params, plan, states.weights, zero >= ZeroStage.PARAMETERS)
+    if zero >= ZeroStage.PARAMETERS:
+        # The piece computing and the one prefetched are gathered (DeepSpeed stage-3
+        # prefetch, FSDP forward prefetch); never more than the unsharded weights.
+        weights = min(params.total * states.weights, weights + 2 * largest * states.weights)
+    grads = _sharded(params, plan, states.gradients, zero >= ZeroStage.GRADIENTS)
+    if zero >= ZeroStage.GRADIENTS:
+        # One piece's gradients exist unsharded before their reduce-scatter.
+        grads = min(params.total * states.gradients, grads + largest * states.gradients)
+    return weights, grads, _sharded(params, plan, states.optimizer, zero >= ZeroStage.OPTIMIZER)
+
+
 def stage_memory(
     model: ModelSpec, plan: Plan, workload: Workload, partition: Partition, rank: int, gpu: GPUSpec,
     inflight_microbatches: float,
@@ -454,23 +475,9 @@ def stage_memory(
     backward right after its forward.
     """
     c = memory_constants()
-    states = c.state_bytes_per_param[workload.precision]
     chunks = partition.chunks_of_rank(rank)
     pieces = [p for ch in chunks for p in ch.pieces]
-    params = rank_params(model, plan, partition, rank)
-    largest = max((piece_params(model, plan, p).total for p in pieces), default=0.0)
-
-    zero = plan.zero_stage
-    weights = _sharded(params, plan, states.weights, zero >= ZeroStage.PARAMETERS)
-    if zero >= ZeroStage.PARAMETERS:
-        # The piece computing and the one prefetched are gathered (DeepSpeed stage-3
-        # prefetch, FSDP forward prefetch); never more than the unsharded weights.
-        weights = min(params.total * states.weights, weights + 2 * largest * states.weights)
-    grads = _sharded(params, plan, states.gradients, zero >= ZeroStage.GRADIENTS)
-    if zero >= ZeroStage.GRADIENTS:
-        # One piece's gradients exist unsharded before their reduce-scatter.
-        grads = min(params.total * states.gradients, grads + largest * states.gradients)
-    optimizer = _sharded(params, plan, states.optimizer, zero >= ZeroStage.OPTIMIZER)
+    weights, grads, optimizer = state_bytes(model, plan, workload.precision, partition, rank)
 
     activations = max((working_set_bytes(model, plan, workload, p) for p in pieces), default=0.0)
     for chunk, share in zip(chunks, _chunk_shares(plan, rank, chunks), strict=True):

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import typer
 
+from planner.cli import options
 from planner.cli.main import app, reports_errors
 from planner.errors import SpecError, UnsupportedError
 from planner.cli.inputs import build_workload
@@ -157,8 +158,8 @@ def launch_command(
     ep: int = typer.Option(None, "--ep", "--expert-model-parallel-size", help="Expert-parallel degree."),
     etp: int = typer.Option(None, "--etp", "--expert-tensor-parallel-size", help="Expert TP degree."),
     dp: int = typer.Option(None, "--dp", help="Data-parallel degree [default: 1]."),
-    zero: int = typer.Option(None, "--zero", help="ZeRO stage 0-3 (1 = distributed optimizer)."),
-    sp: bool = typer.Option(None, "--sequence-parallel/--no-sequence-parallel", help="Megatron SP."),
+    zero: int = options.zero(),
+    sp: bool = options.sequence_parallel(),
     cluster: str = typer.Option(
         DEFAULT_CLUSTER, "--cluster", "-c",
         help="Cluster preset or file the prediction is made for (planner calibrate --device writes one).",
@@ -169,13 +170,9 @@ def launch_command(
     launcher: Launcher = typer.Option(
         Launcher.TORCHRUN, "--launcher", help="torchrun (fresh processes) or fork (fast start)."
     ),
-    recompute: str = typer.Option(None, "--recompute", help="none, selective or full."),
-    micro_batch: int = typer.Option(
-        None, "--micro-batch", "--micro-batch-size", help="Sequences per micro-batch."
-    ),
-    schedule: str = typer.Option(
-        None, "--schedule", help="1f1b, interleaved, zero-bubble, dualpipe, dualpipev."
-    ),
+    recompute: str = options.recompute(),
+    micro_batch: int = options.micro_batch(),
+    schedule: str = options.schedule(),
 ) -> None:
     """Run a plan locally (JSON lines per step; measured vs predicted step time), or --emit its configs.
 

@@ -131,3 +131,26 @@ def max_memory_fraction() -> Any:
 
 def exhaustive() -> Any:
     return typer.Option(False, "--exhaustive", help="Simulate every valid candidate (no pruning).")
+
+
+# One plan's remaining knobs, shared by ``simulate``, ``sweep`` and ``launch``.
+
+
+def zero() -> Any:
+    return typer.Option(None, "--zero", help="ZeRO stage 0-3 (1 = distributed optimizer).")
+
+
+def sequence_parallel() -> Any:
+    return typer.Option(None, "--sequence-parallel/--no-sequence-parallel", help="Megatron SP.")
+
+
+def recompute() -> Any:
+    return typer.Option(None, "--recompute", help="none, selective or full.")
+
+
+def micro_batch() -> Any:
+    return typer.Option(None, "--micro-batch", "--micro-batch-size", help="Sequences per micro-batch.")
+
+
+def schedule() -> Any:
+    return typer.Option(None, "--schedule", help="1f1b, interleaved, zero-bubble, dualpipe, dualpipev.")

@@ -129,3 +129,18 @@ def test_a_balanced_split_that_overflows_rank0_is_made_to_fit():
     assert sum(counts) == model.num_layers
     assert all(mem(got.partition, r) <= capacity for r in range(plan.pp))
     assert counts[0] < counts[-2], counts  # rank 0 gives blocks away
+
+
+def test_plan_pipeline_layers_rules():
+    """One block count per model chunk (Plan), adding up to the model's layers (compat)."""
+    from planner.errors import SpecError
+    from planner.specs.compat import check_plan
+
+    model = load_model("tiny-dense")
+    workload = Workload(global_batch_size=8, seq_length=64)
+    assert Plan(pp=2, dp=1, pipeline_layers=[3, 1]).num_chunks == 2
+    assert Plan(pp=2, dp=1, pipeline_schedule=PipelineSchedule.DUALPIPEV).num_chunks == 4
+    with pytest.raises(ValueError, match="one block count per model chunk"):
+        Plan(pp=2, dp=1, pipeline_layers=[4])
+    with pytest.raises(SpecError, match="must add up to num_layers"):
+        check_plan(model, workload, Plan(pp=2, dp=1, pipeline_layers=[model.num_layers, 1]))

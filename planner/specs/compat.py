@@ -48,6 +48,12 @@ def check_plan(model: ModelSpec, workload: Workload, plan: Plan, num_gpus: int |
         plan.pp,
         f"pp * vpp ({chunks}) must be <= num_layers ({model.num_layers})",
     )
+    if plan.pipeline_layers is not None:
+        total = sum(plan.pipeline_layers)
+        _require(
+            total == model.num_layers, "pipeline_layers", list(plan.pipeline_layers),
+            f"must add up to num_layers ({model.num_layers}); they add up to {total}",
+        )
     if plan.cp > 1:
         seq = workload.seq_length
         # Causal load balancing splits the sequence into 2*cp chunks (Megatron-LM CP).

@@ -141,6 +141,11 @@ class Plan(Spec):
     rank_order: str = DEFAULT_RANK_ORDER
     """Order in which dimensions are laid over consecutive ranks, fastest first
     (Megatron ``order``): with the default, TP groups are adjacent GPUs."""
+    pipeline_layers: tuple[PositiveInt, ...] | None = None
+    """Transformer blocks in each model chunk, in model order (pp * vpp chunks; 2 * pp for
+    DualPipeV); the embedding sits on the first chunk, the head and MTP on the last. None =
+    the simulator's choice (even, balanced, or fitted to memory), reported in the result.
+    Megatron-LM expresses uneven splits as ``--decoder-first/last-pipeline-num-layers``."""
 
     @field_validator("rank_order")
     @classmethod
@@ -163,6 +168,11 @@ class Plan(Spec):
             raise rule_error("pp", self.pp, f"pipeline_schedule '{schedule}' needs pp >= 2")
         if schedule is PipelineSchedule.DUALPIPE and self.pp % 2:
             raise rule_error("pp", self.pp, "DualPipe needs an even number of stages (V3 §3.2.1)")
+        if self.pipeline_layers is not None and len(self.pipeline_layers) != self.num_chunks:
+            raise rule_error(
+                "pipeline_layers", list(self.pipeline_layers),
+                f"needs one block count per model chunk ({self.num_chunks} for this schedule, pp and vpp)",
+            )
         dense_ranks = self.tp * self.cp * self.dp
         if dense_ranks % (self.ep * self.expert_tp):
             raise rule_error(
@@ -181,6 +191,13 @@ class Plan(Spec):
         dense = {"tp": self.tp, "cp": self.cp, "ep": 1, "dp": self.dp}
         expert = {"tp": self.expert_tp, "cp": 1, "ep": self.ep, "dp": self.edp}
         return self.pp == 1 or math.prod(dense[d] for d in before) == math.prod(expert[d] for d in before)
+
+    @property
+    def num_chunks(self) -> int:
+        """Model chunks the layers are cut into: pp * vpp, or 2 * pp for DualPipeV."""
+        if self.pipeline_schedule is PipelineSchedule.DUALPIPEV:
+            return 2 * self.pp
+        return self.pp * self.vpp
 
     @property
     def expert_tp(self) -> int:

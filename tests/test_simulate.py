@@ -201,3 +201,77 @@ def test_dualpipe_pp_traffic_counts_each_micro_batch_once() -> None:
     p2p = pp_p2p_s(cluster, plan, workload, rank_layout(plan), model)
     assert p2p > 0
     assert report.comm_hidden_s["pp"] == pytest.approx(2 * p2p * report.num_microbatches)
+
+
+def test_dualpipe_gradients_reduce_over_both_copies() -> None:
+    """DualPipe's rank r and rank pp-1-r each hold a copy of the same chunks and see half the
+    micro-batches; the reference example sums the two copies' gradients (DualPipe
+    examples/example_dualpipe.py, "Check grads"). The gradient sync is one collective over
+    the union of both stages' data-parallel groups, and with few replicas (edp) it moves more
+    bytes per GPU than the stage's own group would: (2n-1)/2n of the buffer instead of (n-1)/n."""
+    import numpy as np
+
+    from planner.costmodel.comm import dp_step_comm, grad_reduce_bytes_per_param, stage_groups
+    from planner.hwmodels.collectives import CollectiveOp, collective_cost
+    from planner.hwmodels.placement import rank_layout
+
+    cluster = load_cluster("dgx-h100", num_gpus=32)
+    workload = Workload(global_batch_size=64, seq_length=64)
+    plan = Plan(pp=4, dp=8, ep=4, zero_stage=1, pipeline_schedule="dualpipe")
+    layout = rank_layout(plan)
+    params = 1e9
+    got = dp_step_comm(cluster, plan, workload, layout, 1, 0.0, params)
+    union = np.concatenate([stage_groups(layout, "edp", 1, True), stage_groups(layout, "edp", 2, True)], axis=1)
+    assert union.shape[1] == 2 * plan.edp
+    grad = grad_reduce_bytes_per_param(workload)
+    expected = (collective_cost(cluster, CollectiveOp.REDUCE_SCATTER, union, params * grad).time_s
+                + collective_cost(cluster, CollectiveOp.ALL_GATHER, union, params * 2).time_s)
+    assert got.step_s == pytest.approx(expected)
+    one_copy = dp_step_comm(cluster, plan.model_copy(update={"pipeline_schedule": "1f1b"}), workload, layout, 1,
+                            0.0, params)
+    assert got.step_s > 1.2 * one_copy.step_s
+
+
+def test_zero3_collectives_are_per_unit_and_reported() -> None:
+    """ZeRO-3 issues one gather and one reduce-scatter per wrapped unit, so every unit pays
+    the ring's latency terms (bytes are priced once); the step reports that traffic under DP,
+    hidden behind compute up to its duration."""
+    from planner.costmodel.comm import dp_step_comm
+    from planner.hwmodels.placement import rank_layout
+
+    model = load_model("tiny-dense")
+    cluster = load_cluster("dgx-h100", num_gpus=32)
+    workload = Workload(global_batch_size=64, seq_length=256)
+    plan = Plan(dp=32, zero_stage=3)
+    layout = rank_layout(plan)
+    one = dp_step_comm(cluster, plan, workload, layout, 0, 1e8, 0.0, zero3_units=1)
+    many = dp_step_comm(cluster, plan, workload, layout, 0, 1e8, 0.0, zero3_units=11)
+    assert many.per_microbatch_gather_s > one.per_microbatch_gather_s
+    assert many.per_microbatch_scatter_s > one.per_microbatch_scatter_s
+    report = simulate(model, cluster, plan, workload)
+    dp = report.comm_hidden_s["dp"] + report.comm_exposed_s["dp"]
+    assert dp > 0
+
+
+def test_zero3_traffic_is_not_free_inside_dualpipe_pairs() -> None:
+    """A DualPipe(V) F&B pair hides communication behind compute, but ZeRO-3's per-micro-batch
+    gathers (before F and before B) and reduce-scatter (after W) still have to cross the
+    network: a rank's step cannot be shorter than its ZeRO-3 traffic for all micro-batches."""
+    from planner.costmodel.partition import partition
+    from planner.costmodel.simulate import _RankCosts
+    from planner.hwmodels.placement import rank_layout
+
+    model = load_model("tiny-moe-mla")
+    cluster = load_cluster("dgx-h100", num_gpus=32)
+    workload = Workload(global_batch_size=64, seq_length=256)
+    plan = Plan(pp=2, dp=16, ep=4, zero_stage=3, pipeline_schedule="dualpipev")
+    report = simulate(model, cluster, plan, workload)
+    layout = rank_layout(plan)
+    part = partition(model, plan)
+    traffic = max(
+        (lambda rc: 2 * rc.zero3_gather_s + rc.zero3_scatter_s)(_RankCosts(model, cluster, plan, workload, layout, part, r))
+        for r in range(plan.pp)
+    )
+    assert traffic > 0
+    # DualPipeV: every micro-batch passes both chunks of every rank.
+    assert report.step_time_s >= report.num_microbatches * traffic * (1 - 1e-9)

@@ -33,7 +33,7 @@ from planner.hwmodels.collectives import CollectiveOp, collective_cost
 from planner.hwmodels.placement import RankLayout, rank_layout
 from planner.specs.hardware import ClusterSpec
 from planner.specs.model import ModelSpec
-from planner.specs.plan import Plan, Precision, Workload, ZeroStage
+from planner.specs.plan import PipelineSchedule, Plan, Precision, Workload, ZeroStage
 
 BF16_BYTES = 2.0
 
@@ -197,18 +197,33 @@ def grad_reduce_bytes_per_param(workload: Workload) -> float:
 
 def dp_step_comm(
     cluster: ClusterSpec, plan: Plan, workload: Workload, layout: RankLayout, stage: int,
-    dense_params: float, expert_params: float,
+    dense_params: float, expert_params: float, zero3_units: int = 1,
 ) -> DPComm:
     """Gradient sync of ``dense_params`` (over dp*cp) and ``expert_params`` (over edp) held
-    by one GPU of ``stage`` (already divided by tp / ep*etp, not by ZeRO)."""
+    by one GPU of ``stage`` (already divided by tp / ep*etp, not by ZeRO).
+
+    DualPipe keeps two copies of every chunk, on ranks r and pp-1-r, each of which sees half
+    of the micro-batches, so a chunk's gradient is the sum over both copies: the reference
+    implementation adds rank pp-1-r's gradient to rank r's before comparing with the
+    single-copy model (github.com/deepseek-ai/DualPipe examples/example_dualpipe.py, "Check
+    grads"). The reduction group of a DualPipe stage is therefore its data-parallel group
+    joined with the same group of the mirror stage (2 x dp members, 2 x edp for experts).
+
+    ZeRO-3 gathers and reduce-scatters one wrapped unit at a time (DeepSpeed stage-3 fetches
+    per sub-module, FSDP per wrapped block: each issues its own collective), so each of the
+    ``zero3_units`` pieces the rank holds pays the collective's latency terms (a ring's
+    ``k - 1`` hops) while the bytes are priced once."""
     grad = grad_reduce_bytes_per_param(workload)
     zero = plan.zero_stage
     step = gather = scatter = 0.0
+    mirror = plan.pp - 1 - stage if plan.pipeline_schedule is PipelineSchedule.DUALPIPE else None
     for params, dims, experts in ((dense_params, "cp-dp" if plan.cp > 1 else "dp", False),
                                   (expert_params, "edp", True)):
         if params <= 0:
             continue
         groups = stage_groups(layout, dims, stage, experts=experts)
+        if mirror is not None:
+            groups = np.concatenate([groups, stage_groups(layout, dims, mirror, experts=experts)], axis=1)
         if groups.shape[1] == 1:
             continue
         if zero is ZeroStage.NONE:
@@ -217,6 +232,9 @@ def dp_step_comm(
             step += collective_cost(cluster, CollectiveOp.REDUCE_SCATTER, groups, params * grad).time_s
             step += collective_cost(cluster, CollectiveOp.ALL_GATHER, groups, params * BF16_BYTES).time_s
         else:
-            gather += collective_cost(cluster, CollectiveOp.ALL_GATHER, groups, params * BF16_BYTES).time_s
-            scatter += collective_cost(cluster, CollectiveOp.REDUCE_SCATTER, groups, params * grad).time_s
+            extra = max(0, zero3_units - 1)
+            ag = collective_cost(cluster, CollectiveOp.ALL_GATHER, groups, params * BF16_BYTES)
+            rs = collective_cost(cluster, CollectiveOp.REDUCE_SCATTER, groups, params * grad)
+            gather += ag.time_s + extra * ag.latency_s
+            scatter += rs.time_s + extra * rs.latency_s
     return DPComm(step, gather, scatter)

@@ -24,8 +24,9 @@ Overlap rules (what hides what):
 - PP p2p: a dependency delay between chunks; the schedule hides it where there is slack.
 - DP gradient reduction: overlapped with the rank's last backward (Megatron
   ``overlap_grad_reduce``: buckets go out as soon as their gradients are final), the rest
-  exposed; ZeRO-3 gathers and reduce-scatters every micro-batch, hidden behind compute up
-  to its duration.
+  exposed (DualPipe: over both copies of each chunk, :func:`~planner.costmodel.comm.dp_step_comm`);
+  ZeRO-3 gathers and reduce-scatters every micro-batch, one unit at a time, hidden behind
+  compute up to its duration; the report counts that traffic under DP, hidden or exposed.
 """
 
 from __future__ import annotations
@@ -90,12 +91,15 @@ class _RankCosts:
         self.comm = StageComm(model, cluster, plan, workload, layout, rank)
         self.model, self.plan, self.workload, self.gpu = model, plan, workload, gpu
         self.dense_params = self.expert_params = 0.0
+        units = 0
         for chunk in self.chunks:
             for piece in chunk.pieces:
                 params = piece_params(model, plan, piece)
                 self.dense_params += params.dense
                 self.expert_params += params.expert
-        self.dp = dp_step_comm(cluster, plan, workload, layout, rank, self.dense_params, self.expert_params)
+                units += params.total > 0
+        self.dp = dp_step_comm(cluster, plan, workload, layout, rank, self.dense_params, self.expert_params,
+                               zero3_units=units)
         self.zero3_gather_s = self.dp.per_microbatch_gather_s
         self.zero3_scatter_s = self.dp.per_microbatch_scatter_s
 
@@ -116,15 +120,21 @@ class _RankCosts:
         share = 1.0 / len(self.chunks)
         gather = self.zero3_gather_s * share
         # The gather gates F and B; the reduce-scatter follows the weight gradients (W).
+        scatter = self.zero3_scatter_s * share
         fwd = max(comp.forward_s + cp_f, gather) + comm.tp_forward_s + comm.ep_forward_s
         bwd = max(comp.backward_input_s + cp_b, gather) + comm.tp_backward_s + comm.ep_backward_s
-        wgrad = max(comp.backward_weight_s, self.zero3_scatter_s * share)
+        wgrad = max(comp.backward_weight_s, scatter)
+        zero3_exposed = (max(0.0, gather - comp.forward_s - cp_f) + max(0.0, gather - comp.backward_input_s - cp_b)
+                         + max(0.0, scatter - comp.backward_weight_s))
         pair = None
         ep_hidden = 0.0
         if plan.pipeline_schedule in DUAL:
             busy = comp.forward_s + comp.backward_input_s + comp.backward_weight_s
+            # ZeRO-3's gathers (F and B) and reduce-scatter (W) share the network with the
+            # all-to-all and hide behind the same compute; the CP exchange not hidden by its
+            # attention stalls the compute stream (busy + cp_f + cp_b never rises with FLOP/s).
             a2a = comm.ep_forward_s + comm.ep_backward_s
-            pair = max(busy, a2a) + comm.tp_forward_s + comm.tp_backward_s + cp_f + cp_b
+            pair = max(busy + cp_f + cp_b, a2a + 2 * gather + scatter) + comm.tp_forward_s + comm.tp_backward_s
             ep_hidden = min(busy, a2a)
         info = {
             "compute": comp,
@@ -132,6 +142,7 @@ class _RankCosts:
             "cp_exposed": (cp_f, cp_b),
             "cp_hidden": (comm.cp_forward_s - cp_f, comm.cp_backward_s - cp_b),
             "ep_hidden_in_pair": ep_hidden,
+            "zero3": (zero3_exposed, 2 * gather + scatter - zero3_exposed),
         }
         return ChunkTimes(fwd, bwd, wgrad, pair), info
 
@@ -233,10 +244,12 @@ def _simulate_partition(
         hidden_ep = runs * info["ep_hidden_in_pair"]
         hidden[Dim.EP] += min(a2a, hidden_ep)
         exposed[Dim.EP] += a2a - min(a2a, hidden_ep)
+        exposed[Dim.DP] += runs * info["zero3"][0]
+        hidden[Dim.DP] += runs * info["zero3"][1]
     # One activation out and one gradient back per chunk run.
     hidden[Dim.PP] = 2 * p2p * runs * len(part.chunks_of_rank(critical))
-    exposed[Dim.DP] = dp_exposed_s
-    hidden[Dim.DP] = max(0.0, dp_total - dp_exposed_s)
+    exposed[Dim.DP] += dp_exposed_s
+    hidden[Dim.DP] += max(0.0, dp_total - dp_exposed_s)
 
     # Memory per rank.
     stages = []

@@ -17,10 +17,8 @@ pytest.importorskip("ortools")
 from planner import load_cluster, load_model  # noqa: E402
 from planner.costmodel import compute as C  # noqa: E402
 from planner.costmodel.memory import inflight_microbatches, stage_memory  # noqa: E402
-from planner.costmodel.partition import Piece, model_pieces, partition  # noqa: E402
-from planner.costmodel.partition_solver import (  # noqa: E402
-    blocks_per_chunk, fit_partition, partition_from_counts,
-)
+from planner.costmodel.partition import Piece, model_pieces, partition, partition_from_counts  # noqa: E402
+from planner.costmodel.partition_solver import blocks_per_chunk, fit_partition  # noqa: E402
 from planner.specs import Plan, Workload  # noqa: E402
 from planner.specs.plan import PipelineSchedule, Recompute  # noqa: E402
 
@@ -144,3 +142,34 @@ def test_plan_pipeline_layers_rules():
         Plan(pp=2, dp=1, pipeline_layers=[4])
     with pytest.raises(SpecError, match="must add up to num_layers"):
         check_plan(model, workload, Plan(pp=2, dp=1, pipeline_layers=[model.num_layers, 1]))
+
+
+def _planner_cli(*args: str):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "planner", *args], capture_output=True, text=True)
+
+
+def test_simulate_cli_suggests_and_takes_a_fitted_split():
+    """The OOM plan of the test above: `planner simulate` names a split that fits, and
+    simulating with it (--pipeline-layers) fits and reports that split."""
+    import json
+
+    common = ["simulate", "-m", "llama3-70b", "-c", "dgx-h100", "--gpus", "64", "--global-batch", "64",
+              "--seq-len", "8192", "--tp", "4", "--pp", "8", "--recompute", "selective", "--sequence-parallel",
+              "-f", "json"]
+    first = _planner_cli(*common)
+    assert first.returncode == 0, first.stderr
+    data = json.loads(first.stdout)
+    assert data["status"] == "oom"
+    layers = data["fitted_pipeline_layers"]["pipeline_layers"]
+    assert sum(layers) == 80 and len(layers) == 8
+    second = _planner_cli(*common, "--pipeline-layers", ",".join(map(str, layers)))
+    assert second.returncode == 0, second.stderr
+    fitted = json.loads(second.stdout)
+    assert fitted["status"] == "ok"
+    assert fitted["pipeline_layers"] == layers
+    assert fitted["step_time_s"] == pytest.approx(data["fitted_pipeline_layers"]["step_time_s"])
+    bad = _planner_cli(*common, "--pipeline-layers", "10,10")
+    assert bad.returncode == 2 and "pipeline_layers" in bad.stderr and "Traceback" not in bad.stderr

@@ -12,6 +12,19 @@ from planner.presets import read_plan_fields, validate_spec
 from planner.specs import ModelSpec, Plan, Workload
 
 
+def parse_ints(option: str, text: str | None, minimum: int = 1) -> tuple[int, ...] | None:
+    """``"8,16"`` -> (8, 16); None stays None; anything else is a SpecError naming ``option``."""
+    if text is None:
+        return None
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise SpecError(option, text, "must be a comma-separated list of integers") from None
+    if not values or min(values) < minimum:
+        raise SpecError(option, text, f"must list integers >= {minimum}")
+    return values
+
+
 def build_plan(plan_file: Path | None, gpus: int, knobs: dict) -> Plan:
     """A Plan from an optional YAML file plus CLI knobs (None = not given)."""
     data = _short_names(read_plan_fields(str(plan_file))) if plan_file else {}

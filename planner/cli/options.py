@@ -154,3 +154,11 @@ def micro_batch() -> Any:
 
 def schedule() -> Any:
     return typer.Option(None, "--schedule", help="1f1b, interleaved, zero-bubble, dualpipe, dualpipev.")
+
+
+def pipeline_layers() -> Any:
+    return typer.Option(
+        None, "--pipeline-layers", metavar="N,N,...",
+        help="Transformer blocks per model chunk in model order (pp * vpp of them; 2 * pp for "
+             "dualpipev), e.g. 8,9,11,10,11,11,11,9. Default: the simulator's split.",
+    )

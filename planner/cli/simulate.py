@@ -14,15 +14,16 @@ from rich.table import Table
 
 from planner.budget import check_budget
 from planner.cli import options
-from planner.cli.inputs import build_plan, cost_of, resolve_workload
+from planner.cli.inputs import build_plan, cost_of, parse_ints, resolve_workload
 from planner.cli.main import app, reports_errors
 from planner.cli.output import Format, write_result
+from planner.costmodel.partition_solver import fit_pipeline_layers
 from planner.costmodel.report import StepReport
 from planner.costmodel.simulate import simulate
 from planner.errors import SpecError
 from planner.presets import load_cluster, load_model
 from planner.report.trace import write_chrome_trace
-from planner.specs import Plan
+from planner.specs import ClusterSpec, ModelSpec, Plan, Workload
 from planner.sweep import report_row
 
 EXAMPLE = (
@@ -107,6 +108,7 @@ def simulate_command(
     recompute: str = options.recompute(),
     micro_batch: int = options.micro_batch(),
     schedule: str = options.schedule(),
+    pipeline_layers: str = options.pipeline_layers(),
     tokens: float = options.tokens(budget=True),
     price: float = options.price(),
     fmt: Format = options.fmt(),
@@ -131,10 +133,11 @@ def simulate_command(
     knobs = {
         "tp": tp, "pp": pp, "vpp": vpp, "cp": cp, "ep": ep, "etp": etp, "dp": dp, "zero_stage": zero,
         "sequence_parallel": sp, "recompute": recompute, "micro_batch_size": micro_batch,
-        "pipeline_schedule": schedule,
+        "pipeline_schedule": schedule, "pipeline_layers": parse_ints("--pipeline-layers", pipeline_layers),
     }
     plan = build_plan(plan_file, cluster_spec.num_gpus, knobs)
     report = simulate(model_spec, cluster_spec, plan, workload)
+    fitted = _fitted_split(model_spec, cluster_spec, plan, workload) if not report.fits else None
     cost = cost_of(report, workload, cluster_spec.num_gpus, tokens, price)
     trace_path = None
     if trace is not None:
@@ -150,6 +153,9 @@ def simulate_command(
     data["cost"] = cost.to_json()
     if budget is not None:
         data["budget"] = budget.to_json()
+    if fitted is not None:
+        data["fitted_pipeline_layers"] = {"pipeline_layers": list(fitted.pipeline_layers),
+                                          "step_time_s": fitted.step_time_s}
     if trace_path is not None:
         data["trace_file"] = str(trace_path)
     if plot_paths:
@@ -159,6 +165,10 @@ def simulate_command(
 
     def table(console: Console) -> None:
         print_report(report, console)
+        if fitted is not None:
+            layers = ",".join(str(n) for n in fitted.pipeline_layers)
+            console.print(f"fits with an uneven layer split: --pipeline-layers {layers} "
+                          f"(step time {fitted.step_time_s:.3f} s, CP-SAT)", markup=False)
         if budget is not None:
             console.print(f"workload: {budget.line()}", markup=False)
         console.print(f"cost: {cost.line()}", markup=False)
@@ -168,6 +178,18 @@ def simulate_command(
             console.print(f"plot: {plot_path}", markup=False)
 
     write_result(data, fmt, out, table=table, rows=[row])
+
+
+def _fitted_split(model: ModelSpec, cluster: ClusterSpec, plan: Plan, workload: Workload) -> StepReport | None:
+    """The simulation of the memory-fitted layer split (CP-SAT) of an OOM plan, if one fits."""
+    if plan.pipeline_layers is not None:
+        return None
+    fit = fit_pipeline_layers(model, cluster, plan, workload)
+    if fit is None:
+        return None
+    layers = tuple(chunk.num_blocks for chunk in fit.partition.chunks)
+    report = simulate(model, cluster, plan.model_copy(update={"pipeline_layers": layers}), workload)
+    return report if report.fits else None
 
 
 def _write_plots(report: StepReport, folder: Path, what: str, plan: Plan) -> list[Path]:

@@ -25,6 +25,7 @@ the embedding and the head on one rank (§3.2.3).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -86,9 +87,7 @@ def model_pieces(model: ModelSpec) -> tuple[Piece, ...]:
 
 
 def num_chunks(plan: Plan) -> int:
-    if plan.pipeline_schedule is PipelineSchedule.DUALPIPEV:
-        return 2 * plan.pp
-    return plan.pp * plan.vpp
+    return plan.num_chunks
 
 
 def chunk_rank(plan: Plan, index: int) -> int:
@@ -180,13 +179,34 @@ def _dual_partition(model: ModelSpec, plan: Plan, piece_cost: dict[Piece, float]
     return tuple(groups)
 
 
+def partition_from_counts(model: ModelSpec, plan: Plan, counts: Sequence[int]) -> Partition:
+    """The contiguous split with ``counts[c]`` blocks in chunk c (embedding first, head and
+    MTP last), placed on ranks as the plan's schedule places chunks."""
+    parts = num_chunks(plan)
+    if len(counts) != parts or sum(counts) != model.num_layers or min(counts) < 1:
+        raise ValueError(f"counts {list(counts)} do not split {model.num_layers} blocks into {parts} chunks")
+    pieces = model_pieces(model)
+    body, tail = list(pieces[1 : 1 + model.num_layers]), list(pieces[1 + model.num_layers :])
+    groups, start = [], 0
+    for n in counts:
+        groups.append(body[start : start + n])
+        start += n
+    groups[0].insert(0, Piece.EMBEDDING)
+    groups[-1].extend(tail)
+    chunks = tuple(Chunk(k, chunk_rank(plan, k), tuple(g)) for k, g in enumerate(groups))
+    return Partition(chunks=chunks, pp=plan.pp, mirrored=plan.pipeline_schedule is PipelineSchedule.DUALPIPE)
+
+
 def partition(model: ModelSpec, plan: Plan, piece_cost: dict[Piece, float] | None = None) -> Partition:
     """Split ``model`` into the plan's chunks.
 
-    ``piece_cost`` (relative compute of each piece) switches on the balanced split; without
-    it the blocks are split evenly (Megatron) and an uneven count falls back to balancing
-    blocks as equal units.
+    The plan's own ``pipeline_layers``, when given, decide. Otherwise ``piece_cost``
+    (relative compute of each piece) switches on the balanced split; without it the blocks
+    are split evenly (Megatron) and an uneven count falls back to balancing blocks as equal
+    units.
     """
+    if plan.pipeline_layers is not None:
+        return partition_from_counts(model, plan, plan.pipeline_layers)
     parts = num_chunks(plan)
     pieces = model_pieces(model)
     blocks = model.num_layers

@@ -33,12 +33,17 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from planner.costmodel.partition import Chunk, Partition, Piece, chunk_rank, model_pieces, num_chunks
+from planner.costmodel import compute as C
+from planner.costmodel.memory import inflight_microbatches, stage_memory
+from planner.costmodel.partition import (
+    Chunk, Partition, Piece, model_pieces, num_chunks, partition, partition_from_counts,
+)
 from planner.errors import UnsupportedError
+from planner.specs.hardware import ClusterSpec
 from planner.specs.model import ModelSpec
-from planner.specs.plan import PipelineSchedule, Plan
+from planner.specs.plan import Plan, Workload
 
-__all__ = ["FitResult", "fit_partition", "partition_from_counts", "blocks_per_chunk"]
+__all__ = ["FitResult", "blocks_per_chunk", "fit_partition", "fit_pipeline_layers"]
 
 _NS = 1e9
 _KIB = 1024.0
@@ -60,24 +65,6 @@ class FitResult:
 def blocks_per_chunk(part: Partition) -> list[int]:
     """Transformer blocks in each chunk, in model order."""
     return [chunk.num_blocks for chunk in part.chunks]
-
-
-def partition_from_counts(model: ModelSpec, plan: Plan, counts: Sequence[int]) -> Partition:
-    """The contiguous split with ``counts[c]`` blocks in chunk c (embedding first, head and
-    MTP last), placed on ranks as the plan's schedule places chunks."""
-    parts = num_chunks(plan)
-    if len(counts) != parts or sum(counts) != model.num_layers or min(counts) < 1:
-        raise ValueError(f"counts {list(counts)} do not split {model.num_layers} blocks into {parts} chunks")
-    pieces = model_pieces(model)
-    body, tail = list(pieces[1 : 1 + model.num_layers]), list(pieces[1 + model.num_layers :])
-    groups, start = [], 0
-    for n in counts:
-        groups.append(body[start : start + n])
-        start += n
-    groups[0].insert(0, Piece.EMBEDDING)
-    groups[-1].extend(tail)
-    chunks = tuple(Chunk(k, chunk_rank(plan, k), tuple(g)) for k, g in enumerate(groups))
-    return Partition(chunks=chunks, pp=plan.pp, mirrored=plan.pipeline_schedule is PipelineSchedule.DUALPIPE)
 
 
 def _rank_chunks(part: Partition) -> list[list[int]]:
@@ -206,3 +193,25 @@ def _bottleneck_s(part: Partition, piece_s: Mapping[Piece, float]) -> float:
     return max(
         sum(piece_s.get(p, 0.0) for c in part.chunks_of_rank(r) for p in c.pieces) for r in range(part.pp)
     )
+
+
+def fit_pipeline_layers(model: ModelSpec, cluster: ClusterSpec, plan: Plan, workload: Workload) -> FitResult | None:
+    """The split of ``plan`` (its ``pipeline_layers`` ignored) that fits every pipeline rank
+    in HBM with the least bottleneck, priced with the simulator's own compute and memory
+    models; None when none fits or pp == 1. Linearised around the forward-balanced split."""
+    if plan.pp == 1:
+        return None
+    plan = plan.model_copy(update={"pipeline_layers": None})
+    piece_s, forward_s = {}, {}
+    for piece in set(model_pieces(model)):
+        t = C.piece_time(C.piece_ops(model, plan, workload, piece), cluster.gpu, workload.precision, plan.recompute)
+        piece_s[piece] = t.forward_s + t.backward_input_s + t.backward_weight_s
+        forward_s[piece] = t.forward_s
+    num = plan.num_microbatches(workload)
+
+    def rank_memory(part: Partition, rank: int) -> float:
+        inflight = inflight_microbatches(plan, num, rank)
+        return stage_memory(model, plan, workload, part, rank, cluster.gpu, inflight).total_bytes
+
+    start = partition(model, plan, forward_s)
+    return fit_partition(model, plan, piece_s, rank_memory, cluster.gpu.hbm_capacity_bytes, start)

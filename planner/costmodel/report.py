@@ -134,6 +134,9 @@ class StepReport(_Out):
     memory_peak_bytes: float
     memory_capacity_bytes: float
     num_microbatches: int
+    pipeline_layers: tuple[int, ...] = ()
+    """Transformer blocks in each model chunk of the split simulated (model order), to be
+    set as the plan's ``pipeline_layers`` so that a launch runs the same split."""
     messages: list[str] = Field(default_factory=list)
     """Assumptions and defaults taken, in words."""
     timeline: Any = Field(default=None, exclude=True, repr=False)

@@ -150,14 +150,15 @@ class _RankCosts:
 def simulate(model: ModelSpec, cluster: ClusterSpec, plan: Plan, workload: Workload) -> StepReport:
     """Predict one training step of ``plan`` (see the module docstring).
 
-    The layer-to-stage split is the runtime's choice, not the plan's: Megatron's even
-    split when the blocks divide evenly (and the schedule is not DualPipe), otherwise the
-    faster of a split balanced by forward time and one balanced by block count among
-    those that fit in memory."""
+    The layer-to-stage split is the plan's ``pipeline_layers`` when given; otherwise the
+    runtime's choice: Megatron's even split when the blocks divide evenly (and the schedule
+    is not DualPipe), else the faster of a split balanced by forward time and one balanced
+    by block count among those that fit in memory (the report's ``pipeline_layers`` says
+    which). A split fitted to memory is :func:`planner.costmodel.partition_solver.fit_pipeline_layers`."""
     check_plan(model, workload, plan, cluster.num_gpus)
     layout = rank_layout(plan)
     even = model.num_layers % (plan.pp * plan.vpp) == 0 and plan.pipeline_schedule not in DUAL
-    if even:
+    if even or plan.pipeline_layers is not None:
         return _simulate_partition(model, cluster, plan, workload, layout, partition(model, plan), [])
     piece_cost = {
         piece: C.piece_time(C.piece_ops(model, plan, workload, piece), cluster.gpu, workload.precision,
@@ -301,6 +302,7 @@ def _simulate_partition(
         memory_peak_bytes=peak,
         memory_capacity_bytes=capacity,
         num_microbatches=num_micro,
+        pipeline_layers=tuple(chunk.num_blocks for chunk in part.chunks),
         messages=messages,
         timeline=timeline,
     )

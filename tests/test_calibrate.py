@@ -100,6 +100,14 @@ def test_device_cpu_writes_a_cluster_the_simulator_accepts(tmp_path: Path) -> No
     cluster = load_cluster(str(out))
     assert cluster.num_gpus == 2 and cluster.name == "local-cpu-2"
     assert cluster.gpu.efficiency is not None and "calibrate --device cpu" in cluster.gpu.source
+    # The measured host time per launch, written as a synchronous launch block.
+    probe = fit["launch_probe"]
+    assert [r["model"] for r in probe] == ["tiny-dense", "tiny-moe-mla"]
+    assert all(r["measured_s"] > r["device_s"] > 0 and r["launches"] > 50 for r in probe)
+    launch = cluster.gpu.launch
+    assert launch.mode == "synchronous" and 1e-6 < launch.overhead_s < 1e-2
+    assert launch.overhead_s == pytest.approx(fit["launch_overhead_s"])
+    assert "calibrate --device cpu" in launch.source and "per modelled launch" in launch.source
     sim = subprocess.run([sys.executable, "-m", "planner", "simulate", "-m", "tiny-dense", "--cluster", str(out),
                           "--global-batch", "4", "--dp", "2", "--format", "json"],
                          capture_output=True, text=True, timeout=120)
@@ -150,3 +158,26 @@ def test_link_fit_recovers_the_collective_model() -> None:
     got_bw, got_lat, rms = fit_link(samples, 4)
     assert got_bw == pytest.approx(bandwidth, rel=1e-3) and got_lat == pytest.approx(latency, rel=1e-3)
     assert rms < 1e-6
+
+
+def test_launch_overhead_fit_reproduces_the_probe() -> None:
+    """Probe times made of the compute model's device time plus 80 us per launch come back as
+    80 us, and a GPU with that synchronous launch block prices each probe at its time."""
+    from dataclasses import replace
+
+    from planner.launch.host_overhead import fit_overhead_s, probe_rows
+    from planner.presets import load_gpu, revalidate
+    from planner.specs.hardware import LaunchOverhead
+
+    gpu = load_gpu("local-cpu-core")
+    device_only = revalidate(gpu, launch=None)
+    rows = probe_rows([("tiny-dense", 0.0), ("tiny-moe-mla", 0.0)], device_only)
+    rows = [replace(r, measured_s=r.device_s + r.launches * 80e-6) for r in rows]
+    assert fit_overhead_s(rows) == pytest.approx(80e-6, rel=1e-9)
+    fitted = revalidate(gpu, launch=LaunchOverhead(source="t", mode="synchronous", overhead_s=80e-6))
+    # probe_rows prices with whatever launch block the GPU has: with the fitted one, the total.
+    for row, priced in zip(rows, probe_rows([(r.model, 0.0) for r in rows], fitted)):
+        assert priced.device_s == pytest.approx(row.measured_s, rel=1e-9)
+    # Launches of the whole model at PROBE_SEQ tokens: the MoE + MLA + MTP model has more.
+    assert 50 < rows[0].launches < rows[1].launches
+

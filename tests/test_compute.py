@@ -63,3 +63,80 @@ def test_head_flops() -> None:
     plan = Plan(tp=2, dp=2)
     ops = piece_ops(model, plan, Workload(global_batch_size=4, seq_length=1024), Piece.HEAD)
     assert piece_model_flops(ops) == pytest.approx(2 * 1024 * 7168 * 129280 / 2)
+
+
+def _with_launch(gpu, mode: str, overhead_s: float):
+    from planner.presets import revalidate
+    from planner.specs.hardware import LaunchOverhead
+
+    return revalidate(gpu, launch=LaunchOverhead(source="test", mode=mode, overhead_s=overhead_s))
+
+
+@pytest.mark.parametrize(("name", "degrees", "recompute"), [
+    ("tiny-moe-mla", dict(), "none"),
+    ("deepseek-v3", dict(pp=16, ep=64, dp=128), "selective"),
+    ("gpt3-175b", dict(tp=8, dp=2, attention_kernel="unfused"), "full"),
+])
+def test_launch_overhead_adds_when_synchronous_and_floors_when_asynchronous(name, degrees, recompute) -> None:
+    """Per phase of every piece: synchronous = device time + launches x overhead (exactly,
+    1e-12 relative), launches by op_launches (forward one per op; dgrad in B and wgrad in W
+    per weight GEMM; two input grads in B for an activation GEMM; one backward kernel in B
+    otherwise; recomputed ops launch again in B); asynchronous = device time when the
+    overhead is below every kernel, launches x overhead when it is above every kernel."""
+    from planner.costmodel.compute import op_launches, piece_time
+    from planner.presets import load_gpu
+    from planner.specs.plan import Recompute
+
+    model, plan = load_model(name), Plan(recompute=recompute, **degrees)
+    workload = Workload(global_batch_size=plan.dp * 4, seq_length=512)
+    gpu = load_gpu("h800-sxm-80gb")
+    assert gpu.launch is None
+    overhead = 7e-6
+    for piece in set(model_pieces(model)):
+        ops = piece_ops(model, plan, workload, piece)
+        base = piece_time(ops, gpu, workload.precision, plan.recompute)
+        sync = piece_time(ops, _with_launch(gpu, "synchronous", overhead), workload.precision, plan.recompute)
+        f, b, w = (sum(op_launches(op)[i] for op in ops) for i in range(3))
+        redone = [op for op in ops if plan.recompute is Recompute.FULL
+                  or (plan.recompute is Recompute.SELECTIVE and op.recompute_selective)]
+        assert f == len(ops) and f > 0 and b >= f and 0 <= w < f
+        assert sync.forward_s == pytest.approx(base.forward_s + f * overhead, rel=1e-12)
+        assert sync.backward_input_s == pytest.approx(
+            base.backward_input_s + (b + len(redone)) * overhead, rel=1e-12)
+        assert sync.backward_weight_s == pytest.approx(base.backward_weight_s + w * overhead, rel=1e-12)
+        assert sync.recompute_s == pytest.approx(base.recompute_s + len(redone) * overhead, rel=1e-12)
+        tiny = piece_time(ops, _with_launch(gpu, "asynchronous", 1e-15), workload.precision, plan.recompute)
+        assert tiny == base
+        huge = piece_time(ops, _with_launch(gpu, "asynchronous", 1.0), workload.precision, plan.recompute)
+        assert (huge.forward_s, huge.backward_input_s, huge.backward_weight_s) == pytest.approx(
+            (f, b + len(redone), w), rel=1e-12)
+
+
+def test_op_launches_per_kind() -> None:
+    """Weight GEMM: forward, dgrad (B), wgrad (W); activation GEMM (unfused QK^T): forward and
+    two input gradients (B); attention core and memory-bound ops: forward and one backward."""
+    from planner.costmodel.compute import op_launches
+
+    workload = Workload(global_batch_size=1, seq_length=64)
+    model = load_model("tiny-dense")
+    unfused = {op.name: op for op in piece_ops(model, Plan(attention_kernel="unfused"), workload, Piece.DENSE)}
+    flash = {op.name: op for op in piece_ops(model, Plan(), workload, Piece.DENSE)}
+    assert op_launches(flash["qkv"]) == (1, 1, 1)
+    assert op_launches(unfused["attn_scores"]) == (1, 2, 0)
+    assert op_launches(flash["core_attention"]) == (1, 1, 0)
+    assert op_launches(flash["attn_norm"]) == (1, 1, 0)
+
+
+def test_op_forward_s_adds_or_floors_one_launch() -> None:
+    from planner.costmodel.compute import op_forward_s
+    from planner.presets import load_gpu
+
+    gpu = load_gpu("h800-sxm-80gb")
+    workload = Workload(global_batch_size=1, seq_length=64)
+    op = piece_ops(load_model("tiny-dense"), Plan(), workload, Piece.DENSE)[0]
+    precision = workload.precision
+    device = op_forward_s(op, gpu, precision, 1.0)
+    synchronous = op_forward_s(op, _with_launch(gpu, "synchronous", 1e-3), precision, 1.0)
+    assert synchronous == pytest.approx(device + 1e-3)
+    assert op_forward_s(op, _with_launch(gpu, "asynchronous", 1e-3), precision, 1.0) == 1e-3
+    assert op_forward_s(op, _with_launch(gpu, "asynchronous", device / 2), precision, 1.0) == device

@@ -148,6 +148,21 @@ def test_random_data_is_the_runtime_batch():
     assert all(abs(s["loss"] - math.log(256)) < 0.5 for s in steps)
 
 
+def test_a_launched_run_is_the_runtime_step():
+    """The worker trains with the runtime's RankTrainer.step: on --data random (the runtime's
+    batch) its per-step losses are those of planner.model.parallel.train for the same plan,
+    seed and batch (1e-6 absolute; same processes, same order of sums)."""
+    pytest.importorskip("torch")
+    from planner.model.parallel import train
+
+    args = ["--ep", "2", "--dp", "2", "--etp", "1", "--global-batch", "4", "--seq-len", "16"]
+    result = planner("-m", "tiny-moe-mla", *args, "--steps", "3", "--launcher", "fork", "--data", "random",
+                     timeout=120)
+    steps, _ = _lines(result)
+    reference = train(Plan(ep=2, dp=2, etp=1), load_model("tiny-moe-mla"), steps=3, batch=4, seq_len=16)
+    assert [s["loss"] for s in steps] == pytest.approx(reference.losses, abs=1e-6)
+
+
 def test_corpus_is_deterministic_and_structured():
     from planner.launch.corpus import generate_text
 

@@ -210,3 +210,22 @@ def test_cluster_rules():
     assert err(ClusterSpec, bad).field == "fabric.planes"
     bad = {**data, "node": {**data["node"], "scale_up": {**data["node"]["scale_up"], "domain_gpus": 3}}}
     assert err(ClusterSpec, bad).field == "node.scale_up.domain_gpus"
+
+
+def test_launch_overhead_block():
+    """The GPU's optional ``launch`` block: friendly units, a mode from the enum, no negative
+    overhead; absent means no host term."""
+    from planner.specs.hardware import LaunchMode
+
+    gpu = {"name": "g", "peak_tflops": {"bf16": 100}, "hbm_capacity_gib": 80,
+           "hbm_bandwidth_gb_per_s": 2000, "num_sms": 100}
+    assert validate_spec(GPUSpec, gpu).launch is None
+    launch = {"source": "test", "mode": "synchronous", "overhead_us": 50}
+    spec = validate_spec(GPUSpec, {**gpu, "launch": launch})
+    assert spec.launch.mode is LaunchMode.SYNCHRONOUS and spec.launch.overhead_s == pytest.approx(50e-6)
+    e = err(GPUSpec, {**gpu, "launch": {**launch, "overhead_us": -1}})
+    assert (e.field, e.value) == ("launch.overhead_us", -1)
+    e = err(GPUSpec, {**gpu, "launch": {**launch, "mode": "eager"}})
+    assert e.field == "launch.mode" and "asynchronous" in e.rule
+    assert err(GPUSpec, {**gpu, "launch": {"mode": "synchronous", "overhead_us": 5}}).field == "launch.source"
+    assert load_cluster("local-cpu-8").gpu.launch.mode is LaunchMode.SYNCHRONOUS

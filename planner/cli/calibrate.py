@@ -3,8 +3,9 @@
 - ``--from-cases FILE.csv``: fit ``sustained_kernel_fraction`` on published runs and report
   its leave-one-source-out error (the honest accuracy figure);
 - ``--device cpu|cuda [--nproc N] --out HW.yaml``: measure this machine's GEMM, attention,
-  memory and gloo collective speeds on N local processes and write a one-node cluster YAML
-  the simulator accepts (:mod:`planner.launch.device_calibration`).
+  memory and gloo collective speeds and its host time per kernel launch on N local
+  processes and write a one-node cluster YAML the simulator accepts
+  (:mod:`planner.launch.device_calibration`).
 """
 
 from __future__ import annotations
@@ -123,6 +124,8 @@ def _calibrate_device(device: Device, nproc: int, name: str | None, out: Path | 
         ("memory bandwidth", f"{fitted.memory_bytes_per_s / 1e9:.2f} GB/s"),
         ("link bandwidth (gloo)", f"{fitted.link_bandwidth_bytes_per_s / 1e9:.3f} GB/s"),
         ("link latency (gloo)", f"{fitted.link_latency_s * 1e6:.0f} us (rms rel. error {fitted.link_rms_relative_error:.2f})"),
+        ("launch overhead",
+         f"{fitted.launch_overhead_s * 1e6:.1f} us per modelled kernel ({fitted.launch_mode.value})"),
     ]
     for term, value in rows:
         table.add_row(term, value)

@@ -11,7 +11,7 @@ CLI keeps no support matrix of its own).
 A run (:mod:`planner.launch.local`) starts one process per rank with torchrun (default) or
 by fork, gloo, float32, on the generated corpus (``--data corpus``, :mod:`planner.launch.corpus`)
 or random tokens. It prints one JSON line per optimizer step as the step ends (``step``,
-``loss``, ``step_time_s``: the slowest rank's time from a barrier to its optimizer step
+``loss``, ``step_time_s``: the slowest rank's time from a barrier to its training step
 done, ``peak_memory_bytes``: the largest rank's max RSS so far, CPU memory), then a summary
 line: the mean step time without the first (warm-up) step beside the simulator's
 prediction for the same plan and workload on ``--cluster`` (default ``local-cpu-8``, whose

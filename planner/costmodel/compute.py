@@ -24,6 +24,12 @@ memory-bound kernels move twice their forward bytes in backward (B). Recomputati
 forward work to B: ``full`` the whole piece, ``selective`` the core attention (Megatron,
 Korthikanti et al. 2022 §4.2) or, for MLA models, the norms and the MLA up-projections
 (DeepSeek-V3 §3.2.3) plus the SwiGLU output (§3.3.3).
+
+Host overhead: a GPU preset with a ``launch`` block charges its host seconds per kernel
+launch (:func:`op_launches`: one per op in forward, dgrad + wgrad per weight GEMM, one per
+other backward kernel), added to the device time on a synchronous device (eager PyTorch on
+CPU), a floor under it on an asynchronous one (CUDA); without the block ops take their
+device time.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ import yaml
 from planner.costmodel.partition import Piece
 from planner.errors import UnsupportedError
 from planner.presets import data_root
-from planner.specs.hardware import Dtype, GPUSpec
+from planner.specs.hardware import Dtype, GPUSpec, LaunchMode
 from planner.specs.model import FFNActivation, ModelSpec
 from planner.specs.plan import AttentionKernel, Plan, Precision, Recompute, Workload
 
@@ -305,8 +311,29 @@ def _efficiency(gpu: GPUSpec):
     return gpu.efficiency
 
 
-def op_forward_s(op: Op, gpu: GPUSpec, precision: Precision, compute_share: float) -> float:
-    """Forward seconds of ``op``; ``compute_share`` is the fraction of SMs left to compute."""
+def op_launches(op: Op) -> tuple[int, int, int]:
+    """Kernel launches of ``op`` in forward, backward-input (B) and backward-weight (W): one
+    in forward; a weight GEMM's dgrad (B) and wgrad (W); an activation-by-activation GEMM's
+    two input gradients (B); one backward kernel of attention or a memory-bound op (B)."""
+    if op.kind is OpKind.GEMM:
+        return (1, 1, 1) if op.weight_grad else (1, 2, 0)
+    return (1, 1, 0)
+
+
+def with_launches_s(device_s: float, launches: int, gpu: GPUSpec) -> float:
+    """Seconds of ``launches`` kernels that keep the device busy ``device_s`` in all, with the
+    GPU's host launch overhead (:class:`~planner.specs.hardware.LaunchOverhead`): added on a
+    synchronous device, a floor on an asynchronous one, nothing without one."""
+    launch = gpu.launch
+    if launch is None or launches == 0:
+        return device_s
+    host_s = launches * launch.overhead_s
+    if launch.mode is LaunchMode.SYNCHRONOUS:
+        return device_s + host_s
+    return max(device_s, host_s)
+
+
+def _op_device_s(op: Op, gpu: GPUSpec, precision: Precision, compute_share: float) -> float:
     eff = _efficiency(gpu)
     compute_share *= compute_constants()["sustained_kernel_fraction"]
     if op.kind is OpKind.MEMORY:
@@ -317,6 +344,11 @@ def op_forward_s(op: Op, gpu: GPUSpec, precision: Precision, compute_share: floa
     return op.flops / (gpu.peak(dtype) * gemm_efficiency(gpu, dtype, op.shape) * compute_share)
 
 
+def op_forward_s(op: Op, gpu: GPUSpec, precision: Precision, compute_share: float) -> float:
+    """Forward seconds of ``op`` (one launch); ``compute_share`` is the fraction of SMs left to compute."""
+    return with_launches_s(_op_device_s(op, gpu, precision, compute_share), 1, gpu)
+
+
 def _gemm_dtype(precision: Precision) -> str:
     return "fp16" if precision is Precision.FP16 else "bf16"
 
@@ -324,24 +356,26 @@ def _gemm_dtype(precision: Precision) -> str:
 def piece_time(
     ops: tuple[Op, ...], gpu: GPUSpec, precision: Precision, recompute: Recompute, compute_share: float = 1.0
 ) -> PieceTime:
-    """Forward, backward-input and backward-weight seconds of a piece's ops."""
+    """Forward, backward-input and backward-weight seconds of a piece's ops, each phase's
+    device time with its launches (:func:`op_launches`, :func:`with_launches_s`)."""
     eff = _efficiency(gpu)
     bwd_ratio = compute_constants()["attention_backward_flops_ratio"]
     fwd = b = w = rec = 0.0
     for op in ops:
-        t = op_forward_s(op, gpu, precision, compute_share)
-        fwd += t
+        t = _op_device_s(op, gpu, precision, compute_share)
+        f_launches, b_launches, w_launches = op_launches(op)
+        # Memory-bound: twice the forward bytes; activation-by-activation GEMM: both operands' gradients.
+        b_device_s, w_device_s = 2 * t, 0.0
         if op.kind is OpKind.GEMM and op.weight_grad:
-            b += t  # dgrad: same (m, n, k) up to a permutation
-            w += t  # wgrad
-        elif op.kind is OpKind.GEMM:
-            b += 2 * t  # gradients of both activation operands
+            b_device_s, w_device_s = t, t  # dgrad and wgrad: same (m, n, k) up to a permutation
         elif op.kind is OpKind.ATTENTION:
-            b += bwd_ratio * op.flops / (gpu.peak(Dtype.BF16) * eff.attention_backward_fraction * compute_share)
-        else:
-            b += 2 * t
+            rate = gpu.peak(Dtype.BF16) * eff.attention_backward_fraction * compute_share
+            b_device_s = bwd_ratio * op.flops / rate
+        fwd += with_launches_s(t, f_launches, gpu)
+        b += with_launches_s(b_device_s, b_launches, gpu)
+        w += with_launches_s(w_device_s, w_launches, gpu)
         if recompute is Recompute.FULL or (recompute is Recompute.SELECTIVE and op.recompute_selective):
-            rec += t
+            rec += with_launches_s(t, f_launches, gpu)
     return PieceTime(fwd, b + rec, w, rec)
 
 

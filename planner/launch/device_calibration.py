@@ -11,7 +11,9 @@ numbers include the contention of a full node, as a launched job sees it):
 - memory bandwidth: ``torch.add(a, b, out=c)`` on 16 Mi float32 (3 x 64 MiB moved);
 - collectives: all-reduce, all-gather and all-to-all over all ranks at :data:`COLLECTIVE_BYTES`
   (nccl-tests' sizes: the buffer per rank; the full gathered buffer; all bytes one rank sends),
-  the slowest rank's time.
+  the slowest rank's time;
+- host time per kernel launch (:mod:`planner.launch.host_overhead`): on CPU forward +
+  backward of the reference model at a few tokens, on CUDA a loop of tiny ops.
 
 Compute figures are the median over ranks. :func:`fit` turns them into the GPU spec's terms
 (:class:`~planner.specs.hardware.GPUEfficiency`): the peak is the fitted large-GEMM plateau
@@ -24,7 +26,9 @@ FlashAttention's FLOP convention (causal = half the score matrix, backward = 2.5
 latency L that make the planner's own collective model (:func:`planner.hwmodels.collectives.collective_cost`,
 time = L x (latency terms) + bytes x (per-byte load) / B) best fit every measured
 collective: the model is linear in L and 1/B, so two trial evaluations give each sample's
-coefficients and a non-negative least squares gives L and 1/B.
+coefficients and a non-negative least squares gives L and 1/B. The launch overhead is
+fitted last, against the compute model with the terms above (``launch`` block: synchronous
+on CPU, asynchronous on CUDA).
 
 :func:`cluster_document` writes the result as one self-contained cluster YAML (GPU spec
 inline) that :func:`planner.presets.load_cluster` and ``planner simulate --cluster FILE``
@@ -39,9 +43,12 @@ import os
 import platform
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
+
+from planner.launch import host_overhead
+from planner.specs.hardware import LaunchMode
 
 MIN_TIMED_S = 0.05
 """Shortest timed batch of repeats per measurement (timer resolution and noise)."""
@@ -79,6 +86,10 @@ class Measurements:
     """(op, nbytes, seconds)."""
     device_name: str = ""
     memory_capacity_bytes: float = 0.0
+    framework_op_s: float = 0.0
+    """Host seconds per tiny torch op (in-place add of one-element tensors)."""
+    launch_probe: list[tuple[str, float]] = field(default_factory=list)
+    """CPU: (model preset, seconds per forward + backward at PROBE_SEQ tokens)."""
 
 
 def _timed(fn, sync) -> float:
@@ -121,6 +132,7 @@ def _compute_rank(device: Device) -> dict:
     elements = MEMORY_ELEMENTS * (8 if cuda else 1)
     x, y, z = (torch.ones(elements, device=dev) for _ in range(3))
     out["memory_bytes_per_s"] = 3 * 4 * elements / _timed(lambda: torch.add(x, y, out=z), sync)
+    out.update(host_overhead.measure_rank(cuda, _timed))
     return out
 
 
@@ -223,6 +235,9 @@ def measure(device: Device, nproc: int) -> Measurements:
         attention_forward_backward_s=_median([r["attention_forward_backward_s"] for r in ranks]),
         memory_bytes_per_s=_median([r["memory_bytes_per_s"] for r in ranks]),
         collectives=ranks[0]["collectives"], device_name=name, memory_capacity_bytes=capacity,
+        framework_op_s=_median([r["framework_op_s"] for r in ranks]),
+        launch_probe=[(model, _median([r["launch_probe"][i][1] for r in ranks]))
+                      for i, (model, _) in enumerate(ranks[0].get("launch_probe", []))],
     )
 
 
@@ -237,6 +252,10 @@ class Fit:
     link_bandwidth_bytes_per_s: float
     link_latency_s: float
     link_rms_relative_error: float
+    launch_overhead_s: float = 0.0
+    launch_mode: LaunchMode = LaunchMode.SYNCHRONOUS
+    """Synchronous on CPU (eager PyTorch), asynchronous on CUDA."""
+    launch_probe: list[host_overhead.ProbeRow] = field(default_factory=list)
 
 
 def fit_gemm(samples: list[tuple[int, int, int, float]]) -> tuple[float, float, float]:
@@ -323,7 +342,15 @@ def fit(m: Measurements) -> Fit:
     fwd = min(1.0, forward_flops / m.attention_forward_s / peak)
     bwd = min(1.0, ATTENTION_BACKWARD_FLOPS_RATIO * forward_flops / backward_s / peak)
     bandwidth, latency, link_rms = fit_link(m.collectives, m.nproc)
-    return Fit(peak, half, rms, fwd, bwd, m.memory_bytes_per_s, bandwidth, latency, link_rms)
+    f = Fit(peak, half, rms, fwd, bwd, m.memory_bytes_per_s, bandwidth, latency, link_rms)
+    if m.device == Device.CUDA:
+        return replace(f, launch_overhead_s=m.framework_op_s, launch_mode=LaunchMode.ASYNCHRONOUS)
+    from planner.presets import validate_spec
+    from planner.specs.hardware import GPUSpec
+
+    device_only = validate_spec(GPUSpec, {**gpu_document(m, f, "probe"), "launch": None})
+    rows = host_overhead.probe_rows(m.launch_probe, device_only)
+    return replace(f, launch_overhead_s=host_overhead.fit_overhead_s(rows), launch_probe=rows)
 
 
 def gpu_document(m: Measurements, f: Fit, name: str) -> dict:
@@ -363,7 +390,28 @@ def gpu_document(m: Measurements, f: Fit, name: str) -> dict:
             "attention_backward_fraction": f.attention_backward_fraction,
             "hbm_fraction": 1.0,
         },
+        "launch": {"source": _launch_source(m, f, today), "mode": f.launch_mode.value,
+                   "overhead_s": f.launch_overhead_s},
     }
+
+
+def _launch_source(m: Measurements, f: Fit, today: str) -> str:
+    tiny = f"an in-place add of one-element tensors costs {m.framework_op_s * 1e6:.2f} us of host time per op"
+    if m.device == Device.CUDA:
+        return (f"Measured by planner calibrate --device cuda on {today} (planner/launch/host_overhead.py): "
+                f"{tiny}, {host_overhead.TINY_OPS} in a row synchronised once (asynchronous).")
+    rows = "; ".join(
+        f"{r.model} {r.measured_s * 1e3:.2f} ms measured, {r.device_s * 1e3:.2f} ms device time, "
+        f"{r.launches} launches" for r in f.launch_probe
+    )
+    return (
+        f"Measured by planner calibrate --device cpu --nproc {m.nproc} on {today} "
+        f"(planner/launch/host_overhead.py): forward + backward of the reference model on 1 x "
+        f"{host_overhead.PROBE_SEQ} tokens, median over processes: {rows}; overhead = (measured - "
+        f"device time) / launches = {f.launch_overhead_s * 1e6:.1f} us per modelled launch, added to "
+        f"every op (eager PyTorch is synchronous). For comparison {tiny}: the runtime issues several "
+        f"torch ops per modelled kernel."
+    )
 
 
 def _cuda_sms() -> int:

@@ -6,21 +6,20 @@ environment and rendezvouses over ``env://``. The forked launcher calls :func:`r
 directly with a ``file://`` rendezvous. ``RUN.json`` (written by :mod:`planner.launch.local`)
 holds the model spec, the plan and the run settings.
 
-The rank builds the runtime's model and applies the plan with the runtime's own pieces
-(``runner.build_model``, ``runner.parallelize``, ``groups.build_groups``,
-``pipeline.PipelineStage``, ``data.synchronize_gradients``, and the runner's private
-``_optimizers`` and ``_balance_experts``, used on purpose so that this loop follows the
-runtime when it changes), so whatever plan the runtime's ``check_supported`` accepts, this
-loop runs. The step is the runtime's (``runner._worker``): the replica's micro-batches of
-``plan.micro_batch_size`` through ``pipeline.PipelineStage.train_step`` (1F1B; plain
-gradient accumulation at pp = 1), embedding gradients summed over first and last stage,
-gradient sync over dp/edp, Adam or ZeRO-1, the aux-loss-free gate-bias update. Only the
-data differs (:mod:`planner.launch.corpus`), and each step is timed and reported as it ends.
+The rank trains with the runtime's own step, :class:`planner.model.parallel.runner.RankTrainer`
+(its stage of the model under the plan, its optimizers, its rows of the global batch;
+:meth:`~planner.model.parallel.runner.RankTrainer.step` runs the micro-batches through 1F1B,
+sums the embedding gradients over first and last stage, syncs gradients over dp/edp, steps
+Adam or ZeRO-1 and updates the gate biases), so whatever plan the runtime's
+``check_supported`` accepts, this loop runs, and it follows the runtime when that changes.
+Only the data differs (:mod:`planner.launch.corpus`), and each step is timed and reported
+as it ends.
 
 Per step, rank 0 appends one JSON line to ``steps.jsonl`` in the run folder: the loss over
 the global batch (all-reduced over dp), ``step_time_s`` = the slowest rank's wall time from
-a barrier to its optimizer step done, and ``peak_memory_bytes`` = the largest rank's
-``ru_maxrss`` so far (CPU resident memory, bytes).
+a barrier to the end of its ``RankTrainer.step`` (the batch, the step, the loss's dp
+reduction), and ``peak_memory_bytes`` = the largest rank's ``ru_maxrss`` so far (CPU
+resident memory, bytes).
 """
 
 from __future__ import annotations
@@ -45,10 +44,7 @@ def run_rank(rank: int, world_size: int, run_file: str, init_method: str = "env:
 
     from planner.launch.corpus import Corpus, DataSource
     from planner.model.parallel import runner
-    from planner.model.parallel.data import all_reduce_mean, synchronize_gradients
-    from planner.model.parallel.expert import routed_expert_parameters
     from planner.model.parallel.groups import build_groups
-    from planner.model.parallel.pipeline import PipelineStage, sync_embedding_gradients
     from planner.specs import ModelSpec, Plan
 
     torch.set_num_threads(1)  # one core per rank: a rank is one "device" of local-cpu-N
@@ -60,14 +56,7 @@ def run_rank(rank: int, world_size: int, run_file: str, init_method: str = "env:
     corpus = Corpus(spec.vocab_size, run["seed"]) if DataSource(run["data"]) is DataSource.CORPUS else None
     dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world_size)
     try:
-        groups = build_groups(plan)
-        model = runner.parallelize(runner.build_model(spec, config.seed), plan, groups)
-        named = list(model.named_parameters())
-        expert_names = routed_expert_parameters(model)
-        optimizers, _ = runner._optimizers(named, expert_names, plan, groups, config.lr)
-        stage = PipelineStage(model, groups, plan.micro_batch_size, config.seq_len)
-        local_batch, mbs = config.batch // plan.dp, plan.micro_batch_size
-        first_row = groups.dp.rank * local_batch
+        trainer = runner.RankTrainer(plan, spec, config, build_groups(plan))
         out = Path(run_file).parent / STEPS_FILE
         for step in range(config.steps):
             dist.barrier()
@@ -76,21 +65,12 @@ def run_rank(rank: int, world_size: int, run_file: str, init_method: str = "env:
                 tokens, targets = corpus.batch(step, config.seed, config.batch, config.seq_len)
             else:
                 tokens, targets = runner.synthetic_batch(spec, config, step)
-            micro = [(tokens[r : r + mbs], targets[r : r + mbs]) for r in range(first_row, first_row + local_batch, mbs)]
-            loss = stage.train_step(micro)  # the last pipeline stage's replica-mean loss, else None
-            sync_embedding_gradients(model, groups.embed)
-            synchronize_gradients(named, expert_names, groups.dp, groups.edp)
-            for optimizer in optimizers:
-                optimizer.step()
-                optimizer.zero_grad()
-            runner._balance_experts(model, groups.dp)
+            loss = trainer.step(tokens, targets)  # the global batch's loss on the last stage, else None
             elapsed = time.perf_counter() - start
-            # Global loss: the last stage's ranks hold it (mean over their dp replicas);
-            # sum (loss, 1) over them and divide, so every rank (rank 0 included) has it.
+            # Every rank (rank 0 included) gets the loss: sum (loss, 1) over the ranks that hold it.
             held = torch.zeros(2, dtype=torch.float64)
             if loss is not None:
-                all_reduce_mean([loss], groups.dp, groups.dp.size)
-                held[0], held[1] = loss.item(), 1.0
+                held[0], held[1] = loss, 1.0
             rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * RSS_SCALE
             stats = torch.tensor([elapsed, float(rss)], dtype=torch.float64)
             dist.all_reduce(held)

@@ -62,6 +62,28 @@ class GPUEfficiency(Spec):
         return self
 
 
+class LaunchMode(StrEnum):
+    """How the host's per-op time meets the device's."""
+
+    SYNCHRONOUS = "synchronous"
+    """The host finishes each op before it issues the next (eager PyTorch on CPU): an op
+    takes its device time plus the launch overhead."""
+    ASYNCHRONOUS = "asynchronous"
+    """The host queues ops ahead of the device (CUDA streams): an op takes the larger of
+    its device time and the launch overhead, which hides behind longer ops."""
+
+
+class LaunchOverhead(Spec):
+    """Host (framework) time per kernel launch, set in the preset with its source."""
+
+    source: str
+    mode: LaunchMode
+    overhead_s: NonNegativeFloat
+    """Host seconds per modelled kernel launch: one per op of
+    :func:`planner.costmodel.compute.piece_ops` in forward, and its backward launches
+    (:func:`planner.costmodel.compute.op_launches`)."""
+
+
 class GPUSpec(Spec):
     """One accelerator. Peaks are dense (no 2:4 sparsity)."""
 
@@ -77,6 +99,9 @@ class GPUSpec(Spec):
     """Board power (TDP)."""
     efficiency: GPUEfficiency | None = None
     """Achievable fractions of the peaks; the simulator needs them (None = unsupported)."""
+    launch: LaunchOverhead | None = None
+    """Host time per kernel launch; None = no host term, every op takes its device time
+    (kernels long enough to hide their launches, as in large-model GPU training)."""
 
     @model_validator(mode="after")
     def _check(self) -> GPUSpec:

@@ -323,3 +323,28 @@ def test_a_plan_from_planner_plan_launches(tmp_path):
     steps, summary = _lines(result)
     assert [s["step"] for s in steps] == [1, 2, 3] and summary["world_size"] == world
     assert summary["micro_batch"] == best["micro_batch_size"]
+
+
+def test_megatron_args_carry_an_uneven_split():
+    """A plan's pipeline_layers become Megatron-Core's --pipeline-model-parallel-layout
+    (docs.nvidia.com/megatron-core "Custom Pipeline Model Parallel Layout": E embedding,
+    t block, m MTP, L loss, stages split by |, virtual stage 0's ranks first), and the
+    reference runtime builds the same stages."""
+    model = load_model("deepseek-v3")
+    layers = (3, *([4] * 14), 2)
+    plan = Plan(pp=16, ep=64, etp=1, dp=128, zero_stage=1, pipeline_layers=layers)
+    lines = megatron_args(model, plan, Workload(global_batch_size=15360, seq_length=4096, precision="fp8"))
+    layout = [line for line in lines if line.startswith("--pipeline-model-parallel-layout")]
+    assert layout == ['--pipeline-model-parallel-layout "E,t*3|' + "t*4|" * 14 + 't*2,m,L"']
+    interleaved = Plan(pp=2, vpp=2, dp=1, pipeline_schedule="interleaved", pipeline_layers=(1, 2, 3, 55))
+    lines = megatron_args(model, interleaved, Workload(global_batch_size=8, seq_length=4096))
+    assert '--pipeline-model-parallel-layout "E,t|t*2|t*3|t*55,m,L"' in lines
+    assert not any(line.startswith("--num-layers-per-virtual") for line in lines)
+
+
+def test_runtime_stages_follow_pipeline_layers():
+    from planner.model.parallel.pipeline import stage_layers
+
+    model = load_model("tiny-dense")
+    plan = Plan(pp=2, dp=1, pipeline_layers=(model.num_layers - 1, 1))
+    assert [len(r) for r in stage_layers(model, plan)] == [model.num_layers - 1, 1]

@@ -127,12 +127,28 @@ def _model_args(model: ModelSpec) -> list[str]:
     return lines
 
 
+def pipeline_layout(model: ModelSpec, plan: Plan) -> str:
+    """The plan's ``pipeline_layers`` as Megatron-Core's ``--pipeline-model-parallel-layout``
+    string: stages split by ``|`` in model-chunk order (every PP rank of virtual stage 0,
+    then of virtual stage 1, ..., which is our chunk order), ``E`` embedding, ``t`` decoder
+    block, ``m`` MTP module, ``L`` loss; ``t*N`` repeats, commas are cosmetic
+    (docs.nvidia.com/megatron-core, "Custom Pipeline Model Parallel Layout")."""
+    if plan.pipeline_layers is None:
+        raise ValueError("the plan has no pipeline_layers")
+    stages = [[f"t*{n}" if n > 1 else "t"] for n in plan.pipeline_layers]
+    stages[0].insert(0, "E")
+    stages[-1] += ["m"] * model.mtp_depth + ["L"]
+    return "|".join(",".join(stage) for stage in stages)
+
+
 def _plan_args(model: ModelSpec, plan: Plan) -> list[str]:
     lines = [
         f"--tensor-model-parallel-size {plan.tp}",
         f"--pipeline-model-parallel-size {plan.pp}",
     ]
-    if plan.vpp > 1:
+    if plan.pipeline_layers is not None:
+        lines.append(f'--pipeline-model-parallel-layout "{pipeline_layout(model, plan)}"')
+    elif plan.vpp > 1:
         chunks = plan.pp * plan.vpp
         if model.num_layers % chunks == 0:
             lines.append(f"--num-layers-per-virtual-pipeline-stage {model.num_layers // chunks}")

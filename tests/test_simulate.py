@@ -275,3 +275,25 @@ def test_zero3_traffic_is_not_free_inside_dualpipe_pairs() -> None:
     assert traffic > 0
     # DualPipeV: every micro-batch passes both chunks of every rank.
     assert report.step_time_s >= report.num_microbatches * traffic * (1 - 1e-9)
+
+
+def test_vocab_parallel_cross_entropy_all_reduces_three_values_per_token() -> None:
+    """Megatron-LM's _VocabParallelCrossEntropy all-reduces the logit max, the target logit
+    and the sum of exponentials (FP32, one per token) over tp in forward; the head and each
+    MTP module pay them, blocks do not; tp = 1 pays nothing."""
+    from planner.costmodel.comm import StageComm, stage_groups
+    from planner.costmodel.partition import Piece
+    from planner.hwmodels.collectives import CollectiveOp, collective_cost
+    from planner.hwmodels.placement import rank_layout
+
+    model, cluster = load_model("deepseek-v3"), load_cluster("dgx-h100", num_gpus=16)
+    workload = Workload(global_batch_size=16, seq_length=4096)
+    plan = Plan(tp=8, pp=2, dp=1, ep=8, etp=1)
+    layout = rank_layout(plan)
+    comm = StageComm(model, cluster, plan, workload, layout, 1)
+    one = collective_cost(cluster, CollectiveOp.ALL_REDUCE, stage_groups(layout, "tp", 1), 4096 * 4.0).time_s
+    assert comm.piece(Piece.HEAD).tp_forward_s == pytest.approx(3 * one)
+    assert comm.piece(Piece.MTP).tp_forward_s == pytest.approx(2 * comm.tp_allreduce_s + 3 * one)
+    assert comm.piece(Piece.MOE).tp_forward_s == pytest.approx(2 * comm.tp_allreduce_s)
+    flat = StageComm(model, cluster, Plan(pp=2, dp=8, ep=8), workload, rank_layout(Plan(pp=2, dp=8, ep=8)), 1)
+    assert flat.piece(Piece.HEAD).tp_forward_s == 0.0

@@ -7,7 +7,10 @@ activations), and the collective each becomes (Megatron-LM; DeepSeek-V3 §3.2):
   forward and 2 in backward (Shoeybi et al. 2019 §3, Fig. 4); with sequence parallelism
   each becomes a reduce-scatter + all-gather of the same buffer (Korthikanti et al. 2022
   §4.2.2). The vocab-parallel embedding all-reduces its output in forward, the head its
-  input gradient in backward. Exposed: Megatron runs them on the compute stream.
+  input gradient in backward, and the vocab-parallel cross-entropy (of the head and of
+  every MTP module) all-reduces three FP32 values per token in forward: the logit max, the
+  target logit and the sum of exponentials (Megatron-LM ``_VocabParallelCrossEntropy``).
+  Exposed: Megatron runs them on the compute stream.
 - CP: ring attention passes the key/value blocks around the cp ranks, (cp-1) blocks in
   forward, the blocks and their gradients in backward (Megatron-LM context parallelism);
   priced as an all-gather (forward) and all-gather + reduce-scatter (backward) of the
@@ -27,6 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from planner.costmodel.compute import BF16_BYTES, FP32_BYTES
 from planner.costmodel.partition import Chunk, Piece
 from planner.hwmodels.alltoall import moe_all_to_all
 from planner.hwmodels.collectives import CollectiveOp, collective_cost
@@ -34,8 +38,6 @@ from planner.hwmodels.placement import RankLayout, rank_layout
 from planner.specs.hardware import ClusterSpec
 from planner.specs.model import ModelSpec
 from planner.specs.plan import PipelineSchedule, Plan, Precision, Workload, ZeroStage
-
-BF16_BYTES = 2.0
 
 
 def stage_groups(layout: RankLayout, dims: str, stage: int, experts: bool = False) -> np.ndarray:
@@ -86,7 +88,7 @@ class StageComm:
         self.tokens = plan.micro_batch_size * workload.seq_length / plan.cp
         d = model.hidden_size
         act_bytes = self.tokens * d * BF16_BYTES
-        self.tp_allreduce_s = 0.0
+        self.tp_allreduce_s = self.cross_entropy_s = 0.0
         if plan.tp > 1:
             groups = stage_groups(layout, "tp", stage)
             if plan.sequence_parallel:
@@ -95,6 +97,8 @@ class StageComm:
                 self.tp_allreduce_s = rs + ag
             else:
                 self.tp_allreduce_s = collective_cost(cluster, CollectiveOp.ALL_REDUCE, groups, act_bytes).time_s
+            per_token = collective_cost(cluster, CollectiveOp.ALL_REDUCE, groups, self.tokens * FP32_BYTES).time_s
+            self.cross_entropy_s = 3 * per_token
         self.cp_forward_s = self.cp_backward_s = 0.0
         if plan.cp > 1:
             groups = stage_groups(layout, "cp", stage)
@@ -127,12 +131,13 @@ class StageComm:
         if piece is Piece.EMBEDDING:
             return PieceComm(tp_forward_s=tp)
         if piece is Piece.HEAD:
-            return PieceComm(tp_backward_s=tp)
+            return PieceComm(tp_forward_s=self.cross_entropy_s, tp_backward_s=tp)
         moe_block = self.model.moe is not None and piece in (Piece.MOE, Piece.MTP)
         ep = self.ep_dispatch_s + self.ep_combine_s if moe_block else 0.0
         extra_head = tp if piece is Piece.MTP else 0.0
+        loss = self.cross_entropy_s if piece is Piece.MTP else 0.0
         return PieceComm(
-            tp_forward_s=2 * tp,
+            tp_forward_s=2 * tp + loss,
             tp_backward_s=2 * tp + extra_head,
             cp_forward_s=self.cp_forward_s,
             cp_backward_s=self.cp_backward_s,

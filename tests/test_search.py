@@ -258,3 +258,141 @@ def test_deepseek_v3_full_space_beats_the_published_plan():
     published = simulate(model, cluster, Plan(tp=1, pp=16, ep=64, dp=128, zero_stage=1, micro_batch_size=1,
                                               recompute="selective", pipeline_schedule="dualpipe"), workload)
     assert best.step_time_s <= published.step_time_s
+
+
+def _wide_instance(seed: int):
+    """Like :func:`_instance` with every schedule, context parallelism and ZeRO-3 in play
+    (DualPipe's pairs, ZeRO-3 waits, the CP exchange: what the refined bounds model)."""
+    rng = random.Random(seed)
+    name = rng.choice(["tiny-dense", "tiny-moe-mla"])
+    model = load_model(name)
+    cluster = load_cluster("dgx-h100", num_gpus=rng.choice([8, 16]))
+    workload = Workload(global_batch_size=rng.choice([32, 64]), seq_length=model.default_seq_length)
+    constraints = Constraints(
+        zero_stage=(ZeroStage.OPTIMIZER, ZeroStage.PARAMETERS), recompute=tuple(rng.sample(RECOMPUTES, 2)),
+        micro_batch_size=(1, 2), cp=(1, 2), max_memory_fraction=TIGHT[name] if rng.random() < 0.5 else 1.0,
+    )
+    return model, cluster, workload, constraints
+
+
+@pytest.mark.parametrize("seed", range(100, 106))
+def test_pruned_search_equals_exhaustive_on_every_schedule(seed):
+    model, cluster, workload, constraints = _wide_instance(seed)
+    try:
+        exhaustive = plan(model, cluster, workload, constraints, top_k=3, exhaustive=True)
+    except InfeasibleError:
+        with pytest.raises(InfeasibleError):
+            plan(model, cluster, workload, constraints, top_k=3)
+        return
+    pruned = plan(model, cluster, workload, constraints, top_k=3)
+    assert _key(pruned) == _key(exhaustive)
+    assert pruned.counts.simulated < exhaustive.counts.simulated
+
+
+def _sample_plans(name, gpus, batch, seq, n, seed=3, precision="bf16", cluster="dgx-h100"):
+    from planner.specs.plan import Precision
+    model = load_model(name)
+    cl = load_cluster(cluster, num_gpus=gpus)
+    workload = Workload(global_batch_size=batch, seq_length=seq, precision=Precision(precision))
+    plans = list(candidates(model, gpus, workload))
+    return model, cl, workload, random.Random(seed).sample(plans, min(n, len(plans)))
+
+
+@pytest.mark.parametrize(("name", "gpus", "batch", "seq", "n"), [
+    ("tiny-dense", 16, 64, 64, 50), ("tiny-moe-mla", 16, 64, 64, 50), ("llama3-8b", 16, 64, 4096, 25),
+])
+def test_every_bound_level_is_below_the_simulation_and_the_replay_is_tight(name, gpus, batch, seq, n):
+    """Each refinement (rank 0 with stage 0's communication, the busiest ranks, with the
+    data-parallel terms, the replayed pipeline) is never above the simulated step; the replay
+    prices what the simulator prices, so it is within the search's rounding margin of it."""
+    model, cluster, workload, sample = _sample_plans(name, gpus, batch, seq, n)
+    calc = BoundCalculator(model, cluster, workload)
+    replay = []
+    for p in sample:
+        step = simulate(model, cluster, p, workload).step_time_s
+        levels = calc.levels(p)
+        for level, value in levels.items():
+            assert 0 < value <= step * (1 + 1e-12), (level, p)
+        replay.append(levels["replay"] / step)
+    # The replay adds the data-parallel tail of the two ranks that end last only.
+    assert sum(r > 1 - 1e-6 for r in replay) >= 0.9 * len(replay)
+
+
+def test_numpy_balanced_split_equals_the_cost_models():
+    """search/split.py's vectorised dynamic programme returns the simulator's split, ties
+    included (many equal costs), and the partition built from it is the simulator's."""
+    from planner.costmodel.partition import Piece, partition
+    from planner.costmodel.partition import balanced_split as reference
+    from planner.search.split import _balanced_partition, balanced_split
+    from planner.specs import Plan
+    rng = random.Random(1)
+    for _ in range(400):
+        n = rng.randint(1, 30)
+        costs = [rng.choice([1.0, 2.0, 0.1, 0.2, 0.30000000000000004]) if rng.random() < 0.6 else rng.random()
+                 for _ in range(n)]
+        parts = rng.randint(1, n)
+        assert balanced_split(costs, parts) == reference(costs, parts), (costs, parts)
+    for name in ("deepseek-v3", "gpt3-175b", "tiny-moe-mla"):
+        model = load_model(name)
+        for pp, vpp in [(3, 1), (5, 1), (7, 2), (16, 1), (8, 3)]:
+            if pp * vpp > model.num_layers:
+                continue
+            p = Plan(pp=pp, vpp=vpp, pipeline_schedule="interleaved" if vpp > 1 else "1f1b")
+            cost = {Piece.EMBEDDING: rng.random(), Piece.DENSE: rng.random(), Piece.MOE: rng.random(),
+                    Piece.HEAD: 2 * rng.random(), Piece.MTP: rng.random()}
+            assert _balanced_partition(model, p, cost) == partition(model, p, cost)
+
+
+@pytest.mark.parametrize("schedule", [s for s in SCHEDULES if s not in (PipelineSchedule.DUALPIPE,
+                                                                        PipelineSchedule.DUALPIPEV)])
+def test_closed_form_programs_agree_with_the_compiled_ones(schedule):
+    """Long programs are summarised in closed form (programs.py); on short ones, where both
+    exist, the closed form's first position and drain are the compiled program's."""
+    import numpy as np
+
+    from planner.costmodel.schedules import _layout
+    from planner.search.programs import _closed_form, _from_program
+    for pp, vpp, m in [(4, 1, 8), (3, 1, 12), (1, 1, 4), (4, 2, 8), (3, 3, 6)]:
+        if (vpp > 1) != (schedule is PipelineSchedule.INTERLEAVED):
+            continue
+        full = _from_program(schedule, m, pp, vpp)
+        closed = _closed_form(schedule, m, pp, _layout(schedule, pp, vpp, m).chunk_ranks)
+        for field in ("chain_forward", "chain_sends", "rest_forward", "rest_backward_input", "rest_backward_weight"):
+            assert np.array_equal(getattr(full, field)[:, 0], getattr(closed, field)[:, 0]), field
+        for field in ("drain_backward_input", "drain_backward_weight", "drain_sends"):
+            assert np.array_equal(getattr(full, field), getattr(closed, field)), field
+
+
+def test_progress_counts_up_to_the_candidates():
+    model, cluster, workload, constraints = _instance(3)
+    seen = []
+    result = plan(model, cluster, workload, constraints, top_k=2, progress=lambda done, total: seen.append((done, total)))
+    assert seen and seen[-1] == (len(list(candidates(model, cluster.num_gpus, workload, constraints))),) * 2
+    assert all(0 <= d <= t for d, t in seen) and [d for d, _ in seen] == sorted(d for d, _ in seen)
+    assert result.ranked
+
+
+def test_plans_the_cost_model_refuses_are_counted_invalid(monkeypatch):
+    """A plan the simulator rejects while pricing it is left out and counted under
+    ``costmodel.<field>``, in both modes, and the counts still add up."""
+    import sys
+
+    from planner.errors import SpecError
+    search_plan = sys.modules["planner.search.plan"]  # the module (the package exports the function)
+    real = search_plan.simulate
+
+    def refusing(model, cluster, p, workload):
+        if p.pp == 1:
+            raise SpecError("node_limit", 4, "too few experts")
+        return real(model, cluster, p, workload)
+
+    monkeypatch.setattr(search_plan, "simulate", refusing)
+    model, cluster, workload, constraints = _instance(5)
+    for exhaustive in (True, False):
+        result = plan(model, cluster, workload, constraints, top_k=3, exhaustive=exhaustive)
+        c = result.counts
+        assert all(r.plan.pp > 1 for r in result.ranked)
+        assert c.pruned["divisibility"] == c.generated - c.enumerated
+        assert c.simulated + c.pruned["memory_lower_bound"] + c.pruned["time_lower_bound"] == c.enumerated
+        if exhaustive:
+            assert c.invalid_by_rule["costmodel.node_limit"] > 0

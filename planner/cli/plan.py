@@ -104,14 +104,18 @@ def constraints_from_options(tp, pp, vpp, cp, ep, micro_batch, zero, sp, recompu
     )
 
 
-def run_search(model_spec, cluster_spec, workload, constraints, top_k: int, exhaustive: bool) -> SearchResult:
-    """``planner.search.plan`` with a transient progress bar on stderr (rich draws nothing
-    when stderr is not a terminal)."""
+def run_search(model_spec, cluster_spec, workload, constraints, top_k: int, exhaustive: bool,
+               show_progress: bool = True) -> SearchResult:
+    """``planner.search.plan`` with a transient progress bar on stderr: candidates decided
+    out of the valid ones. Off when stderr is not a terminal or ``show_progress`` is False
+    (machine-readable output)."""
     if top_k < 1:
         raise SpecError("--top-k", top_k, "must be >= 1")
+    console = Console(stderr=True)
     with Progress(
-        TextColumn("simulating candidates"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=Console(stderr=True), transient=True,
+        TextColumn("searching plans"), BarColumn(), MofNCompleteColumn(), TextColumn("candidates"),
+        TimeElapsedColumn(), console=console, transient=True,
+        disable=not (show_progress and console.is_terminal),
     ) as bar:
         task = bar.add_task("search", total=None)
         return plan(
@@ -159,7 +163,8 @@ def plan_command(
     workload, budget = resolve_workload(model_spec, cluster_spec.num_gpus, global_batch, tokens, seq_len, precision)
     constraints = constraints_from_options(tp, pp, vpp, cp, ep, micro_batch, zero, sp, recompute, schedule,
                                            max_memory_frac)
-    result = run_search(model_spec, cluster_spec, workload, constraints, top_k, exhaustive)
+    result = run_search(model_spec, cluster_spec, workload, constraints, top_k, exhaustive,
+                        show_progress=fmt is Format.TABLE)
     costs = [cost_of(r.report, workload, cluster_spec.num_gpus, tokens, price) for r in result.ranked]
     emitted = []
     if emit is not None:

@@ -4,12 +4,21 @@
    (:func:`planner.search.space.candidate_table`).
 2. Level-0 bounds for all of them at once (:mod:`planner.search.prune`): drop those whose
    peak-memory lower bound is over ``capacity * max_memory_fraction``.
-3. Best-first on the step-time lower bounds: pop the smallest; a level-0 bound is refined to
-   the level-1 bound (one rank priced with communication) and pushed back; a refined plan
-   whose exact memory of its first and last ranks is over the limit in every split is
-   dropped (memory rule); otherwise it is simulated. Stop once the smallest bound left
-   exceeds the k-th best feasible step simulated (ties: strictly greater, so equal plans
-   are still simulated).
+3. Best-first on the step-time lower bounds: pop the smallest, refine it one level and
+   push it back, so that expensive bounds are only computed for plans whose cheaper bound
+   is already the smallest left (:mod:`planner.search.refine`):
+
+   - level 1: rank 0 with stage 0's communication, no data-parallel terms (the plans that
+     differ only in recompute and ZeRO stage are priced together: one per group);
+   - level 2: the busiest ranks with their stages' communication (per group);
+   - level 3: the same with the data-parallel terms (exposed gradient reduction, ZeRO-3);
+   - then the exact memory of the end ranks (dropped if over the limit in every split
+     the simulator may pick: memory rule), and level 4, the simulator's pipeline replayed
+     with every chunk priced on its stage;
+   - then it is simulated.
+
+   Stop once the smallest bound left exceeds the k-th best feasible step simulated (ties:
+   strictly greater, so equal plans are still simulated).
 
 Why this is lossless: every bound is a proven lower bound of what ``simulate`` reports for
 that plan (prune.py says why for each), so a plan never simulated has a step time above the
@@ -19,7 +28,10 @@ candidate) ranks them. The fast estimate (:mod:`planner.costmodel.fast`) is not 
 ordering by bounds already simulates only plans whose bound is below the k-th best step.
 
 A plan is *feasible* when the simulator reports it fits (status ok) and its peak memory is
-at most ``max_memory_fraction`` of HBM.
+at most ``max_memory_fraction`` of HBM. A plan the cost model refuses while pricing it
+(:class:`~planner.errors.SpecError` or :class:`~planner.errors.UnsupportedError`, e.g. an
+expert group spread over more nodes than its routing limit allows) is counted as invalid
+under ``costmodel.<field>`` with the structurally invalid ones.
 """
 
 from __future__ import annotations
@@ -34,7 +46,7 @@ import numpy as np
 
 from planner.costmodel.report import StepReport
 from planner.costmodel.simulate import simulate
-from planner.errors import InfeasibleError
+from planner.errors import InfeasibleError, PlannerError, SpecError, UnsupportedError
 from planner.search.prune import BoundCalculator, PlanBounds, PruneRule
 from planner.search.space import Constraints, SpaceStats, candidate_table
 from planner.specs.hardware import ClusterSpec
@@ -153,8 +165,9 @@ def plan(
 ) -> SearchResult:
     """The ``top_k`` fastest feasible plans for ``model`` on all of ``cluster``'s GPUs.
 
-    ``progress(done, total)`` is called after each full simulation (total = candidates
-    left after the memory rule; the time bound usually stops the loop well before it).
+    ``progress(done, total)`` is called every tenth of a second or so and once at the end
+    (``done == total``): ``total`` valid candidates, ``done`` of them decided (pruned,
+    simulated, or passed over in bound order: the time bound decides the rest at once).
 
     Raises :class:`~planner.errors.InfeasibleError` when no candidate fits, naming the
     smallest memory shortfall seen and what would close it.
@@ -166,84 +179,165 @@ def plan(
     stats = SpaceStats()
     table = candidate_table(model, cluster.num_gpus, workload, constraints, stats)
     limit = cluster.gpu.hbm_capacity_bytes * constraints.max_memory_fraction
-    calc = BoundCalculator(model, cluster, workload)
-    memory = calc.memory_bounds(table)
-    shortfall = _Shortfall()
+    search = _Search(model, cluster, workload, table, limit, top_k, progress)
     pruned = Counter({PruneRule.DIVISIBILITY.value: sum(stats.rejected.values())})
-    plans: dict[int, Plan] = {}
-
-    def plan_of(i: int) -> Plan:
-        if i not in plans:
-            plans[i] = table.plan(i)
-        return plans[i]
-
-    if exhaustive:
-        survivors = np.arange(len(table))
-    else:
-        over = memory > limit
-        pruned[PruneRule.MEMORY_LOWER_BOUND.value] += int(over.sum())
-        if over.any():
-            i = int(np.flatnonzero(over)[np.argmin(memory[over])])
-            shortfall.see(float(memory[i] - limit), plan_of(i), exact=False)
-        survivors = np.flatnonzero(~over)
-    coarse = np.zeros(len(table))
-    coarse[survivors] = calc.time_bounds(table.take(survivors))
-    bound = coarse.copy()
-    feasible: list[tuple[float, int, StepReport]] = []
-    simulated = 0
-
-    def run(i: int) -> None:
-        nonlocal simulated
-        report = simulate(model, cluster, plan_of(i), workload)
-        simulated += 1
-        if progress is not None:
-            progress(simulated, len(survivors))
-        if report.fits and report.memory_peak_bytes <= limit:
-            feasible.append((report.step_time_s, i, report))
-            feasible.sort(key=lambda x: (x[0], x[1]))
-        else:
-            shortfall.see(report.memory_peak_bytes - limit, plan_of(i), exact=True)
-
-    if exhaustive:
-        for i in survivors:
-            run(int(i))
-    else:
-        # Best-first on the bounds (level 0 for all, refined to level 1 when popped, then
-        # simulated): a plan is simulated only once its refined bound is the smallest left.
-        heap = [(float(coarse[i]), 0, int(i)) for i in survivors]
-        heapq.heapify(heap)
-        while heap:
-            b, level, i = heapq.heappop(heap)
-            if len(feasible) >= top_k and b > feasible[top_k - 1][0]:
-                pruned[PruneRule.TIME_LOWER_BOUND.value] += len(heap) + 1
-                break
-            if level == 0:
-                bound[i] = max(b, calc.refined(plan_of(i)))
-                heapq.heappush(heap, (float(bound[i]), 1, i))
-                continue
-            memory[i] = max(memory[i], calc.refined_memory(plan_of(i)))
-            if memory[i] > limit:  # every split the simulator may pick has a rank over the limit
-                pruned[PruneRule.MEMORY_LOWER_BOUND.value] += 1
-                shortfall.see(float(memory[i] - limit), plan_of(i), exact=False)
-                continue
-            run(i)
+    search.run(exhaustive, pruned)
+    rejected = Counter(search.rejected.values())  # plans the cost model refused while pricing them
+    pruned[PruneRule.DIVISIBILITY.value] += len(search.rejected)
     for rule in PruneRule:
         pruned.setdefault(rule.value, 0)
     counts = SearchCounts(
-        generated=stats.generated, enumerated=len(table), invalid_by_rule=dict(stats.rejected),
-        pruned={rule.value: pruned[rule.value] for rule in PruneRule}, simulated=simulated,
-        feasible_simulated=len(feasible),
+        generated=stats.generated, enumerated=len(table) - len(search.rejected),
+        invalid_by_rule=dict(stats.rejected + rejected),
+        pruned={rule.value: pruned[rule.value] for rule in PruneRule}, simulated=search.simulated,
+        feasible_simulated=len(search.feasible),
     )
-    if not feasible:
-        raise InfeasibleError(_infeasible_message(model, cluster, constraints, len(table), shortfall, limit))
+    if progress is not None:
+        progress(len(table), len(table))
+    if not search.feasible:
+        raise InfeasibleError(_infeasible_message(model, cluster, constraints, counts.enumerated, search.shortfall,
+                                                  limit))
     ranked = tuple(
-        RankedPlan(rank=k + 1, plan=plan_of(i), report=report,
-                   bounds=PlanBounds(step_time_s=float(bound[i]), memory_bytes=float(memory[i])),
+        RankedPlan(rank=k + 1, plan=search.plan_of(i), report=report,
+                   bounds=PlanBounds(step_time_s=float(search.bound[i]), memory_bytes=float(search.memory[i])),
                    memory_limit_bytes=limit)
-        for k, (_, i, report) in enumerate(feasible[:top_k])
+        for k, (_, i, report) in enumerate(search.feasible[:top_k])
     )
     return SearchResult(ranked=ranked, counts=counts, elapsed_s=time.perf_counter() - start,
                         exhaustive=exhaustive, memory_limit_bytes=limit)
+
+
+class _Search:
+    """The state of one search: bounds per candidate, the best simulated plans so far."""
+
+    def __init__(self, model, cluster, workload, table, limit: float, top_k: int, progress):
+        self.model, self.cluster, self.workload, self.table = model, cluster, workload, table
+        self.limit, self.top_k, self.progress = limit, top_k, progress
+        self.calc = BoundCalculator(model, cluster, workload)
+        self.memory = self.calc.memory_bounds(table)
+        self.bound = np.zeros(len(table))
+        self.shortfall = _Shortfall()
+        self.feasible: list[tuple[float, int, StepReport]] = []
+        self.simulated = 0
+        self.rejected: dict[int, str] = {}  # candidate -> the cost model's rule it broke
+        self._plans: dict[int, Plan] = {}
+        self._done, self._shown = 0, time.perf_counter()
+
+    def plan_of(self, i: int) -> Plan:
+        if i not in self._plans:
+            self._plans[i] = self.table.plan(i)
+        return self._plans[i]
+
+    def _tick(self, decided: int = 1) -> None:
+        self._done += decided
+        if self.progress is not None and time.perf_counter() - self._shown > 0.1:
+            self._shown = time.perf_counter()
+            self.progress(self._done, len(self.table))
+
+    def _reject(self, rows, exc: PlannerError) -> None:
+        rule = f"costmodel.{getattr(exc, 'field', type(exc).__name__)}"
+        for k in np.atleast_1d(rows):
+            self.rejected[int(k)] = rule
+
+    def _simulate(self, i: int) -> None:
+        try:
+            report = simulate(self.model, self.cluster, self.plan_of(i), self.workload)
+        except (SpecError, UnsupportedError) as exc:
+            self._reject(i, exc)
+            return
+        self.simulated += 1
+        if report.fits and report.memory_peak_bytes <= self.limit:
+            self.feasible.append((report.step_time_s, i, report))
+            self.feasible.sort(key=lambda x: (x[0], x[1]))
+        else:
+            self.shortfall.see(report.memory_peak_bytes - self.limit, self.plan_of(i), exact=True)
+
+    def run(self, exhaustive: bool, pruned: Counter) -> None:
+        table, limit = self.table, self.limit
+        if exhaustive:
+            for i in range(len(table)):
+                self._simulate(i)
+                self._tick()
+            return
+        over = self.memory > limit
+        pruned[PruneRule.MEMORY_LOWER_BOUND.value] += int(over.sum())
+        if over.any():
+            i = int(np.flatnonzero(over)[np.argmin(self.memory[over])])
+            self.shortfall.see(float(self.memory[i] - limit), self.plan_of(i), exact=False)
+        survivors = np.flatnonzero(~over)
+        self._tick(int(over.sum()))
+        self.bound[survivors] = self.calc.time_bounds(table.take(survivors))
+        self._best_first(survivors, pruned)
+
+    def _best_first(self, survivors: np.ndarray, pruned: Counter) -> None:
+        """Pop the smallest bound; refine it one level and push it back, check its memory,
+        simulate it at the last level; stop once the smallest bound left exceeds the k-th
+        best feasible step. Level 0 is kept per group (the plans that differ only in
+        recompute and ZeRO stage, at their smallest level-0 bound), and levels 1 and 2 are
+        priced per group too: a group's first pop prices all of its plans."""
+        calc, table, bound, memory, limit = self.calc, self.table, self.bound, self.memory, self.limit
+        group, members = _groups(table, survivors)
+        heap = [(float(bound[rows].min()), 0, g) for g, rows in enumerate(members)]
+        heapq.heapify(heap)
+        ranks_bound = np.full(len(table), np.nan)  # level 2, priced per group
+
+        def alive(entry) -> int:  # candidates an entry stands for
+            _, level, k = entry
+            return sum(int(r) not in self.rejected for r in members[k]) if level == 0 else int(k not in self.rejected)
+
+        while heap:
+            # ``level``: how far b is refined (0: level 0, per group ... 4: replayed; then simulated).
+            b, level, i = heapq.heappop(heap)
+            if level > 0 and i in self.rejected:
+                continue
+            if len(self.feasible) >= self.top_k and b > self.feasible[self.top_k - 1][0]:
+                pruned[PruneRule.TIME_LOWER_BOUND.value] += alive((b, level, i)) + sum(alive(e) for e in heap)
+                break
+            try:
+                if level == 0:  # i is a group
+                    rows = members[i]
+                    self._tick(len(rows))
+                    quick = calc.refined_rows(table, rows, quick=True)
+                    for k, value in zip(rows.tolist(), quick.tolist(), strict=True):
+                        bound[k] = max(bound[k], value)
+                        heapq.heappush(heap, (float(bound[k]), 1, k))
+                    continue
+                if level == 1:
+                    if np.isnan(ranks_bound[i]):
+                        rows = members[group[i]]
+                        ranks_bound[rows] = calc.refined_rows(table, rows)
+                    bound[i] = max(b, float(ranks_bound[i]))
+                elif level == 2:
+                    bound[i] = max(b, calc.refined(self.plan_of(i)))
+                elif level == 3:
+                    memory[i] = max(memory[i], calc.refined_memory(self.plan_of(i)))
+                    if memory[i] > limit:  # every split the simulator may pick has a rank over the limit
+                        pruned[PruneRule.MEMORY_LOWER_BOUND.value] += 1
+                        self.shortfall.see(float(memory[i] - limit), self.plan_of(i), exact=False)
+                        continue
+                    bound[i] = max(b, calc.replayed(self.plan_of(i)))
+                else:
+                    self._simulate(i)
+                    continue
+            except (SpecError, UnsupportedError) as exc:
+                self._reject(members[i] if level == 0 else members[group[i]] if level == 1 else i, exc)
+                continue
+            heapq.heappush(heap, (float(bound[i]), level + 1, i))
+
+
+def _groups(table, rows: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Per candidate, its group among ``rows`` (same knobs but recompute and ZeRO stage),
+    and each group's rows."""
+    group = np.full(len(table), -1, dtype=np.int64)
+    if len(rows) == 0:
+        return group, []
+    keys = np.stack([getattr(table, c)[rows] for c in ("tp", "cp", "pp", "vpp", "sched", "ep", "dp", "mb", "sp")], axis=1)
+    _, inverse = np.unique(keys, axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    group[rows] = inverse
+    order = np.argsort(inverse, kind="stable")
+    bounds = np.flatnonzero(np.diff(inverse[order])) + 1
+    return group, np.split(rows[order], bounds)
 
 
 def _infeasible_message(model, cluster, constraints: Constraints, num_plans: int, shortfall: _Shortfall,

@@ -1,0 +1,244 @@
+"""What each pipeline rank runs under a schedule, summarised for the search's bounds.
+
+The simulator runs a fixed program per rank (:mod:`planner.costmodel.schedules`; compiled
+once per (schedule, micro-batches, pp, vpp) and cached there). An operation starts when
+its rank is free and its inputs are there: a forward of (micro-batch mb, chunk c) after the
+forward of (mb, c-1), a backward after the backward of (mb, c+1) (the last chunk: after its
+own forward), a p2p send between ranks in between. So for any operation j of rank r,
+
+    end_r >= ES_j + (what r runs from j on),
+
+where ES_j is the length of j's chain of inputs (each at least its compute with all SMs,
+plus the sends). :class:`Programs` stores, for a few positions j of every rank (its first
+operation, and the first forward and first backward of each of its chunks and directions),
+both terms as coefficients over chunks, so that a bound is a few dot products:
+
+- ``chain_*``: ES_j = chain_forward @ F + chain_backward_input @ B + chain_backward_weight
+  @ W + chain_sends * p2p, with F, B, W each chunk's compute. A chain link that runs inside
+  a DualPipe F&B pair counts 0 (the pair's share of it is not bounded below by it).
+- ``rest_*``: the operations from j on as ``f, b, w`` and DualPipe ``pair`` counts per chunk:
+  an F&B pair of chunks a, b costs ``f_a k_a + (b_b + w_b) k_b`` with ``k_c = pair_c /
+  (f_c + b_c + w_c) <= 1``, so a paired forward and a paired backward of one chunk cost
+  ``pair_c`` together; an excess paired operation matched with an unpaired one of the other
+  kind costs at least ``pair_c`` too (``f k + b + w >= pair``); leftovers count 0.
+- ``drain_*``: when the rank's last operation is a backward of (mb, c), the backwards of
+  chunks c-1..0 of mb still follow on other ranks (1F1B, interleaved).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from planner.costmodel.schedules import _compiled, _layout  # the simulator's own programs and chunk placement
+from planner.specs.plan import PipelineSchedule
+
+_F, _B, _W, _BW, _FB = range(5)  # the op codes of planner.costmodel.schedules (EventKind order)
+PROGRAM_OPS_LIMIT = 4_000
+"""Longer programs (many micro-batches) are summarised in closed form instead
+(:func:`_closed_form`): compiling them costs more than the bound saves."""
+
+
+@dataclass(frozen=True)
+class Programs:
+    """Coefficient arrays of one (schedule, micro-batches, pp, vpp), over (ranks, positions,
+    chunks) unless noted; ``valid`` masks the padding of ranks with fewer positions."""
+
+    chain: np.ndarray
+    """(3, ranks, positions, chunks): forwards, backwards-for-inputs and weight gradients
+    (fused in a BW) on the chain before each position."""
+    chain_sends: np.ndarray
+    """(ranks, positions)."""
+    rest: np.ndarray
+    """(4, ranks, positions, chunks): f, b, w and DualPipe pair counts from each position on."""
+    valid: np.ndarray
+    """(ranks, positions)."""
+    drain: np.ndarray
+    """(2, ranks, chunks): backwards-for-inputs and fused weight gradients after the rank's
+    last operation."""
+    drain_sends: np.ndarray
+    """(ranks,)."""
+
+    @property
+    def chain_forward(self) -> np.ndarray:
+        return self.chain[0]
+
+    @property
+    def rest_forward(self) -> np.ndarray:
+        return self.rest[0]
+
+    @property
+    def rest_backward_input(self) -> np.ndarray:
+        return self.rest[1]
+
+    @property
+    def rest_backward_weight(self) -> np.ndarray:
+        return self.rest[2]
+
+    @property
+    def rest_pair(self) -> np.ndarray:
+        return self.rest[3]
+
+    @property
+    def drain_backward_input(self) -> np.ndarray:
+        return self.drain[0]
+
+    @property
+    def drain_backward_weight(self) -> np.ndarray:
+        return self.drain[1]
+
+
+def _suffix_counts(ops, chunks: int, positions: list[int]) -> np.ndarray:
+    """(positions, 6, chunks): unpaired F, B, W, BW and paired forwards and backwards of
+    each chunk in ``ops[j:]`` for every j in ``positions``."""
+    arr = np.asarray(ops, dtype=np.int64).reshape(-1, 5)
+    code, chunk, back = arr[:, 0], arr[:, 2], arr[:, 4]
+    onehot = np.zeros((len(arr) + 1, 6, chunks), dtype=np.int64)
+    rows = np.arange(len(arr))
+    plain = code != _FB
+    onehot[rows[plain], code[plain], chunk[plain]] = 1  # F, B, W, BW are codes 0..3
+    onehot[rows[~plain], 4, chunk[~plain]] = 1
+    onehot[rows[~plain], 5, back[~plain]] = 1
+    suffix = np.cumsum(onehot[::-1], axis=0)[::-1]  # suffix[j] = counts of ops[j:]
+    return suffix[positions]
+
+
+def _rest(counts: np.ndarray) -> np.ndarray:
+    """(4, chunks): f, b, w, pair coefficients from :func:`_suffix_counts` rows (module
+    docstring)."""
+    n_f, n_b, n_w, n_bw, pf, pb = (row.copy() for row in counts)
+    pair = np.minimum(pf, pb)
+    for c in np.flatnonzero(pf != pb):
+        if pf[c] > pb[c]:  # excess paired forwards, each with an unpaired B + W
+            x = min(pf[c] - pb[c], n_bw[c] + min(n_b[c], n_w[c]))
+            t = min(x, n_bw[c])
+            n_bw[c] -= t
+            n_b[c] -= x - t
+            n_w[c] -= x - t
+            pair[c] += x
+        else:  # excess paired backwards, each with an unpaired forward
+            x = min(pb[c] - pf[c], n_f[c])
+            n_f[c] -= x
+            pair[c] += x
+    return np.stack([n_f, n_b + n_bw, n_w + n_bw, pair]).astype(float)
+
+
+@lru_cache(maxsize=512)
+def programs(schedule: PipelineSchedule, num_microbatches: int, pp: int, vpp: int) -> Programs:
+    layout = _layout(schedule, pp, vpp, num_microbatches)
+    if 2 * num_microbatches * layout.num_chunks > PROGRAM_OPS_LIMIT:
+        return _closed_form(schedule, num_microbatches, pp, layout.chunk_ranks)
+    return _from_program(schedule, num_microbatches, pp, vpp)
+
+
+def _closed_form(schedule: PipelineSchedule, m: int, pp: int, where) -> Programs:
+    """One position per rank, its first operation, from what every schedule guarantees:
+    each of the rank's chunks runs ``runs`` forwards and backwards (m / 2 per DualPipe
+    direction); without pairs (1F1B, interleaved, ZB) the first operation is micro-batch
+    0's forward of the rank's lowest chunk r, after chunks 0..r-1, and under 1F1B and
+    interleaved the last is a full backward (BW) of chunk r, before chunks r-1..0. With
+    pairs every operation is counted at ``pair`` (``pair <= f + b + w``) and the chains
+    are left out."""
+    n = len(where[0])
+    runs = np.zeros((pp, 1, n))
+    for d, ranks in enumerate(where):
+        for c, r in enumerate(ranks):
+            runs[r, 0, c] += m // len(where)
+    zeros = np.zeros((pp, 1, n))
+    chain, sends = zeros.copy(), np.zeros((pp, 1))
+    drain_b, drain_x = np.zeros((pp, n)), np.zeros(pp)
+    ranks = where[0]
+    dual = schedule in (PipelineSchedule.DUALPIPE, PipelineSchedule.DUALPIPEV)
+    if not dual:
+        for r in range(pp):  # chunk r is rank r's lowest
+            chain[r, 0, :r] = 1.0
+            sends[r, 0] = sum(ranks[k] != ranks[k + 1] for k in range(r))
+            if schedule is not PipelineSchedule.ZERO_BUBBLE:
+                drain_b[r, :r] = 1.0
+                drain_x[r] = sum(ranks[k] != ranks[k - 1] for k in range(1, r + 1))
+    rest = (zeros, zeros, zeros, runs) if dual else (runs, runs, runs, zeros)
+    return Programs(np.stack([chain, zeros, zeros]), sends, np.stack(rest), np.ones((pp, 1), dtype=bool),
+                    np.stack([drain_b, drain_b]), drain_x)
+
+
+def _from_program(schedule: PipelineSchedule, num_microbatches: int, pp: int, vpp: int) -> Programs:
+    prog = _compiled(schedule, num_microbatches, pp, vpp)
+    n = prog.layout.num_chunks
+    where, direction = prog.layout.chunk_ranks, prog.layout.microbatch_direction
+    forward_kind: dict[tuple[int, int], int] = {}
+    backward_kind: dict[tuple[int, int], int] = {}
+    for ops in prog.ops:
+        for code, mb, c, bmb, bc in ops:
+            if code in (_F, _FB):
+                forward_kind[mb, c] = code
+            if code == _FB:
+                backward_kind[bmb, bc] = _FB
+            elif code in (_B, _BW):
+                backward_kind[mb, c] = code
+
+    def forwards(mb: int, lo: int, hi: int, into: np.ndarray) -> int:
+        """Forwards of mb on chunks lo..hi-1 (each feeding the next) into ``into[0]``;
+        returns the sends between them and chunk hi."""
+        ranks, sends = where[direction[mb]], 0
+        for k in range(lo, hi):
+            into[0, k] += forward_kind[mb, k] == _F
+            sends += ranks[k] != ranks[k + 1]
+        return sends
+
+    def backwards(mb: int, lo: int, hi: int, into: np.ndarray) -> int:
+        """Backwards of mb on chunks hi-1..lo (each feeding the one below; B, and W where
+        fused) into ``into[1:]``; returns the sends between them and chunk lo-1."""
+        ranks, sends = where[direction[mb]], 0
+        for k in range(lo, hi):
+            kind = backward_kind[mb, k]
+            into[1, k] += kind in (_B, _BW)
+            into[2, k] += kind == _BW
+            sends += ranks[k] != ranks[k - 1]
+        return sends
+
+    rows: list[list[tuple[np.ndarray, int, np.ndarray]]] = []
+    for ops in prog.ops:
+        seen, heads = set(), []
+        for j, (code, mb, c, bmb, bc) in enumerate(ops):
+            if code in (_F, _FB) and ("F", direction[mb], c) not in seen:
+                seen.add(("F", direction[mb], c))
+                heads.append((j, "F", mb, c))
+            if code in (_B, _BW, _FB):
+                bm, b = (bmb, bc) if code == _FB else (mb, c)
+                if ("B", direction[bm], b) not in seen:
+                    seen.add(("B", direction[bm], b))
+                    heads.append((j, "B", bm, b))
+        suffix = _suffix_counts(ops, n, [j for j, *_ in heads])
+        mine = []
+        for (_, kind, m, k), counts in zip(heads, suffix, strict=True):
+            chain = np.zeros((3, n))
+            if kind == "F":
+                sends = forwards(m, 0, k, chain)
+            else:  # forward to the loss chunk (whose backward follows its own forward), back to k
+                sends = forwards(m, 0, n - 1, chain) + backwards(m, k + 1, n, chain)
+                chain[0, n - 1] += forward_kind[m, n - 1] == _F
+            mine.append((chain, sends, _rest(counts)))
+        rows.append(mine)
+    width = max(len(r) for r in rows)
+    shape = (pp, width, n)
+    chain, rest = np.zeros((3,) + shape), np.zeros((4,) + shape)
+    sends, valid = np.zeros((pp, width)), np.zeros((pp, width), dtype=bool)
+    for r, mine in enumerate(rows):
+        for j, (ch, x, rs) in enumerate(mine):
+            chain[:, r, j], sends[r, j], rest[:, r, j], valid[r, j] = ch, x, rs, True
+    drain, drain_x = np.zeros((3, pp, n)), np.zeros(pp)
+    for r, ops in enumerate(prog.ops):
+        code, mb, c, bmb, bc = ops[-1]
+        if code == _FB:
+            mb, c = bmb, bc
+        if code in (_B, _BW, _FB) and c > 0:  # the backwards of chunks c-1..0 follow
+            drain_x[r] = backwards(mb, 1, c, drain[:, r]) + (where[direction[mb]][c] != where[direction[mb]][c - 1])
+            kind = backward_kind[mb, 0]
+            drain[1, r, 0] += kind in (_B, _BW)
+            drain[2, r, 0] += kind == _BW
+    return Programs(chain, sends, rest, valid, drain[1:], drain_x)
+
+
+__all__ = ["Programs", "programs"]

@@ -1,0 +1,157 @@
+"""The layer-to-stage splits the simulator may pick for a plan, computed once per shape.
+
+:func:`planner.costmodel.simulate.simulate` splits the model evenly when the blocks divide
+(and the schedule is not DualPipe), otherwise it simulates two candidates, a split balanced
+by forward time and one by block count, and keeps the faster that fits. A bound that holds
+for both holds for whichever it keeps, so the search prices both (:class:`SplitCache`).
+
+Speed: the two candidates are :func:`planner.costmodel.partition.partition` calls. Outside
+DualPipe an uneven split runs :func:`~planner.costmodel.partition.balanced_split`, an exact
+O(parts * n^2) dynamic programme in pure Python (8 ms for 61 blocks in 16 parts, 70 ms for
+126 in 64), once per (pp, vpp, schedule, forward times), thousands of times in a full
+search. :func:`balanced_split` here is the same programme with one numpy step per part:
+the same float operations (``max(best[j], prefix[i] - prefix[j])``, prefix sums added in
+order) and the same tie rule (the smallest cut j among equal minima, which is what the
+original's strict ``<`` over increasing j keeps and what ``argmin`` returns), so it returns
+the same sizes; tests/test_search.py checks both on random costs and on the presets. The
+block-count split does not depend on the plan's times and is computed once per shape.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from planner.costmodel.partition import Chunk, Partition, Piece, chunk_rank, model_pieces, num_chunks, partition
+from planner.specs.model import ModelSpec
+from planner.specs.plan import PipelineSchedule, Plan
+
+DUAL = (PipelineSchedule.DUALPIPE, PipelineSchedule.DUALPIPEV)
+UNIT_COST = {Piece.DENSE: 1.0, Piece.MOE: 1.0, Piece.HEAD: 1.0, Piece.MTP: 1.0}
+"""The simulator's block-count split: head and MTP count as blocks (simulate.py)."""
+
+
+def balanced_split(costs: list[float], parts: int) -> list[int]:
+    """:func:`planner.costmodel.partition.balanced_split`, one numpy step per part."""
+    n = len(costs)
+    if not 1 <= parts <= n:
+        raise ValueError(f"cannot split {n} items into {parts} non-empty parts")
+    prefix = [0.0]
+    for c in costs:
+        prefix.append(prefix[-1] + c)
+    pre = np.array(prefix)
+    best = np.full(n + 1, np.inf)
+    best[0] = 0.0
+    cuts = np.zeros((parts + 1, n + 1), dtype=np.int64)
+    for k in range(1, parts + 1):
+        # Row i (k..n-parts+k items in k parts), column j (the last cut, k-1..i-1).
+        i = np.arange(k, n - (parts - k) + 1)
+        j = np.arange(k - 1, n - (parts - k))
+        value = np.maximum(best[j][None, :], pre[i][:, None] - pre[j][None, :])
+        value[j[None, :] >= i[:, None]] = np.inf
+        arg = value.argmin(axis=1)
+        best = np.full(n + 1, np.inf)
+        best[i] = value[np.arange(len(i)), arg]
+        cuts[k, i] = j[arg]
+    sizes, at = [], n
+    for k in range(parts, 0, -1):
+        j = int(cuts[k, at])
+        sizes.append(at - j)
+        at = j
+    return sizes[::-1]
+
+
+def _balanced_partition(model: ModelSpec, plan: Plan, piece_cost: dict[Piece, float]) -> Partition:
+    """:func:`partition` with ``piece_cost`` on its balanced (non-DualPipe) path: the same
+    units (the embedding glued to the first block, the head and MTP tail its own unit
+    unless the chunks outnumber it) and weights, cut by :func:`balanced_split`."""
+    parts, pieces, blocks = num_chunks(plan), model_pieces(model), model.num_layers
+    units: list[list[Piece]] = [[p] for p in pieces[1 : 1 + blocks]]
+    units[0].insert(0, Piece.EMBEDDING)
+    tail = list(pieces[1 + blocks :])
+    if parts < len(units) + 1:
+        units.append(tail)
+    else:
+        units[-1].extend(tail)
+    weights = [sum(piece_cost.get(p, 0.0) for p in unit) for unit in units]
+    groups, start = [], 0
+    for size in balanced_split(weights, parts):
+        groups.append([p for unit in units[start : start + size] for p in unit])
+        start += size
+    return Partition(chunks=tuple(Chunk(k, chunk_rank(plan, k), tuple(g)) for k, g in enumerate(groups)),
+                     pp=plan.pp, mirrored=False)
+
+
+@dataclass(frozen=True)
+class Split:
+    """One partition with the arrays the bounds read."""
+
+    partition: Partition
+    counts: np.ndarray
+    """(chunks, pieces): how many of each piece every chunk holds (pieces in the order of
+    :attr:`SplitCache.pieces`)."""
+    own: tuple[tuple[int, ...], ...]
+    """Per rank, its chunks (:meth:`Partition.chunks_of_rank` order: the first is the one
+    whose backward the simulator lets the data-parallel reduction overlap)."""
+    where: tuple[tuple[int, ...], ...]
+    """Per direction (two for DualPipe), the rank running each chunk."""
+    rank_counts: np.ndarray
+    """(ranks, pieces): how many of each piece every rank holds (all its chunks)."""
+
+
+class SplitCache:
+    """The simulator's candidate splits of every plan shape of one model, memoised."""
+
+    def __init__(self, model: ModelSpec):
+        self.model = model
+        self.pieces = tuple(sorted(set(model_pieces(model)), key=lambda p: p.value))
+        self._index = {p: k for k, p in enumerate(self.pieces)}
+        self._splits: dict[tuple, Split] = {}
+
+    def even(self, plan: Plan) -> bool:
+        """The simulator's condition for its single (even) split."""
+        return self.model.num_layers % (plan.pp * plan.vpp) == 0 and plan.pipeline_schedule not in DUAL
+
+    def splits(self, plan: Plan, forward_s: dict[Piece, float]) -> tuple[Split, ...]:
+        """The splits :func:`~planner.costmodel.simulate.simulate` may pick for ``plan``;
+        ``forward_s`` is each piece's forward seconds as the simulator computes it (full
+        SMs), read only for the time-balanced split."""
+        shape = self._shape(plan)
+        if self.even(plan):
+            return (self._split(shape + ("even",), lambda: partition(self.model, plan)),)
+        timed = self._split(shape + tuple(sorted(forward_s.items())), lambda: self._partition(plan, forward_s))
+        return timed, self._split(shape + ("count",), lambda: self._partition(plan, UNIT_COST))
+
+    def count_split(self, plan: Plan) -> Split:
+        """The even split where the simulator uses it, else its block-count split."""
+        return self.splits(plan, {})[-1] if self.even(plan) else self._split(
+            self._shape(plan) + ("count",), lambda: self._partition(plan, UNIT_COST))
+
+    def _shape(self, plan: Plan) -> tuple:
+        # Outside DualPipe(V) chunk c sits on rank c % pp whatever the schedule.
+        return plan.pp, plan.vpp, plan.pipeline_schedule if plan.pipeline_schedule in DUAL else "linear"
+
+    def _partition(self, plan: Plan, cost: dict[Piece, float]) -> Partition:
+        if plan.pipeline_schedule in DUAL:
+            return partition(self.model, plan, cost)  # water-filling: fast
+        return _balanced_partition(self.model, plan, cost)
+
+    def _split(self, key: tuple, make) -> Split:
+        hit = self._splits.get(key)
+        if hit is None:
+            part = make()
+            counts = np.zeros((len(part.chunks), len(self.pieces)))
+            for ch in part.chunks:
+                for p in ch.pieces:
+                    counts[ch.index, self._index[p]] += 1
+            own = tuple(tuple(c.index for c in part.chunks_of_rank(r)) for r in range(part.pp))
+            where = [tuple(ch.rank for ch in part.chunks)]
+            if part.mirrored:  # direction 1 runs chunk c on rank pp-1-c
+                where.append(tuple(part.pp - 1 - ch.rank for ch in part.chunks))
+            rank_counts = np.stack([counts[list(chunks)].sum(axis=0) for chunks in own])
+            hit = self._splits[key] = Split(part, counts, own, tuple(where), rank_counts)
+        return hit
+
+
+__all__ = ["Split", "SplitCache", "balanced_split"]

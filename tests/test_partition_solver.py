@@ -173,3 +173,22 @@ def test_simulate_cli_suggests_and_takes_a_fitted_split():
     assert fitted["step_time_s"] == pytest.approx(data["fitted_pipeline_layers"]["step_time_s"])
     bad = _planner_cli(*common, "--pipeline-layers", "10,10")
     assert bad.returncode == 2 and "pipeline_layers" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_plan_emit_carries_the_simulated_split(tmp_path):
+    """`planner plan --emit` writes the uneven split #1 was simulated with into the run
+    config and Megatron's layout argument, so the launched run builds the same stages."""
+    import yaml
+
+    out = tmp_path / "emit"
+    result = _planner_cli("plan", "-m", "llama3-8b", "-c", "dgx-h100", "--gpus", "16", "--global-batch", "64",
+                          "--seq-len", "4096", "--pp", "4", "--tp", "1,2", "--emit", str(out), "-f", "json")
+    assert result.returncode == 0, result.stderr
+    config = yaml.safe_load((out / "run_config.yaml").read_text())
+    layers = config["plan"]["pipeline_layers"]
+    args = (out / "megatron_args.txt").read_text()
+    if layers is None:  # an even split stays Megatron's default
+        assert "--pipeline-model-parallel-layout" not in args
+    else:
+        assert sum(layers) == 32 and len(set(layers)) > 1
+        assert "--pipeline-model-parallel-layout" in args

@@ -16,25 +16,25 @@ from rich.table import Table
 
 from planner.budget import check_budget
 from planner.cli import options
-from planner.cli.inputs import cost_of, resolve_workload
+from planner.cli.inputs import cost_of, parse_ints, resolve_workload
 from planner.cli.main import app, reports_errors
 from planner.cli.output import Format, write_result
+from planner.costmodel.report import StepReport
 from planner.errors import SpecError
 from planner.presets import load_cluster, load_model
 from planner.search import Constraints, SearchResult, plan
-from planner.specs.plan import PipelineSchedule, Recompute, ZeroStage
+from planner.specs.plan import PipelineSchedule, Plan, Recompute, ZeroStage
 
 
-def _ints(option: str, text: str | None, minimum: int = 1) -> tuple[int, ...] | None:
-    if text is None:
-        return None
-    try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise SpecError(option, text, "must be a comma-separated list of integers") from None
-    if not values or min(values) < minimum:
-        raise SpecError(option, text, f"must list integers >= {minimum}")
-    return values
+_ints = parse_ints
+
+
+def _with_split(plan: Plan, report: StepReport) -> Plan:
+    """``plan`` with the uneven layer split it was simulated with, so that the emitted run
+    builds the same stages (an even split is Megatron's default and stays implicit)."""
+    if plan.pp == 1 or len(set(report.pipeline_layers)) <= 1:
+        return plan
+    return plan.model_copy(update={"pipeline_layers": report.pipeline_layers})
 
 
 def _enums(option: str, text: str | None, kind) -> tuple | None:
@@ -171,7 +171,7 @@ def plan_command(
         from planner.launch.emit import write_emit
 
         try:
-            emitted = write_emit(emit, model, model_spec, result.best.plan, workload,
+            emitted = write_emit(emit, model, model_spec, _with_split(result.best.plan, result.best.report), workload,
                                  steps=math.ceil(costs[0].steps), backend="nccl", nnodes=cluster_spec.num_nodes)
         except OSError as exc:
             raise SpecError("--emit", str(emit), f"cannot write there: {exc.strerror or exc}") from None

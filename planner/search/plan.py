@@ -254,7 +254,8 @@ class _Search:
 
     def run(self, exhaustive: bool, pruned: Counter) -> None:
         table, limit = self.table, self.limit
-        if exhaustive:
+        if exhaustive:  # level-0 bounds only for the record (RankedPlan.bounds)
+            self.bound = self.calc.time_bounds(table)
             for i in range(len(table)):
                 self._simulate(i)
                 self._tick()

@@ -38,7 +38,7 @@ from planner.search.refine import Refiner
 from planner.search.space import RECOMPUTES, SCHEDULES, S_DUALPIPE, CandidateTable
 from planner.specs.hardware import ClusterSpec
 from planner.specs.model import ModelSpec
-from planner.specs.plan import Plan, Workload, ZeroStage
+from planner.specs.plan import PipelineSchedule, Plan, Workload, ZeroStage
 
 
 class PruneRule(StrEnum):
@@ -141,8 +141,9 @@ class BoundCalculator:
         return self._by_split(table, params, reduce) + c.cuda_context_bytes + c.nccl_buffers_bytes + c.gemm_workspace_bytes
 
     def time_bounds(self, table: CandidateTable) -> np.ndarray:
-        """Per candidate: max over ranks r of ``runs * sum(F + B + W of r's pieces) +
-        optimizer_r`` (mean over ranks where the split is not the even one).
+        """Per candidate: max over ranks r of ``fill_r + max(runs * sum(F + B + W of r's
+        pieces) + optimizer_r, runs * sum(...) + drain_r)`` (with the mean over ranks of the
+        pieces and no fill or drain where the split is not the even one).
 
         Why the simulated step is never shorter, for the same split:
 
@@ -159,6 +160,9 @@ class BoundCalculator:
            longer than with all of them.
         3. Runs per chunk: m micro-batches, except DualPipe, where each of a rank's two
            chunks serves one direction's m / 2.
+        4. ``fill_r``: r's first operation waits for the forwards of the chunks before it;
+           ``drain_r``: the backwards after its last operation run on other ranks, whose
+           end is the step's at the latest (:meth:`_fill_drain`; each at least its compute).
         """
         if len(table) == 0:
             return np.zeros(0)
@@ -166,20 +170,55 @@ class BoundCalculator:
         def compute(tp, cp, ep, mb, rec, sp):
             plan = Plan(tp=tp, cp=cp, ep=ep, dp=ep, micro_batch_size=mb, recompute=RECOMPUTES[rec],
                         sequence_parallel=bool(sp))
-            return self.refiner.piece_times(plan)[:, :3].sum(axis=1)
+            return self.refiner.piece_times(plan)[:, :3]
 
-        work = self._gathered(table, ("tp", "cp", "ep", "mb", "rec", "sp"), compute)  # (n, pieces)
+        fbw = self._gathered(table, ("tp", "cp", "ep", "mb", "rec", "sp"), compute)  # (n, pieces, F B W)
         params = self._gathered(table, ("tp", "ep"), self._piece_params)  # (n, pieces, 2)
         m = table.microbatches(self.workload).astype(float)
         runs = np.where(table.sched == S_DUALPIPE, m / 2, m)
         sharded = table.zero >= ZeroStage.OPTIMIZER
         shard_dense = np.where(sharded, 1.0 / (table.dp * table.cp), 1.0)
         shard_expert = np.where(sharded, table.ep / (table.cp * table.dp), 1.0)
-        # Per piece: runs * work + optimizer seconds of its local parameters (linear, so
-        # the per-rank sum is one matrix product).
-        per_piece = (runs[:, None] * work + (params[..., 0] * shard_dense[:, None]
-                                             + params[..., 1] * shard_expert[:, None]) * self.refiner.opt_s_per_param)
-        return self._by_split(table, per_piece, lambda rows, rank: rank.max(axis=1))
+        # Per piece: runs * work, and optimizer seconds of its local parameters (linear, so
+        # the per-rank sums are matrix products); the fill and drain chains per piece.
+        busy = runs[:, None] * fbw.sum(axis=2)
+        opt = (params[..., 0] * shard_dense[:, None] + params[..., 1] * shard_expert[:, None]) * self.refiner.opt_s_per_param
+        per_piece = np.stack([busy + opt, busy, fbw[..., 0], fbw[..., 1] + fbw[..., 2]], axis=2)
+        out = np.zeros(len(table))
+        code = (table.pp * 64 + table.vpp) * 8 + table.sched
+        for key in np.unique(code):
+            rows = np.flatnonzero(code == key)
+            i = rows[0]
+            pp, vpp, sched = int(table.pp[i]), int(table.vpp[i]), int(table.sched[i])
+            counts = self._rank_counts(pp, vpp, sched)
+            fill, drain = self._fill_drain(pp, vpp, sched)
+            v = per_piece[rows]  # (rows, pieces, 4)
+            start = v[..., 2] @ fill.T  # (rows, ranks)
+            end = np.maximum(v[..., 0] @ counts.T, v[..., 1] @ counts.T + v[..., 3] @ drain.T)
+            out[rows] = (start + end).max(axis=1)
+        return out
+
+    def _fill_drain(self, pp: int, vpp: int, sched: int) -> tuple[np.ndarray, np.ndarray]:
+        """(pp, pieces) twice: the pieces whose forward precedes each rank's first operation
+        and whose full backward follows its last, where they are known without a program:
+        1F1B, ZB and interleaved on the even split, where rank r starts with micro-batch 0's
+        forward of chunk r and (but ZB) ends with the last micro-batch's full backward of
+        chunk r (programs.py's closed form, checked against the compiled programs). Zero
+        elsewhere (a chain of length 0 is a bound too)."""
+        key = ("fill", pp, vpp, sched)
+        hit = self._counts.get(key)
+        if hit is None:
+            plan = Plan(pp=pp, vpp=vpp, pipeline_schedule=SCHEDULES[sched])
+            n = len(self.pieces)
+            fill, drain = np.zeros((pp, n)), np.zeros((pp, n))
+            if self.refiner.splits.even(plan):
+                counts = self.refiner.splits.count_split(plan).counts  # (chunks, pieces); chunk c on rank c % pp
+                before = np.cumsum(counts, axis=0) - counts  # pieces of chunks 0..c-1
+                fill[:] = before[:pp]
+                if SCHEDULES[sched] is not PipelineSchedule.ZERO_BUBBLE:
+                    drain[:] = before[:pp]
+            hit = self._counts[key] = (fill, drain)
+        return hit
 
     # -----------------------------------------------------------------------------------
     # Refined: one plan (or one group), pipeline ranks priced like the simulator

@@ -24,8 +24,7 @@ agreement with ``simulate`` on several clusters):
   rails), so :meth:`Shapes.dp_comm` keys on that canonical form (exact groups where NVLink
   domains span nodes).
 
-The splits come from :class:`planner.search.split.SplitCache` (the simulator's partitions,
-with the same ``balanced_split`` in numpy).
+The splits come from :class:`planner.costmodel.splits.SplitCache` (the simulator's partitions).
 """
 
 from __future__ import annotations
@@ -41,7 +40,7 @@ from planner.costmodel.partition import Piece, model_pieces
 from planner.costmodel.simulate import _piece_compute
 from planner.hwmodels.collectives import cluster_maps
 from planner.hwmodels.placement import rank_layout
-from planner.search.split import SplitCache
+from planner.costmodel.splits import SplitCache
 from planner.specs.hardware import ClusterSpec
 from planner.specs.model import ModelSpec
 from planner.specs.plan import AttentionKernel, PipelineSchedule, Plan, Recompute, Workload, ZeroStage
@@ -139,8 +138,8 @@ class Shapes:
     # -- partitions -----------------------------------------------------------------------
 
     def splits(self, pp: int, vpp: int, sched: int, forward_s: tuple) -> tuple[PartInfo, ...]:
-        """The splits ``simulate`` may pick (:class:`planner.search.split.SplitCache`, the
-        simulator's partitions with a numpy ``balanced_split``): Megatron's even split alone
+        """The splits ``simulate`` may pick (:class:`planner.costmodel.splits.SplitCache`, the
+        simulator's partitions): Megatron's even split alone
         when the blocks divide (not DualPipe), else (forward-time balanced, count balanced);
         ``forward_s`` is ((piece, forward seconds at full SMs), ...)."""
         plan = canonical_plan(pp=pp, vpp=vpp, sched=SCHEDULES[sched])

@@ -29,6 +29,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
+import numpy as np
+
 from planner.specs.model import ModelSpec
 from planner.specs.plan import PipelineSchedule, Plan
 
@@ -100,29 +102,34 @@ def chunk_rank(plan: Plan, index: int) -> int:
 
 def balanced_split(costs: list[float], parts: int) -> list[int]:
     """Sizes of ``parts`` contiguous, non-empty groups of ``costs`` minimising the largest
-    group sum (exact dynamic programme, O(parts * n^2) with n <= a few hundred)."""
+    group sum: the exact dynamic programme best[k][i] = min over the last cut j of
+    max(best[k-1][j], sum of costs j..i), one numpy step per part (126 blocks in 64 parts
+    in a few ms). Ties go to the smallest cut j."""
     n = len(costs)
     if not 1 <= parts <= n:
         raise ValueError(f"cannot split {n} items into {parts} non-empty parts")
     prefix = [0.0]
     for c in costs:
         prefix.append(prefix[-1] + c)
-    inf = float("inf")
-    # best[k][i]: minimal bottleneck for the first i items in k parts; cut[k][i]: last cut.
-    best = [[inf] * (n + 1) for _ in range(parts + 1)]
-    cut = [[0] * (n + 1) for _ in range(parts + 1)]
-    best[0][0] = 0.0
+    pre = np.array(prefix)
+    best = np.full(n + 1, np.inf)
+    best[0] = 0.0
+    cuts = np.zeros((parts + 1, n + 1), dtype=np.int64)
     for k in range(1, parts + 1):
-        for i in range(k, n - (parts - k) + 1):
-            for j in range(k - 1, i):
-                value = max(best[k - 1][j], prefix[i] - prefix[j])
-                if value < best[k][i]:
-                    best[k][i], cut[k][i] = value, j
-    sizes, i = [], n
+        # Row i (k..n-parts+k items in k parts), column j (the last cut, k-1..i-1).
+        i = np.arange(k, n - (parts - k) + 1)
+        j = np.arange(k - 1, n - (parts - k))
+        value = np.maximum(best[j][None, :], pre[i][:, None] - pre[j][None, :])
+        value[j[None, :] >= i[:, None]] = np.inf
+        arg = value.argmin(axis=1)
+        best = np.full(n + 1, np.inf)
+        best[i] = value[np.arange(len(i)), arg]
+        cuts[k, i] = j[arg]
+    sizes, at = [], n
     for k in range(parts, 0, -1):
-        j = cut[k][i]
-        sizes.append(i - j)
-        i = j
+        j = int(cuts[k, at])
+        sizes.append(at - j)
+        at = j
     return sizes[::-1]
 
 

@@ -1,7 +1,7 @@
 """Refined bounds: pipeline ranks of one plan priced as the simulator prices them.
 
 Every bound here is never above :func:`planner.costmodel.simulate.simulate`'s step time:
-it is taken for each split the simulator may pick (:mod:`planner.search.split`) and the
+it is taken for each split the simulator may pick (:mod:`planner.costmodel.splits`) and the
 smallest kept. For a split and a rank r:
 
 - ``end_r >= ES_j + rest_j`` for each position j of r's program (:mod:`planner.search.programs`):
@@ -51,7 +51,7 @@ from planner.costmodel.schedules import ChunkTimes, simulate_pipeline
 from planner.costmodel.simulate import _optimizer_bytes_per_param
 from planner.hwmodels.placement import rank_layout
 from planner.search.programs import programs
-from planner.search.split import DUAL, Split, SplitCache
+from planner.costmodel.splits import DUAL, Split, SplitCache
 from planner.specs.hardware import ClusterSpec
 from planner.specs.model import ModelSpec
 from planner.specs.plan import Plan, Recompute, Workload, ZeroStage

@@ -5,16 +5,9 @@
 by forward time and one by block count, and keeps the faster that fits. A bound that holds
 for both holds for whichever it keeps, so the search prices both (:class:`SplitCache`).
 
-Speed: the two candidates are :func:`planner.costmodel.partition.partition` calls. Outside
-DualPipe an uneven split runs :func:`~planner.costmodel.partition.balanced_split`, an exact
-O(parts * n^2) dynamic programme in pure Python (8 ms for 61 blocks in 16 parts, 70 ms for
-126 in 64), once per (pp, vpp, schedule, forward times), thousands of times in a full
-search. :func:`balanced_split` here is the same programme with one numpy step per part:
-the same float operations (``max(best[j], prefix[i] - prefix[j])``, prefix sums added in
-order) and the same tie rule (the smallest cut j among equal minima, which is what the
-original's strict ``<`` over increasing j keeps and what ``argmin`` returns), so it returns
-the same sizes; tests/test_search.py checks both on random costs and on the presets. The
-block-count split does not depend on the plan's times and is computed once per shape.
+Speed: the two candidates are :func:`planner.costmodel.partition.partition` calls, once per
+(pp, vpp, schedule, forward times); the block-count split does not depend on the plan's
+times and is computed once per shape.
 """
 
 from __future__ import annotations
@@ -23,64 +16,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from planner.costmodel.partition import Chunk, Partition, Piece, chunk_rank, model_pieces, num_chunks, partition
+from planner.costmodel.partition import Partition, Piece, model_pieces, partition
 from planner.specs.model import ModelSpec
 from planner.specs.plan import PipelineSchedule, Plan
 
 DUAL = (PipelineSchedule.DUALPIPE, PipelineSchedule.DUALPIPEV)
 UNIT_COST = {Piece.DENSE: 1.0, Piece.MOE: 1.0, Piece.HEAD: 1.0, Piece.MTP: 1.0}
 """The simulator's block-count split: head and MTP count as blocks (simulate.py)."""
-
-
-def balanced_split(costs: list[float], parts: int) -> list[int]:
-    """:func:`planner.costmodel.partition.balanced_split`, one numpy step per part."""
-    n = len(costs)
-    if not 1 <= parts <= n:
-        raise ValueError(f"cannot split {n} items into {parts} non-empty parts")
-    prefix = [0.0]
-    for c in costs:
-        prefix.append(prefix[-1] + c)
-    pre = np.array(prefix)
-    best = np.full(n + 1, np.inf)
-    best[0] = 0.0
-    cuts = np.zeros((parts + 1, n + 1), dtype=np.int64)
-    for k in range(1, parts + 1):
-        # Row i (k..n-parts+k items in k parts), column j (the last cut, k-1..i-1).
-        i = np.arange(k, n - (parts - k) + 1)
-        j = np.arange(k - 1, n - (parts - k))
-        value = np.maximum(best[j][None, :], pre[i][:, None] - pre[j][None, :])
-        value[j[None, :] >= i[:, None]] = np.inf
-        arg = value.argmin(axis=1)
-        best = np.full(n + 1, np.inf)
-        best[i] = value[np.arange(len(i)), arg]
-        cuts[k, i] = j[arg]
-    sizes, at = [], n
-    for k in range(parts, 0, -1):
-        j = int(cuts[k, at])
-        sizes.append(at - j)
-        at = j
-    return sizes[::-1]
-
-
-def _balanced_partition(model: ModelSpec, plan: Plan, piece_cost: dict[Piece, float]) -> Partition:
-    """:func:`partition` with ``piece_cost`` on its balanced (non-DualPipe) path: the same
-    units (the embedding glued to the first block, the head and MTP tail its own unit
-    unless the chunks outnumber it) and weights, cut by :func:`balanced_split`."""
-    parts, pieces, blocks = num_chunks(plan), model_pieces(model), model.num_layers
-    units: list[list[Piece]] = [[p] for p in pieces[1 : 1 + blocks]]
-    units[0].insert(0, Piece.EMBEDDING)
-    tail = list(pieces[1 + blocks :])
-    if parts < len(units) + 1:
-        units.append(tail)
-    else:
-        units[-1].extend(tail)
-    weights = [sum(piece_cost.get(p, 0.0) for p in unit) for unit in units]
-    groups, start = [], 0
-    for size in balanced_split(weights, parts):
-        groups.append([p for unit in units[start : start + size] for p in unit])
-        start += size
-    return Partition(chunks=tuple(Chunk(k, chunk_rank(plan, k), tuple(g)) for k, g in enumerate(groups)),
-                     pp=plan.pp, mirrored=False)
 
 
 @dataclass(frozen=True)
@@ -133,9 +75,7 @@ class SplitCache:
         return plan.pp, plan.vpp, plan.pipeline_schedule if plan.pipeline_schedule in DUAL else "linear"
 
     def _partition(self, plan: Plan, cost: dict[Piece, float]) -> Partition:
-        if plan.pipeline_schedule in DUAL:
-            return partition(self.model, plan, cost)  # water-filling: fast
-        return _balanced_partition(self.model, plan, cost)
+        return partition(self.model, plan, cost)
 
     def _split(self, key: tuple, make) -> Split:
         hit = self._splits.get(key)
@@ -154,4 +94,4 @@ class SplitCache:
         return hit
 
 
-__all__ = ["Split", "SplitCache", "balanced_split"]
+__all__ = ["Split", "SplitCache"]

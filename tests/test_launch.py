@@ -339,6 +339,9 @@ def test_megatron_args_carry_an_uneven_split():
     interleaved = Plan(pp=2, vpp=2, dp=1, pipeline_schedule="interleaved", pipeline_layers=(1, 2, 3, 55))
     lines = megatron_args(model, interleaved, Workload(global_batch_size=8, seq_length=4096))
     assert '--pipeline-model-parallel-layout "E,t|t*2|t*3|t*55,m,L"' in lines
+    loss_only = Plan(pp=2, dp=1, pipeline_layers=(61, 0))
+    lines = megatron_args(model, loss_only, Workload(global_batch_size=8, seq_length=4096))
+    assert '--pipeline-model-parallel-layout "E,t*61|m,L"' in lines
     assert not any(line.startswith("--num-layers-per-virtual") for line in lines)
 
 

@@ -95,7 +95,9 @@ def test_partition_from_counts_rejects_bad_counts():
     model = load_model("tiny-dense")
     plan = Plan(pp=2, dp=1)
     with pytest.raises(ValueError, match="do not split"):
-        partition_from_counts(model, plan, [model.num_layers, 0])
+        partition_from_counts(model, plan, [0, model.num_layers])
+    # A loss-only last stage is a split (Megatron's layouts allow it).
+    assert partition_from_counts(model, plan, [model.num_layers, 0]).chunks[-1].pieces == (Piece.HEAD,)
     with pytest.raises(ValueError, match="do not split"):
         partition_from_counts(model, plan, [1, 1, model.num_layers - 2])
 
@@ -140,6 +142,8 @@ def test_plan_pipeline_layers_rules():
     assert Plan(pp=2, dp=1, pipeline_schedule=PipelineSchedule.DUALPIPEV).num_chunks == 4
     with pytest.raises(ValueError, match="one block count per model chunk"):
         Plan(pp=2, dp=1, pipeline_layers=[4])
+    with pytest.raises(ValueError, match="every chunk but the last"):
+        Plan(pp=2, dp=1, pipeline_layers=[0, 4])
     with pytest.raises(SpecError, match="must add up to num_layers"):
         check_plan(model, workload, Plan(pp=2, dp=1, pipeline_layers=[model.num_layers, 1]))
 

@@ -159,7 +159,7 @@ def pair_balanced_counts(rank_chunks: list[list[int]], fixed: list[float], block
     return counts
 
 
-def _dual_partition(model: ModelSpec, plan: Plan, piece_cost: dict[Piece, float]) -> tuple[list[Piece], ...]:
+def _dual_counts(model: ModelSpec, plan: Plan, piece_cost: dict[Piece, float]) -> list[int]:
     parts = num_chunks(plan)
     pieces = model_pieces(model)
     blocks = model.num_layers
@@ -175,22 +175,15 @@ def _dual_partition(model: ModelSpec, plan: Plan, piece_cost: dict[Piece, float]
     # DualPipe's chunk r and chunk pp-1-r sit on ranks r and pp-1-r both: balance half.
     if plan.pipeline_schedule is PipelineSchedule.DUALPIPE:
         rank_chunks = rank_chunks[: plan.pp // 2]
-    counts = pair_balanced_counts(rank_chunks, fixed, blocks, block_cost)
-    body = list(pieces[1 : 1 + blocks])
-    groups, start = [], 0
-    for n in counts:
-        groups.append(body[start : start + n])
-        start += n
-    groups[0].insert(0, Piece.EMBEDDING)
-    groups[-1].extend(tail)
-    return tuple(groups)
+    return pair_balanced_counts(rank_chunks, fixed, blocks, block_cost)
 
 
 def partition_from_counts(model: ModelSpec, plan: Plan, counts: Sequence[int]) -> Partition:
     """The contiguous split with ``counts[c]`` blocks in chunk c (embedding first, head and
-    MTP last), placed on ranks as the plan's schedule places chunks."""
+    MTP last, the last chunk possibly nothing else), placed on ranks as the plan's schedule
+    places chunks."""
     parts = num_chunks(plan)
-    if len(counts) != parts or sum(counts) != model.num_layers or min(counts) < 1:
+    if len(counts) != parts or sum(counts) != model.num_layers or min(counts[:-1], default=1) < 1 or counts[-1] < 0:
         raise ValueError(f"counts {list(counts)} do not split {model.num_layers} blocks into {parts} chunks")
     pieces = model_pieces(model)
     body, tail = list(pieces[1 : 1 + model.num_layers]), list(pieces[1 + model.num_layers :])
@@ -219,32 +212,25 @@ def partition(model: ModelSpec, plan: Plan, piece_cost: dict[Piece, float] | Non
     blocks = model.num_layers
     dual = plan.pipeline_schedule in (PipelineSchedule.DUALPIPE, PipelineSchedule.DUALPIPEV)
     if dual and piece_cost is not None and blocks >= parts:
-        groups = list(_dual_partition(model, plan, piece_cost))
-    elif piece_cost is None and blocks % parts == 0:
-        per = blocks // parts
-        groups: list[list[Piece]] = []
-        body = list(pieces[1 : 1 + blocks])
-        for k in range(parts):
-            groups.append(body[k * per : (k + 1) * per])
-        groups[0].insert(0, Piece.EMBEDDING)
-        groups[-1].extend(pieces[1 + blocks :])
+        return partition_from_counts(model, plan, _dual_counts(model, plan, piece_cost))
+    if piece_cost is None and blocks % parts == 0:
+        return partition_from_counts(model, plan, [blocks // parts] * parts)
+    cost = piece_cost or {Piece.DENSE: 1.0, Piece.MOE: 1.0}
+    # The embedding and the head/MTP tail are glued to their neighbours: a chunk
+    # needs at least one block (or the tail) to be worth a pipeline stage.
+    units: list[list[Piece]] = [[p] for p in pieces[1 : 1 + blocks]]
+    units[0].insert(0, Piece.EMBEDDING)
+    tail = list(pieces[1 + blocks :])
+    if parts < len(units) + 1:
+        units.append(tail)
     else:
-        cost = piece_cost or {Piece.DENSE: 1.0, Piece.MOE: 1.0}
-        # The embedding and the head/MTP tail are glued to their neighbours: a chunk
-        # needs at least one block (or the tail) to be worth a pipeline stage.
-        units: list[list[Piece]] = [[p] for p in pieces[1 : 1 + blocks]]
-        units[0].insert(0, Piece.EMBEDDING)
-        tail = list(pieces[1 + blocks :])
-        if parts < len(units) + 1:
-            units.append(tail)
-        else:
-            units[-1].extend(tail)
-        weights = [sum(cost.get(p, 0.0) for p in unit) for unit in units]
-        sizes = balanced_split(weights, parts)
-        groups, start = [], 0
-        for size in sizes:
-            groups.append([p for unit in units[start : start + size] for p in unit])
-            start += size
+        units[-1].extend(tail)
+    weights = [sum(cost.get(p, 0.0) for p in unit) for unit in units]
+    sizes = balanced_split(weights, parts)
+    groups, start = [], 0
+    for size in sizes:
+        groups.append([p for unit in units[start : start + size] for p in unit])
+        start += size
     chunks = tuple(Chunk(k, chunk_rank(plan, k), tuple(g)) for k, g in enumerate(groups))
     mirrored = plan.pipeline_schedule is PipelineSchedule.DUALPIPE
     return Partition(chunks=chunks, pp=plan.pp, mirrored=mirrored)

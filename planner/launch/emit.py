@@ -135,7 +135,7 @@ def pipeline_layout(model: ModelSpec, plan: Plan) -> str:
     (docs.nvidia.com/megatron-core, "Custom Pipeline Model Parallel Layout")."""
     if plan.pipeline_layers is None:
         raise ValueError("the plan has no pipeline_layers")
-    stages = [[f"t*{n}" if n > 1 else "t"] for n in plan.pipeline_layers]
+    stages = [[f"t*{n}"] if n > 1 else ["t"] * n for n in plan.pipeline_layers]
     stages[0].insert(0, "E")
     stages[-1] += ["m"] * model.mtp_depth + ["L"]
     return "|".join(",".join(stage) for stage in stages)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from enum import IntEnum, StrEnum
 
-from pydantic import AliasChoices, Field, PositiveInt, field_validator, model_validator
+from pydantic import AliasChoices, Field, NonNegativeInt, PositiveInt, field_validator, model_validator
 
 from planner.specs._base import Spec, rule_error
 
@@ -141,9 +141,10 @@ class Plan(Spec):
     rank_order: str = DEFAULT_RANK_ORDER
     """Order in which dimensions are laid over consecutive ranks, fastest first
     (Megatron ``order``): with the default, TP groups are adjacent GPUs."""
-    pipeline_layers: tuple[PositiveInt, ...] | None = None
+    pipeline_layers: tuple[NonNegativeInt, ...] | None = None
     """Transformer blocks in each model chunk, in model order (pp * vpp chunks; 2 * pp for
-    DualPipeV); the embedding sits on the first chunk, the head and MTP on the last. None =
+    DualPipeV); the embedding sits on the first chunk, the head and MTP on the last, which
+    alone may hold no block (a loss-only stage). None =
     the simulator's choice (even, balanced, or fitted to memory), reported in the result.
     Megatron-LM expresses uneven splits as ``--decoder-first/last-pipeline-num-layers``."""
 
@@ -168,11 +169,15 @@ class Plan(Spec):
             raise rule_error("pp", self.pp, f"pipeline_schedule '{schedule}' needs pp >= 2")
         if schedule is PipelineSchedule.DUALPIPE and self.pp % 2:
             raise rule_error("pp", self.pp, "DualPipe needs an even number of stages (V3 §3.2.1)")
-        if self.pipeline_layers is not None and len(self.pipeline_layers) != self.num_chunks:
-            raise rule_error(
-                "pipeline_layers", list(self.pipeline_layers),
-                f"needs one block count per model chunk ({self.num_chunks} for this schedule, pp and vpp)",
-            )
+        if self.pipeline_layers is not None:
+            layers = list(self.pipeline_layers)
+            if len(layers) != self.num_chunks:
+                raise rule_error(
+                    "pipeline_layers", layers,
+                    f"needs one block count per model chunk ({self.num_chunks} for this schedule, pp and vpp)",
+                )
+            if min(layers[:-1], default=1) < 1:
+                raise rule_error("pipeline_layers", layers, "every chunk but the last needs at least one block")
         dense_ranks = self.tp * self.cp * self.dp
         if dense_ranks % (self.ep * self.expert_tp):
             raise rule_error(

@@ -79,6 +79,7 @@ class RankedPlan:
             "dp": p.dp, "micro_batch_size": p.micro_batch_size, "num_microbatches": r.num_microbatches,
             "zero_stage": int(p.zero_stage), "sequence_parallel": p.sequence_parallel,
             "recompute": p.recompute.value, "pipeline_schedule": p.pipeline_schedule.value,
+            "pipeline_layers": ",".join(str(n) for n in r.pipeline_layers),
             "step_time_s": r.step_time_s, "tokens_per_s_per_gpu": r.tokens_per_s_per_gpu,
             "mfu_causal": r.mfu_causal, "mfu_noncausal": r.mfu_noncausal,
             "memory_peak_bytes": r.memory_peak_bytes, "memory_capacity_bytes": r.memory_capacity_bytes,

@@ -4,6 +4,7 @@ FROZEN in the same commit as the option, and say so in the commit message."""
 
 from __future__ import annotations
 
+import pytest
 import typer.main
 
 from planner.cli.main import app
@@ -98,3 +99,13 @@ def test_options_are_frozen() -> None:
     current = _options()
     for name, options in FROZEN.items():
         assert current[name] == sorted(options), f"planner {name}: options changed"
+
+
+@pytest.mark.parametrize("module", ["planner.cli.plan", "planner.cli.report", "planner.cli.simulate"])
+def test_command_modules_import_on_their_own(module: str) -> None:
+    """A command module imported first (not through planner.cli.main) must not hit a cycle."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

@@ -11,22 +11,19 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from planner.budget import check_budget
 from planner.cli import options
-from planner.cli.inputs import cost_of, parse_ints, resolve_workload
+from planner.cli.inputs import cost_of, resolve_workload
 from planner.cli.main import app, reports_errors
 from planner.cli.output import Format, write_result
+from planner.cli.search_inputs import constraints_from_options, run_search
 from planner.costmodel.report import StepReport
 from planner.errors import SpecError
 from planner.presets import load_cluster, load_model
-from planner.search import Constraints, SearchResult, plan
-from planner.specs.plan import PipelineSchedule, Plan, Recompute, ZeroStage
-
-
-_ints = parse_ints
+from planner.search import SearchResult
+from planner.specs import Plan
 
 
 def _with_split(plan: Plan, report: StepReport) -> Plan:
@@ -35,26 +32,6 @@ def _with_split(plan: Plan, report: StepReport) -> Plan:
     if plan.pp == 1 or len(set(report.pipeline_layers)) <= 1:
         return plan
     return plan.model_copy(update={"pipeline_layers": report.pipeline_layers})
-
-
-def _enums(option: str, text: str | None, kind) -> tuple | None:
-    if text is None:
-        return None
-    try:
-        return tuple(kind(v.strip()) for v in text.split(",") if v.strip())
-    except ValueError:
-        known = ", ".join(str(k.value) for k in kind)
-        raise SpecError(option, text, f"must be a comma-separated list of: {known}") from None
-
-
-def _bools(option: str, text: str | None) -> tuple[bool, ...] | None:
-    if text is None:
-        return None
-    table = {"on": True, "true": True, "1": True, "off": False, "false": False, "0": False}
-    try:
-        return tuple(table[v.strip().lower()] for v in text.split(",") if v.strip())
-    except KeyError:
-        raise SpecError(option, text, "must be a comma-separated list of on/off") from None
 
 
 def print_result(result: SearchResult, console: Console) -> None:
@@ -87,41 +64,6 @@ EXAMPLE = (
     "From a token budget instead of a batch (DeepSeek LLM's B_opt and peak-LR laws): "
     "planner plan -m deepseek-v3 -c deepseek-v3-h800 --tokens 2e12 --precision fp8 --tp 1 --pp 16 --ep 64"
 )
-
-
-def constraints_from_options(tp, pp, vpp, cp, ep, micro_batch, zero, sp, recompute, schedule,
-                             max_memory_frac) -> Constraints:
-    """Search constraints from the comma-separated knob options (None = the default range)."""
-    zeros = _ints("--zero", zero, minimum=0)
-    if zeros is not None and max(zeros) > 3:
-        raise SpecError("--zero", zero, "ZeRO stages are 0-3")
-    return Constraints(
-        tp=_ints("--tp", tp), pp=_ints("--pp", pp), vpp=_ints("--vpp", vpp), cp=_ints("--cp", cp),
-        ep=_ints("--ep", ep), micro_batch_size=_ints("--micro-batch", micro_batch),
-        zero_stage=tuple(ZeroStage(z) for z in zeros) if zeros is not None else None,
-        sequence_parallel=_bools("--sequence-parallel", sp), recompute=_enums("--recompute", recompute, Recompute),
-        pipeline_schedule=_enums("--schedule", schedule, PipelineSchedule), max_memory_fraction=max_memory_frac,
-    )
-
-
-def run_search(model_spec, cluster_spec, workload, constraints, top_k: int, exhaustive: bool,
-               show_progress: bool = True) -> SearchResult:
-    """``planner.search.plan`` with a transient progress bar on stderr: candidates decided
-    out of the valid ones. Off when stderr is not a terminal or ``show_progress`` is False
-    (machine-readable output)."""
-    if top_k < 1:
-        raise SpecError("--top-k", top_k, "must be >= 1")
-    console = Console(stderr=True)
-    with Progress(
-        TextColumn("searching plans"), BarColumn(), MofNCompleteColumn(), TextColumn("candidates"),
-        TimeElapsedColumn(), console=console, transient=True,
-        disable=not (show_progress and console.is_terminal),
-    ) as bar:
-        task = bar.add_task("search", total=None)
-        return plan(
-            model_spec, cluster_spec, workload, constraints, top_k=top_k, exhaustive=exhaustive,
-            progress=lambda done, total: bar.update(task, completed=done, total=total),
-        )
 
 
 @app.command("plan", epilog=EXAMPLE)

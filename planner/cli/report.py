@@ -16,7 +16,7 @@ from planner.cli import options
 from planner.cli.inputs import cost_of, resolve_workload
 from planner.cli.main import app, reports_errors
 from planner.cli.output import Format, write_result
-from planner.cli.plan import constraints_from_options, run_search
+from planner.cli.search_inputs import constraints_from_options, run_search
 from planner.costmodel.simulate import simulate
 from planner.errors import SpecError
 from planner.presets import load_cluster, load_model, validate_spec

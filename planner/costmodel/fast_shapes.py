@@ -6,7 +6,7 @@ compute share), a stage's TP/CP/EP communication on those degrees and on the ran
 runs on, a partition on (pp, vpp, schedule, piece costs), and so on. :class:`Shapes` holds
 one memo table per shape kind for one (model, cluster, workload); every entry is computed by
 the function ``simulate`` uses (``compute.piece_ops``/``piece_time`` through
-``simulate._piece_compute``, ``comm.StageComm``, ``comm.pp_p2p_s``, ``comm.dp_step_comm``,
+``simulate.piece_compute``, ``comm.StageComm``, ``comm.pp_p2p_s``, ``comm.dp_step_comm``,
 ``partition.partition``, ``memory.piece_params``/``rank_params``/``activation_bytes``/
 ``working_set_bytes``/``largest_gemm_weight``), called with a canonical plan that carries
 the shape's fields.
@@ -37,7 +37,7 @@ from planner.costmodel.memory import (
     _chunk_shares, activation_bytes, largest_gemm_weight, piece_params, rank_params, working_set_bytes,
 )
 from planner.costmodel.partition import Piece, model_pieces
-from planner.costmodel.simulate import _piece_compute
+from planner.costmodel.simulate import piece_compute
 from planner.hwmodels.collectives import cluster_maps
 from planner.hwmodels.placement import rank_layout
 from planner.costmodel.splits import SplitCache
@@ -130,7 +130,7 @@ class Shapes:
             hit = np.zeros((len(PIECES), 4))
             for k, piece in enumerate(PIECES):
                 if self.present[k]:
-                    t, attn = _piece_compute(self.model, plan, self.workload, self.cluster.gpu, piece, share)
+                    t, attn = piece_compute(self.model, plan, self.workload, self.cluster.gpu, piece, share)
                     hit[k] = (t.forward_s, t.backward_input_s, t.backward_weight_s, attn)
             self._compute[key] = hit
         return hit

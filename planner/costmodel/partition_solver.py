@@ -33,11 +33,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from planner.costmodel import compute as C
 from planner.costmodel.memory import inflight_microbatches, stage_memory
 from planner.costmodel.partition import (
     Chunk, Partition, Piece, model_pieces, num_chunks, partition, partition_from_counts,
 )
+from planner.costmodel.simulate import piece_compute
 from planner.errors import UnsupportedError
 from planner.specs.hardware import ClusterSpec
 from planner.specs.model import ModelSpec
@@ -204,7 +204,7 @@ def fit_pipeline_layers(model: ModelSpec, cluster: ClusterSpec, plan: Plan, work
     plan = plan.model_copy(update={"pipeline_layers": None})
     piece_s, forward_s = {}, {}
     for piece in set(model_pieces(model)):
-        t = C.piece_time(C.piece_ops(model, plan, workload, piece), cluster.gpu, workload.precision, plan.recompute)
+        t, _ = piece_compute(model, plan, workload, cluster.gpu, piece, 1.0)
         piece_s[piece] = t.forward_s + t.backward_input_s + t.backward_weight_s
         forward_s[piece] = t.forward_s
     num = plan.num_microbatches(workload)

@@ -57,7 +57,7 @@ def _optimizer_bytes_per_param(workload: Workload) -> float:
     return 4.0 + 8.0 + moments + 2.0
 
 
-def _piece_compute(model, plan, workload, gpu, piece, compute_share) -> tuple[C.PieceTime, float]:
+def piece_compute(model, plan, workload, gpu, piece, compute_share) -> tuple[C.PieceTime, float]:
     """PieceTime of one piece and its attention-core forward seconds (memoised per call
     signature: every rank of a plan shares them)."""
     # GPUSpec holds dicts (unhashable): key on its identity and keep it alive in the entry
@@ -108,7 +108,7 @@ class _RankCosts:
         comp = C.ZERO_TIME
         attn_fwd = 0.0
         for piece in chunk.pieces:
-            time, attn = _piece_compute(self.model, plan, wl, self.gpu, piece, self.compute_share)
+            time, attn = piece_compute(self.model, plan, wl, self.gpu, piece, self.compute_share)
             comp = comp + time
             attn_fwd += attn
         comm = self.comm.chunk(chunk)
@@ -161,8 +161,7 @@ def simulate(model: ModelSpec, cluster: ClusterSpec, plan: Plan, workload: Workl
     if even or plan.pipeline_layers is not None:
         return _simulate_partition(model, cluster, plan, workload, layout, partition(model, plan), [])
     piece_cost = {
-        piece: C.piece_time(C.piece_ops(model, plan, workload, piece), cluster.gpu, workload.precision,
-                            plan.recompute).forward_s
+        piece: piece_compute(model, plan, workload, cluster.gpu, piece, 1.0)[0].forward_s
         for piece in set(model_pieces(model))
     }
     candidates = [

@@ -35,6 +35,10 @@ def _load(part, piece_s, rank):
     return sum(piece_s.get(p, 0.0) for c in part.chunks_of_rank(rank) for p in c.pieces)
 
 
+def _deviation(part, piece_s, share):
+    return sum(abs(sum(piece_s.get(p, 0.0) for p in c.pieces) - share) for c in part.chunks)
+
+
 def _toy_memory(weight: dict[Piece, float], nonlinear: bool):
     """Bytes on a rank: per-piece state plus (pp - rank) in-flight copies of activations,
     optionally plus the largest piece once more (a working set: not linear in counts)."""
@@ -53,6 +57,7 @@ def _toy_memory(weight: dict[Piece, float], nonlinear: bool):
     ("tiny-moe-mla", 2, PipelineSchedule.ONE_F_ONE_B),
     ("tiny-moe-mla", 4, PipelineSchedule.ONE_F_ONE_B),
     ("tiny-moe-mla", 2, PipelineSchedule.DUALPIPE),
+    ("tiny-moe-mla", 4, PipelineSchedule.DUALPIPE),
     ("tiny-dense", 2, PipelineSchedule.ONE_F_ONE_B),
     ("tiny-dense", 4, PipelineSchedule.ONE_F_ONE_B),
 ])
@@ -89,6 +94,12 @@ def test_matches_brute_force(preset, pp, schedule, nonlinear):
             assert achieved <= max(_load(start, piece_s, r) for r in range(pp)) + 1e-9
         if not nonlinear:  # linear memory: exactly the brute-force optimum
             assert achieved == pytest.approx(best), blocks_per_chunk(got.partition)
+            per_rank = len(start.chunks) // pp
+            if per_rank > 1:  # then, among those, the most even chunks
+                optimal = [s for s in feasible
+                           if max(_load(s, piece_s, r) for r in range(pp)) <= best + 1e-9]
+                least = min(_deviation(s, piece_s, best / per_rank) for s in optimal)
+                assert _deviation(got.partition, piece_s, best / per_rank) == pytest.approx(least, abs=1e-6)
 
 
 def test_partition_from_counts_rejects_bad_counts():

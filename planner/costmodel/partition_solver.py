@@ -11,6 +11,10 @@ while the last ranks sit half empty; Megatron-LM answers with uneven first and l
                 memory_r = M0_r + sum over c of rank r of  mu_rc . blocks(c)  <= capacity
                 b_0 = 0 < b_1 < ... < b_C = L,   blocks(c) = b_{c+1} - b_c  (contiguous, >= 1)
 
+and then, where a rank holds k > 1 chunks (interleaved, DualPipe), with T held at its minimum,
+
+    minimise    sum over chunks c of  | time(c) - T / k |
+
 with ``b_c`` the first block of chunk c, the dense blocks the first ``D`` of the ``L``
 (so chunk c holds ``min(b_{c+1}, D) - min(b_c, D)`` dense blocks), the embedding on chunk 0
 and the head and MTP on the last chunk, as :func:`~planner.costmodel.partition.partition`
@@ -175,6 +179,26 @@ def fit_partition(
         status = solver.Solve(m)
         if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
             break
+        if len(ranks[0]) > 1:
+            # Second objective, the bottleneck held: even chunks. A rank's chunks are separate
+            # pipeline passes (DualPipe's two directions, interleaved stages), so a rank
+            # balanced by one heavy and one light chunk still stalls its neighbours on the
+            # heavy one. Among the splits with the least bottleneck, take the one whose chunks
+            # deviate least (sum of absolute deviations) from an equal share of it.
+            best = solver.Value(bottleneck)
+            m.Add(bottleneck <= best)
+            share = best // len(ranks[0])
+            deviation = []
+            for c in range(parts):
+                load = round(_NS * fixed_s[c]) + sum(round(_NS * piece_s.get(k, 0.0)) * count[k][c] for k in _BLOCKS)
+                d = m.NewIntVar(0, horizon, f"dev{c}")
+                m.AddAbsEquality(d, load - share)
+                deviation.append(d)
+            m.Minimize(sum(deviation))
+            second = solver.Solve(m)
+            if second not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+                break
+            status = second if status == cp_model.OPTIMAL else status
         counts = [solver.Value(b[c + 1]) - solver.Value(b[c]) for c in range(parts)]
         part = partition_from_counts(model, plan, counts)
         over = [rank_memory(part, r) - capacity_bytes for r in range(plan.pp)]

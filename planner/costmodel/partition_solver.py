@@ -41,7 +41,7 @@ from planner.costmodel.memory import inflight_microbatches, stage_memory
 from planner.costmodel.partition import (
     Chunk, Partition, Piece, model_pieces, num_chunks, partition, partition_from_counts,
 )
-from planner.costmodel.simulate import piece_compute
+from planner.costmodel.simulate import piece_chunk_times, piece_compute
 from planner.errors import UnsupportedError
 from planner.specs.hardware import ClusterSpec
 from planner.specs.model import ModelSpec
@@ -219,18 +219,23 @@ def _bottleneck_s(part: Partition, piece_s: Mapping[Piece, float]) -> float:
     )
 
 
-def fit_pipeline_layers(model: ModelSpec, cluster: ClusterSpec, plan: Plan, workload: Workload) -> FitResult | None:
+def fit_pipeline_layers(model: ModelSpec, cluster: ClusterSpec, plan: Plan, workload: Workload,
+                        capacity_bytes: float | None = None) -> FitResult | None:
     """The split of ``plan`` (its ``pipeline_layers`` ignored) that fits every pipeline rank
-    in HBM with the least bottleneck, priced with the simulator's own compute and memory
-    models; None when none fits or pp == 1. Linearised around the forward-balanced split."""
+    in ``capacity_bytes`` (default: the GPU's HBM) with the least bottleneck, priced with the
+    simulator's own compute and memory models; None when none fits or pp == 1. Linearised
+    around the forward-balanced split."""
     if plan.pp == 1:
         return None
     plan = plan.model_copy(update={"pipeline_layers": None})
+    # A piece's work per micro-batch as the simulator prices it on a chunk: compute with its
+    # TP, CP and EP communication, or, under DualPipe, its F&B pair (the all-to-all hidden
+    # behind the compute of the paired chunk, as far as it can be).
     piece_s, forward_s = {}, {}
-    for piece in set(model_pieces(model)):
-        t, _ = piece_compute(model, plan, workload, cluster.gpu, piece, 1.0)
-        piece_s[piece] = t.forward_s + t.backward_input_s + t.backward_weight_s
-        forward_s[piece] = t.forward_s
+    for piece, t in piece_chunk_times(model, cluster, plan, workload).items():
+        serial = t.forward_s + t.backward_input_s + t.backward_weight_s
+        piece_s[piece] = serial if t.overlapped_fb_s is None else t.overlapped_fb_s
+        forward_s[piece] = piece_compute(model, plan, workload, cluster.gpu, piece, 1.0)[0].forward_s
     num = plan.num_microbatches(workload)
 
     def rank_memory(part: Partition, rank: int) -> float:
@@ -238,4 +243,5 @@ def fit_pipeline_layers(model: ModelSpec, cluster: ClusterSpec, plan: Plan, work
         return stage_memory(model, plan, workload, part, rank, cluster.gpu, inflight).total_bytes
 
     start = partition(model, plan, forward_s)
-    return fit_partition(model, plan, piece_s, rank_memory, cluster.gpu.hbm_capacity_bytes, start)
+    capacity = cluster.gpu.hbm_capacity_bytes if capacity_bytes is None else capacity_bytes
+    return fit_partition(model, plan, piece_s, rank_memory, capacity, start)

@@ -147,6 +147,15 @@ class _RankCosts:
         return ChunkTimes(fwd, bwd, wgrad, pair), info
 
 
+def piece_chunk_times(model: ModelSpec, cluster: ClusterSpec, plan: Plan, workload: Workload) -> dict[Piece, ChunkTimes]:
+    """Per piece of ``model``, the times of a chunk holding only that piece on the first
+    pipeline rank, communication and overlap included as :func:`simulate` prices them (its
+    F&B pair too under DualPipe): what one more such piece costs a chunk."""
+    layout = rank_layout(plan)
+    costs = _RankCosts(model, cluster, plan, workload, layout, partition(model, plan), 0)
+    return {piece: costs.chunk_times(Chunk(0, 0, (piece,)))[0] for piece in set(model_pieces(model))}
+
+
 def simulate(model: ModelSpec, cluster: ClusterSpec, plan: Plan, workload: Workload) -> StepReport:
     """Predict one training step of ``plan`` (see the module docstring).
 

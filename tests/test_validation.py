@@ -112,6 +112,23 @@ def test_source_year_sets_attention_kernel_and_unstated_recompute():
     assert stated.recompute_candidates == (Recompute.SELECTIVE,)
 
 
+def test_unstated_sequence_parallel_follows_tp_ep_and_source_year():
+    """Empty sequence_parallel: off before 2023 (Megatron's flag default), on with tp > 1 from
+    2023 (recipes pair it with TP), on for MoE with tp > 1 and ep > 1 in any year (Megatron-Core
+    requires it); never with tp = 1; a stated cell always wins."""
+    row = "narayanan21-t2-ptdp-gpt-174.6b-384gpu"  # tp 8, 2021
+    assert case_inputs(_row(row, sequence_parallel="")).plan.sequence_parallel is False
+    later = case_inputs(_row(row, sequence_parallel="", source="Someone et al. 2024"))
+    assert later.plan.sequence_parallel is True
+    assert any(n.startswith("sequence_parallel empty: 1") for n in later.notes)
+    assert case_inputs(_row(row, sequence_parallel="0", source="Someone et al. 2024")).plan.sequence_parallel is False
+    tp1 = case_inputs(_row("narayanan21-t1-gpt-1.7b-32gpu", sequence_parallel="", source="Someone et al. 2024"))
+    assert tp1.plan.sequence_parallel is False
+    moe = _row("dsv3-isca25-table4", tp="2", dp="64", sequence_parallel="", source="Someone et al. 2021")
+    assert case_inputs(moe).plan.sequence_parallel is True
+    assert case_inputs({**moe, "ep": "1", "dp": "64"}).plan.sequence_parallel is False
+
+
 def test_interleaved_without_vpp_takes_the_mildest_even_split():
     case = case_inputs(_row("korthikanti22-t5-gpt-530b-280gpu-selective", vpp=""))
     assert case.plan.vpp == 3  # 105 layers / pp 35 = 3 per stage

@@ -35,7 +35,9 @@ etp                    = tp (Megatron's default), MoE only
 zero                   1: a sharded optimizer (Megatron distributed optimizer, DeepSpeed
                        ZeRO-1) moves the same bytes as a plain all-reduce (reduce-scatter +
                        all-gather) and is what current frameworks run
-sequence_parallel      0 (Megatron's flag default)
+sequence_parallel      1 when tp > 1 and either the model is MoE with ep > 1 (Megatron-Core
+                       requires it) or the ``source`` cites a year from 2023 (current recipes
+                       pair it with tensor parallelism); otherwise 0 (Megatron's flag default)
 micro_batch            1 (Megatron's default)
 recompute              ``full`` when the ``source`` cites a year before 2023 (before selective
                        recomputation, Korthikanti et al. 2022, the practice of that era);
@@ -396,6 +398,7 @@ def _plan(cells: Row, model: ModelSpec, notes: list[str]) -> tuple[Plan, tuple[R
     elif tp * pp * cp * dp != num_gpus:
         notes.append(f"num_gpus {num_gpus} != tp * pp * cp * dp ({tp * pp * cp * dp}): simulated the plan's GPUs")
     schedule, vpp = _schedule(cells, model, pp, notes)
+    ep = _default(cells, "ep", 1, notes, quiet=model.moe is None)
     recompute = cells.choice("recompute", Recompute)
     year = _source_year(cells)
     if recompute is None and year is not None and year < SELECTIVE_RECOMPUTE_YEAR:
@@ -412,9 +415,9 @@ def _plan(cells: Row, model: ModelSpec, notes: list[str]) -> tuple[Plan, tuple[R
         "vpp": vpp,
         "cp": cp,
         "dp": dp,
-        "ep": _default(cells, "ep", 1, notes, quiet=model.moe is None),
+        "ep": ep,
         "zero_stage": ZeroStage(_default(cells, "zero", 1, notes)),
-        "sequence_parallel": _flag_default(cells, "sequence_parallel", tp, notes),
+        "sequence_parallel": _sequence_parallel(cells, tp, ep, model.moe is not None, notes),
         "recompute": candidates[0],
         "micro_batch_size": _default(cells, "micro_batch", 1, notes),
         "pipeline_schedule": schedule,
@@ -427,6 +430,16 @@ def _plan(cells: Row, model: ModelSpec, notes: list[str]) -> tuple[Plan, tuple[R
         else:
             plan["etp"] = etp
     return validate_spec(Plan, plan, origin=cells.text("case_id")), candidates
+
+
+SEQUENCE_PARALLEL_YEAR = 2023
+"""First year in which an unstated sequence parallelism is assumed on wherever tp > 1:
+Korthikanti et al. 2022 (arXiv 2205.05198) introduced it with selective recomputation, and
+current recipes turn it on with tensor parallelism (NeMo Megatron-Bridge
+``recipes.llama.llama3_70b_16k.model_config``: tp 8, ``sequence_parallelism=True``).
+Megatron-Core requires it for MoE with both tp > 1 and ep > 1 (megatron/core/transformer/moe
+README, "Parallelism": "When using MoE with expert parallelism and tensor parallelism,
+sequence parallelism must be used"), whatever the year."""
 
 
 FLASH_ATTENTION_YEAR = 2023
@@ -490,12 +503,20 @@ def _default(cells: Row, column: str, value: int, notes: list[str], quiet: bool 
     return value
 
 
-def _flag_default(cells: Row, column: str, tp: int, notes: list[str]) -> bool:
-    given = cells.flag(column)
+def _sequence_parallel(cells: Row, tp: int, ep: int, moe: bool, notes: list[str]) -> bool:
+    given = cells.flag("sequence_parallel")
     if given is not None:
         return given
-    if tp > 1:
-        notes.append(f"{column} empty: 0")
+    if tp == 1:
+        return False
+    if moe and ep > 1:
+        notes.append("sequence_parallel empty: 1 (Megatron-Core requires it for MoE with tp > 1 and ep > 1)")
+        return True
+    year = _source_year(cells)
+    if year is not None and year >= SEQUENCE_PARALLEL_YEAR:
+        notes.append(f"sequence_parallel empty: 1 (source year {year} >= {SEQUENCE_PARALLEL_YEAR}, with tp > 1)")
+        return True
+    notes.append("sequence_parallel empty: 0 (Megatron's flag default)")
     return False
 
 

@@ -9,6 +9,9 @@
   formulas), and the memory always.
 - :func:`fast_pipeline.pipeline` equals ``simulate_pipeline`` on random uneven chunk times
   up to its exact limit, and its extrapolation stays within the residual its docstring states.
+- :func:`fast_pipeline.bounds` never exceeds ``simulate_pipeline``'s rank ends (any m), and
+  the pruned estimate (default ``exact_top``) has the same top-k, memory and verdicts as the
+  estimate that replays every plan, with every other plan a lower bound above the k-th.
 """
 
 from __future__ import annotations
@@ -143,7 +146,8 @@ def test_equals_simulate_on_samples(case):
     rng = np.random.default_rng(0)
     sample = [plans[i] for i in rng.choice(len(plans), size=k, replace=False)]
     clear_caches()
-    est = estimate(model, cluster, workload, sample)
+    est = estimate(model, cluster, workload, sample, exact_top=None)
+    assert est.exact.all()
     for i, plan in enumerate(sample):
         report = simulate(model, cluster, plan, workload)
         limit, _ = fast_pipeline.exact_limit(plan.pipeline_schedule, plan.pp)
@@ -170,7 +174,7 @@ def test_pipeline_matches_simulate_pipeline(schedule):
     docstring: up to 4 % at pp 8), the extrapolated rank ends within 5 % of the makespan."""
     rng = np.random.default_rng(1)
     pp, vpp = 4, (2 if schedule is PipelineSchedule.INTERLEAVED else 1)
-    limit, period = fast_pipeline.exact_limit(schedule, pp)
+    limit, _ = fast_pipeline.exact_limit(schedule, pp)
     step = 4 if schedule is PipelineSchedule.INTERLEAVED else 2
     ms = [m for m in range(2 * pp, 3 * limit, step) if m % step == 0]
     n = 2 * pp if schedule is PipelineSchedule.DUALPIPEV else pp * vpp
@@ -208,8 +212,11 @@ def test_aligned_and_cache_independent():
     assert len(cold) == len(plans)
     np.testing.assert_array_equal(cold.step_time_s, warm.step_time_s[::-1])
     np.testing.assert_array_equal(cold.fits, warm.fits[::-1])
-    alone = estimate(model, cluster, workload, plans[5:6])  # a plan's estimate ignores its neighbours
-    assert alone.step_time_s[0] == cold.step_time_s[5]
+    # Replaying every plan, a plan's estimate ignores its neighbours (pruned, only whether
+    # it is replayed depends on them).
+    every = estimate(model, cluster, workload, plans, exact_top=None)
+    alone = estimate(model, cluster, workload, plans[5:6])
+    assert alone.exact[0] and alone.step_time_s[0] == every.step_time_s[5]
     odd = plans[5].model_copy(update={"rank_order": "tp-cp-ep-pp-dp"})  # a non-default rank order
     assert estimate(model, cluster, workload, [odd]).step_time_s[0] == pytest.approx(
         simulate(model, cluster, odd, workload).step_time_s, rel=1e-9)
@@ -226,3 +233,50 @@ def test_plans_with_a_fixed_split_are_refused():
     plan = Plan(pp=2, dp=4, pipeline_layers=(model.num_layers - 1, 1))
     with pytest.raises(UnsupportedError, match="pipeline_layers"):
         estimate(model, cluster, workload, [plan])
+
+
+@pytest.mark.parametrize("schedule", list(PipelineSchedule))
+def test_bounds_never_exceed_the_pipeline(schedule):
+    """The path bounds are lower bounds of every rank's end, with the exact busy time, at
+    every m from 2 pp to 3x the exact limit (own programs, then the extrapolated paths), on
+    near-uniform and on deliberately uneven chunks; near-uniform ones are tight."""
+    rng = np.random.default_rng(2)
+    pp, vpp = 4, (2 if schedule is PipelineSchedule.INTERLEAVED else 1)
+    limit, _ = fast_pipeline.exact_limit(schedule, pp)
+    step = pp if schedule is PipelineSchedule.INTERLEAVED else 2
+    n = 2 * pp if schedule is PipelineSchedule.DUALPIPEV else pp * vpp
+    dual = schedule in (PipelineSchedule.DUALPIPE, PipelineSchedule.DUALPIPEV)
+    near = [ChunkTimes(1.2 if c in (0, n - 1) else 1.0, 1.1, 0.9, 2.0 if dual else None) for c in range(n)]
+    cases = [(m, times, float(rng.random() * 0.05)) for m in range(2 * pp, 3 * limit + 1, step)
+             for times in (near, _random_chunks(rng, n, dual))]
+    cols = [np.array([[getattr(t, f) or 1.0 for t in times] for _, times, _ in cases]).T
+            for f in ("forward_s", "backward_input_s", "backward_weight_s", "overlap_factor")]
+    ends, busy = fast_pipeline.bounds(schedule, pp, vpp, np.array([m for m, _, _ in cases]), *cols,
+                                      np.array([p for *_, p in cases]))
+    for i, (m, times, p2p) in enumerate(cases):
+        tl = simulate_pipeline(schedule, times, m, pp, vpp, p2p)
+        assert (ends[:, i] <= np.array(tl.rank_end_s) + 1e-9 * tl.makespan_s).all(), m
+        np.testing.assert_allclose(busy[:, i], [ph.busy_s for ph in tl.phases], rtol=1e-9)
+        if times is near:  # measured: within 3 % of the makespan
+            assert ends[:, i].max() >= 0.97 * tl.makespan_s, m
+
+
+@pytest.mark.parametrize("case", ["llama3-8b/64xH100", "tiny-moe-mla/16", "deepseek-v3/2048xH800 dualpipe"])
+def test_pruned_estimate_keeps_the_exact_top_k(case):
+    name, cluster_name, gpus, workload, grid = CASES[case]
+    model, cluster = load_model(name), load_cluster(cluster_name, num_gpus=gpus)
+    plans = candidates(model, gpus, workload, **grid)
+    every = estimate(model, cluster, workload, plans, exact_top=None)
+    for k in (1, 5, 20):
+        pruned = estimate(model, cluster, workload, plans, exact_top=k)
+        np.testing.assert_array_equal(pruned.fits, every.fits)  # a plan fits if one of its splits does
+        # Unreplayed plans with two splits keep the one with the lower bound: its memory.
+        np.testing.assert_array_equal(pruned.memory_peak_bytes[pruned.exact], every.memory_peak_bytes[pruned.exact])
+        assert (pruned.step_time_s <= every.step_time_s * (1 + 1e-12)).all()  # bounds from below
+        best = top_k(every, k)
+        assert top_k(pruned, k) == best
+        assert pruned.exact[best].all()
+        np.testing.assert_array_equal(pruned.step_time_s[pruned.exact], every.step_time_s[pruned.exact])
+        kth = every.step_time_s[best[-1]]
+        assert (pruned.step_time_s[~pruned.exact & pruned.fits] >= kth).all()
+    assert estimate(model, cluster, workload, plans).exact.sum() < len(plans)  # it does prune

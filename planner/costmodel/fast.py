@@ -11,33 +11,49 @@ How (the simulator's numbers, assembled per plan with numpy instead of per plan 
 1. Shape tables (:mod:`~planner.costmodel.fast_shapes`): per-piece compute, per-stage
    TP/CP/EP communication, PP p2p, partitions, per-rank DP/ZeRO communication, parameters
    and per-piece activation bytes, each priced once per distinct shape with the simulator's
-   own functions and memoised across calls.
+   own functions and memoised across calls; combined with each split's piece counts once
+   per distinct (shape, split), then gathered per plan.
 2. Per plan, as arrays over (plans, chunks) or (plans, ranks): chunk times exactly as
    ``simulate`` builds them (CP hidden behind attention, ZeRO-3 gathers gating F and B,
-   DualPipe's F&B pairs with the EP all-to-all overlapped), the pipeline by
-   :mod:`~planner.costmodel.fast_pipeline` (the simulator's compiled schedules evaluated for
-   all plans at once; exact up to the micro-batch extrapolation it documents), then each
-   rank's exposed DP gradient sync and optimizer step, and memory per rank
-   (``memory.state_bytes`` and ``memory.stage_memory`` re-assembled over arrays from the
-   per-piece primitives; tests/test_fast.py checks both against ``simulate`` to 1e-9).
-3. The split, as ``simulate`` picks it: Megatron's even split when the blocks divide and the
-   schedule is not DualPipe(V); otherwise both candidate splits (forward-time and count
-   balanced) are priced and the faster that fits is kept.
+   DualPipe's F&B pairs with the EP all-to-all overlapped), each rank's exposed DP gradient
+   sync and optimizer step, and memory per rank (:mod:`~planner.costmodel.fast_memory`).
+3. The pipeline in two stages (:mod:`~planner.costmodel.fast_pipeline`):
 
-Differences from ``simulate``: the pipeline extrapolation beyond
+   - every plan gets a *lower bound*: the longest of a few dependency paths of its
+     schedule's program (per rank: the chain into its first operation + all its operations
+     + the chain out of its last; the longest chains into its last operation under three
+     reference duration mixes), a few matrix products per program. Any path of the
+     max-plus recursion bounds the makespan from below, so bound <= replay always
+     (tests/test_fast.py checks it against ``simulate_pipeline`` at every m);
+   - the simulator's replay (its compiled programs, evaluated for all selected plans at
+     once) then runs only for plans that could rank among the ``exact_top`` fastest that
+     fit (:func:`_refine`): every other plan's bound is above the k-th replayed step time,
+     so the estimate's top-k are exact and in the same order as with every plan replayed.
+     ``FastEstimates.exact`` tells which plans were replayed; ``exact_top=None`` replays all.
+4. The split, as ``simulate`` picks it: Megatron's even split when the blocks divide and the
+   schedule is not DualPipe(V); otherwise both candidate splits (forward-time and count
+   balanced) are priced and the faster that fits is kept (on the bounds, for plans not
+   replayed: their memory may then be the other split's; the fits verdict cannot differ).
+
+Differences from ``simulate``, on replayed plans: the pipeline extrapolation beyond
 :func:`fast_pipeline.exact_limit` micro-batches (see that module), and two sharing rules of
 :mod:`~planner.costmodel.fast_shapes` (collectives on groups equal up to a symmetry of the
 cluster cost the same), which tests/test_fast.py checks through exact agreement with
-``simulate`` on H100/H800/A100 fat-trees, Fire-Flyer PCIe nodes and NVL72 racks.
+``simulate`` on H100/H800/A100 fat-trees, Fire-Flyer PCIe nodes and NVL72 racks. On the
+others, the bound's gap to the replay (benchmarks/bench_fast.py, plans that fit): llama3-70b
+/ 1024 H100, 5,772 plans: median 0.24 %, 90th percentile 4.4 %, max 14 %; DeepSeek-V3 /
+2048 H800, 768 plans: median 3.1 %, 90th percentile 6.9 %, max 12.8 % (the bound follows
+fixed paths; uneven chunks and DualPipe's pairs move the real critical path off them).
 
-Speed (benchmarks/bench_fast.py, 2 shared CPU cores): llama3-70b on 1024 H100, 5,772 plans:
-about 1,300 plans/s cold, 9,000-10,000 plans/s for new plans over warm shape tables, 250,000
-plans/s for a repeated call; top-20 agreement with ``simulate`` 0.000 % (DeepSeek-V3, 768
-plans: 0.03 %). Cold calls are bound by one-time work per shape: compiling each
-(schedule, micro-batches, pp, vpp) program into waves (``schedules._compiled`` plus a unit
-run), the first collective profiles of every DP group, and the splits; warm calls by the
-wave loop of :func:`fast_pipeline.pipeline` (a few numpy calls per wave, ~8,000 waves for
-the dense set) and the per-shape gathers.
+Speed (benchmarks/bench_fast.py, 2 shared CPU cores, single-threaded BLAS, best of 5):
+new plans over warm shape tables, llama3-70b / 1024 H100: 57,000 plans/s on the 5,772-plan
+grid (51,500 through Plan objects), 72,000 plans/s on the search's whole 37,224-plan space;
+DeepSeek-V3 / 2048 H800, 768 plans: 13,900 plans/s (its replays of 60-240 micro-batch
+programs dominate). Cold (every memo empty): 3,900, 3,400 and 445 plans/s, bound by
+one-time work per shape: the collective profiles of every TP/CP/EP and DP group, compiling
+the schedule programs and their paths, and the splits. Top-20 agreement with ``simulate``:
+0.000 %, 0.000 % and 0.034 %; 296, 1,307 and 53 plans replayed. With two OpenBLAS threads
+on the same shared cores the warm figures halve (the path products are small matrices).
 """
 
 from __future__ import annotations
@@ -49,25 +65,29 @@ import numpy as np
 
 from planner.costmodel import compute as C
 from planner.costmodel import fast_pipeline
-from planner.costmodel.fast_shapes import (
-    DUAL, KERNELS, PIECES, RECOMPUTES, SCHEDULES, Shapes, canonical_plan,
-)
-from planner.costmodel.memory import _formats, inflight_microbatches, memory_constants
-from planner.costmodel.partition import Piece
+from planner.costmodel.fast_memory import stage_memory
+from planner.costmodel.fast_shapes import DUAL, KERNELS, RECOMPUTES, SCHEDULES, PartRows, Shapes, unique_rows
 from planner.costmodel.simulate import _optimizer_bytes_per_param
 from planner.errors import UnsupportedError
 from planner.specs.hardware import ClusterSpec
 from planner.specs.model import ModelSpec
-from planner.specs.plan import DEFAULT_RANK_ORDER, PipelineSchedule, Plan, Precision, Workload
+from planner.specs.plan import DEFAULT_RANK_ORDER, PipelineSchedule, Plan, Workload
 
-__all__ = ["FastEstimates", "estimate", "estimate_table", "clear_caches"]
+__all__ = ["EXACT_TOP", "FastEstimates", "clear_caches", "estimate", "estimate_table"]
 
 COLUMNS = ("tp", "cp", "pp", "vpp", "ep", "etp", "dp", "mb", "zero", "sp", "rec", "sched", "kernel", "order")
 """Integer plan columns: ``rec``, ``sched``, ``kernel`` index RECOMPUTES, SCHEDULES, KERNELS;
 ``order`` indexes the context's rank orders (0 = the default)."""
 _C = {name: k for k, name in enumerate(COLUMNS)}
+FIRST_ROUND_MARGIN = 0.04
+"""The first replay round takes every plan whose bound is within this fraction above the
+``exact_top``-th least bound: about the bound's gap to the replay on the best plans
+(benchmarks/bench_fast.py: median 0.1-3 %), so that one round usually finds them all (a
+second round makes it safe either way). Measured: 1,807 waves replayed on the dense set
+(3,028 with no margin, 2,388 at 7 %), 1,778 on the MoE set (3,302)."""
+EXACT_TOP = 20
+"""Default ``exact_top``: issue #5 checks the estimate's top-20 against ``simulate``."""
 _DUAL_CODES = [SCHEDULES.index(s) for s in DUAL]
-_HEADS = np.array([p in (Piece.HEAD, Piece.MTP) for p in PIECES])
 
 
 @dataclass(frozen=True)
@@ -82,6 +102,9 @@ class FastEstimates:
     """Every rank fits in the GPU's HBM (bool)."""
     bubble_s: np.ndarray
     """Idle seconds of the busiest rank in the pipeline part of the step."""
+    exact: np.ndarray
+    """Step time and bubble come from the simulator's pipeline replay (bool); elsewhere they
+    are lower bounds (the module docstring), every one above the replayed top-k's."""
 
     def __len__(self) -> int:
         return len(self.step_time_s)
@@ -114,11 +137,16 @@ def _context(model, cluster, workload) -> _Context:
     return ctx
 
 
-def estimate(model: ModelSpec, cluster: ClusterSpec, workload: Workload, plans: Sequence[Plan]) -> FastEstimates:
+def estimate(model: ModelSpec, cluster: ClusterSpec, workload: Workload, plans: Sequence[Plan],
+             exact_top: int | None = EXACT_TOP) -> FastEstimates:
     """Fast step time and peak memory of every plan (valid plans, as
     :func:`planner.specs.compat.check_plan` accepts them); results aligned with ``plans``.
     The layer split is the simulator's own choice: a plan that fixes ``pipeline_layers``
-    is refused (price it with :func:`~planner.costmodel.simulate.simulate`)."""
+    is refused (price it with :func:`~planner.costmodel.simulate.simulate`).
+
+    ``exact_top``: the pipeline is replayed exactly for every plan that could rank among the
+    ``exact_top`` fastest that fit, the others get a lower bound (``FastEstimates.exact``);
+    None replays every plan."""
     fixed = next((p for p in plans if p.pipeline_layers is not None), None)
     if fixed is not None:
         raise UnsupportedError(
@@ -133,49 +161,39 @@ def estimate(model: ModelSpec, cluster: ClusterSpec, workload: Workload, plans: 
     rows = [(p.tp, p.cp, p.pp, p.vpp, p.ep, p.expert_tp, p.dp, p.micro_batch_size, int(p.zero_stage),
              int(p.sequence_parallel), RECOMPUTES.index(p.recompute), SCHEDULES.index(p.pipeline_schedule),
              KERNELS.index(p.attention_kernel), orders.index(p.rank_order)) for p in plans]
-    return _estimate(ctx, np.array(rows, dtype=np.int64).reshape(len(rows), len(COLUMNS)))
+    return _estimate(ctx, np.array(rows, dtype=np.int64).reshape(len(rows), len(COLUMNS)), exact_top)
 
 
-def estimate_table(model: ModelSpec, cluster: ClusterSpec, workload: Workload, table) -> FastEstimates:
+def estimate_table(model: ModelSpec, cluster: ClusterSpec, workload: Workload, table,
+                   exact_top: int | None = EXACT_TOP) -> FastEstimates:
     """:func:`estimate` for a :class:`~planner.search.space.CandidateTable` (etp = tp, the
     default rank order, flash attention), without building Plan objects."""
     ctx = _context(model, cluster, workload)
     n = len(table)
     cols = {"etp": table.tp, "kernel": np.zeros(n, dtype=np.int64), "order": np.zeros(n, dtype=np.int64)}
     return _estimate(ctx, np.stack([np.asarray(cols[c] if c in cols else getattr(table, c), dtype=np.int64)
-                                    for c in COLUMNS], axis=1).reshape(n, len(COLUMNS)))
+                                    for c in COLUMNS], axis=1).reshape(n, len(COLUMNS)), exact_top)
 
 
-def _estimate(ctx: _Context, keys: np.ndarray) -> FastEstimates:
-    memo = keys.tobytes()
+def _estimate(ctx: _Context, keys: np.ndarray, exact_top: int | None) -> FastEstimates:
+    if exact_top is not None and exact_top < 1:
+        raise ValueError(f"exact_top must be >= 1 or None, not {exact_top}")
+    memo = (keys.tobytes(), exact_top)
     hit = ctx.calls.get(memo)
     if hit is None:
-        hit = _evaluate(ctx, keys) if len(keys) else (np.zeros(0), np.zeros(0), np.zeros(0))
+        empty = np.zeros(0)
+        hit = _evaluate(ctx, keys, exact_top) if len(keys) else (empty, empty, empty, empty.astype(bool))
         if len(ctx.calls) > 64:
             ctx.calls.clear()
         ctx.calls[memo] = hit
-    step, peak, bubble = hit
+    step, peak, bubble, exact = hit
     return FastEstimates(step_time_s=step, memory_peak_bytes=peak,
-                         fits=peak <= ctx.shapes.cluster.gpu.hbm_capacity_bytes, bubble_s=bubble)
+                         fits=peak <= ctx.shapes.cluster.gpu.hbm_capacity_bytes, bubble_s=bubble, exact=exact)
 
 
-def _unique(*cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct rows of the stacked (non-negative integer) columns, and per input row the
-    index of its distinct row (one mixed-radix key per row: a 1-D ``np.unique``)."""
-    radix = [int(c.max(initial=0)) + 1 for c in cols]
-    if np.prod(np.array(radix, dtype=float)) >= 2.0**62:
-        uniq, inverse = np.unique(np.stack(cols, axis=1), axis=0, return_inverse=True)
-        return uniq, inverse.reshape(-1)
-    key = np.zeros(len(cols[0]), dtype=np.int64)
-    for c, r in zip(cols, radix, strict=True):
-        key = key * r + c
-    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
-    return np.stack(cols, axis=1)[first], inverse.reshape(-1)
-
-
-def _evaluate(ctx: _Context, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _evaluate(ctx: _Context, keys: np.ndarray, exact_top: int | None) -> tuple:
     sh = ctx.shapes
-    model, workload = sh.model, sh.workload
+    model = sh.model
     col = {name: keys[:, k] for k, name in enumerate(COLUMNS)}
     tp, pp, vpp, sched = col["tp"], col["pp"], col["vpp"], col["sched"]
     n = len(keys)
@@ -190,87 +208,133 @@ def _evaluate(ctx: _Context, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, 
     plan_of = np.concatenate([np.arange(n), second])
     pids = np.empty(len(plan_of), dtype=np.int64)
     fwd_key = [col[c] for c in ("tp", "cp", "ep", "etp", "mb")] + [sp_eff, col["rec"], col["kernel"]]
-    uniq, inv = _unique(pp, vpp, sched, even, *(np.where(even, 0, k) for k in fwd_key))
-    where_second = np.full(n, -1)
-    where_second[second] = n + np.arange(len(second))
-    for u, row in enumerate(uniq):
-        sel = np.flatnonzero(inv == u)
-        forward_s = ()
-        if not row[3]:
-            table = sh.compute(*(int(x) for x in row[4:]), 1.0)
-            forward_s = tuple((p, float(table[k, 0])) for k, p in enumerate(PIECES) if sh.present[k])
-        splits = sh.splits(int(row[0]), int(row[1]), int(row[2]), forward_s)
-        pids[sel] = splits[-1].pid
-        if len(splits) > 1:
-            pids[where_second[sel]] = splits[0].pid
+    uniq, inv = unique_rows(pp, vpp, sched, even, *(np.where(even, 0, k) for k in fwd_key))
+    last_pid = np.empty(len(uniq), dtype=np.int64)
+    first_pid = np.empty(len(uniq), dtype=np.int64)
+    for u, row in enumerate(uniq.tolist()):
+        splits = sh.splits(*row[:3], () if row[3] else sh.forward_s(*row[4:]))
+        last_pid[u], first_pid[u] = splits[-1].pid, splits[0].pid
+    pids[:n] = last_pid[inv]
+    pids[n:] = first_pid[inv[second]]
     out = np.zeros((len(plan_of), 3))
-    uniq, inv = _unique(pp[plan_of], vpp[plan_of], sched[plan_of])
+    groups = []
+    uniq, inv = unique_rows(pp[plan_of], vpp[plan_of], sched[plan_of])
     for u, (p_, v_, s_) in enumerate(uniq):
         rows = np.flatnonzero(inv == u)
-        out[rows] = _group(ctx, col, shared, plan_of[rows], pids[rows], int(p_), int(v_), SCHEDULES[int(s_)])
+        out[rows], replay = _group(ctx, col, shared, plan_of[rows], pids[rows], int(p_), int(v_),
+                                   SCHEDULES[int(s_)])
+        groups.append((rows, replay))
+    cap = sh.cluster.gpu.hbm_capacity_bytes
+    exact = _refine(out, groups, plan_of, n, out[:, 1] <= cap, pp[plan_of] == 1, exact_top)
     # The faster split that fits (the first when neither fits).
     step, peak, bubble = out[:n].T.copy()
     alt = out[n:]
-    cap = sh.cluster.gpu.hbm_capacity_bytes
     fit0, fit1 = peak <= cap, alt[:, 1] <= cap
     # simulate lists the forward-balanced split first: it wins ties.
     take = (fit1 & ~fit0[second]) | ((fit1 == fit0[second]) & (alt[:, 0] <= step[second]))
     idx = second[take]
     step[idx], peak[idx], bubble[idx] = alt[take].T
-    return step, peak, bubble
+    return step, peak, bubble, exact
+
+
+def _part_stack(sh: Shapes, pids: np.ndarray, name: str) -> np.ndarray:
+    """A PartInfo attribute of each partition in ``pids``, stacked."""
+    return np.stack([getattr(sh.part(int(p)), name) for p in pids])
+
+
+def _refine(out: np.ndarray, groups: list, plan_of: np.ndarray, n: int, fits: np.ndarray, pipeless: np.ndarray,
+            exact_top: int | None) -> np.ndarray:
+    """Replace the lower bounds in ``out`` (rows: step, peak, bubble) by the simulator's
+    replay for every plan that could be among the ``exact_top`` fastest that fit (all plans
+    when None); returns which plans were replayed.
+
+    A plan's bound is the least bound of its splits that fit; one-stage plans' bounds are
+    exact. Rounds: replay the plans whose bound is within :data:`FIRST_ROUND_MARGIN` of the
+    ``exact_top``-th least, take the k-th least exact step time among replayed plans that
+    fit, replay every plan whose bound is not above it, again until none is left. Bounds
+    never exceed the replay, so every plan left unreplayed is slower than the k-th: the
+    estimate's top-k are the replayed (exact) ones."""
+    replayed = pipeless.copy()  # one stage: the bound is the replay
+    if exact_top is None:
+        todo = ~replayed
+    else:
+        bound = np.full(n, np.inf)
+        np.minimum.at(bound, plan_of[fits], out[fits, 0])
+        first = np.sort(bound)[min(exact_top, n) - 1] * (1.0 + FIRST_ROUND_MARGIN)
+        todo = (bound[plan_of] <= first) & fits & ~replayed
+    while todo.any():
+        for rows, replay in groups:
+            sel = np.flatnonzero(todo[rows])
+            if sel.size:
+                out[rows[sel], 0], out[rows[sel], 2] = replay.run(sel, exact=True)
+        replayed |= todo
+        if exact_top is None:
+            break
+        value = np.full(n, np.inf)
+        done = replayed & fits
+        np.minimum.at(value, plan_of[done], out[done, 0])
+        finite = np.sort(value[np.isfinite(value)])
+        kth = finite[exact_top - 1] if len(finite) >= exact_top else np.inf
+        todo = fits & ~replayed & (bound[plan_of] <= kth)
+    plan_done = np.zeros(n, dtype=bool)
+    plan_done[plan_of[replayed]] = True
+    plan_done[plan_of[fits & ~replayed]] = False
+    return plan_done
 
 
 def _group(ctx: _Context, col: dict, shared: np.ndarray, plans: np.ndarray, pids: np.ndarray, pp: int, vpp: int,
-           schedule: PipelineSchedule) -> np.ndarray:
-    """(rows, 3): step, peak memory and bubble of rows sharing (pp, vpp, schedule)."""
+           schedule: PipelineSchedule) -> tuple[np.ndarray, _Replay]:
+    """(rows, 3) step, peak memory and bubble of rows sharing (pp, vpp, schedule), step and
+    bubble as :func:`fast_pipeline.bounds`' lower bounds; and what their replay needs."""
     sh = ctx.shapes
-    model, workload, cluster = sh.model, sh.workload, sh.cluster
+    workload, cluster = sh.workload, sh.cluster
     c = {name: v[plans] for name, v in col.items()}
     g = len(plans)
     sp_eff = c["sp"] * (c["tp"] > 1)
     m = workload.global_batch_size // (c["dp"] * c["mb"])
     edp = c["tp"] * c["cp"] * c["dp"] // (c["ep"] * c["etp"])
     dual = schedule in DUAL
-    parts = [sh.part(int(p)) for p in pids]
-    counts = np.stack([p.counts for p in parts])  # (g, chunks, pieces)
-    chunk_rank = np.stack([p.chunk_rank for p in parts])  # (g, chunks)
-    rank_counts = np.stack([p.rank_counts for p in parts])  # (g, pp, pieces)
-    first = np.stack([p.first_chunk for p in parts])  # (g, pp)
-    num_own = np.stack([p.num_own for p in parts])
+    parts = PartRows(sh, pids)
+    chunk_rank = parts.get("chunk_rank")  # (g, chunks)
+    rank_counts = parts.get("rank_counts")  # (g, pp, pieces)
+    first = parts.get("first_chunk")  # (g, pp)
+    num_own = parts.get("num_own")
     rows = np.arange(g)[:, None]
 
+    # Each table is priced per distinct shape, then combined with the split's piece counts
+    # per distinct (shape, split) and gathered per row.
     # Compute per chunk: (g, chunks, 4) = F, B, W, attention core.
-    table = np.empty((g, len(PIECES), 4))
     share = 1.0 - C.compute_constants()["ep_overlap_communication_sms"] / cluster.gpu.num_sms
-    uniq, inv = _unique(c["tp"], c["cp"], c["ep"], c["etp"], c["mb"], sp_eff, c["rec"], c["kernel"], shared[plans])
-    for u, row in enumerate(uniq):
-        table[inv == u] = sh.compute(*(int(x) for x in row[:8]), share if row[8] else 1.0)
-    comp = np.einsum("gnk,gkj->gnj", counts, table)
+    uniq, inv = unique_rows(c["tp"], c["cp"], c["ep"], c["etp"], c["mb"], sp_eff, c["rec"], c["kernel"], shared[plans])
+    tables = np.stack([sh.compute(*row[:8], share if row[8] else 1.0) for row in uniq.tolist()])
+    combo, where = unique_rows(inv, pids)
+    comp = np.einsum("unk,ukj->unj", _part_stack(sh, combo[:, 1], "counts"), tables[combo[:, 0]])[where]
     # TP/CP/EP per chunk: (g, chunks, 6); the p2p time per row.
-    stage = np.empty((g, pp, len(PIECES), 6))
-    p2p = np.empty(g)
-    uniq, inv = _unique(c["tp"], c["cp"], c["ep"], c["etp"], c["dp"], c["order"], c["mb"], sp_eff)
-    for u, (t, cp_, ep, etp, dp, order, mb, sp) in enumerate(uniq):
-        sel = inv == u
+    uniq, inv = unique_rows(c["tp"], c["cp"], c["ep"], c["etp"], c["dp"], c["order"], c["mb"], sp_eff)
+    stages, p2ps = [], []
+    for t, cp_, ep, etp, dp, order, mb, sp in uniq:
         order_s = ctx.orders[int(order)]
-        stage[sel] = sh.stage_comm(int(t), int(cp_), int(ep), int(etp), int(dp), pp, order_s, int(mb), int(sp))
-        p2p[sel] = sh.p2p(int(t), int(cp_), int(dp), pp, order_s, int(mb), int(sp)) if pp > 1 else 0.0
-    comm = np.einsum("gnk,gnkj->gnj", counts, stage[rows, chunk_rank])
+        stages.append(sh.stage_comm(int(t), int(cp_), int(ep), int(etp), int(dp), pp, order_s, int(mb), int(sp)))
+        p2ps.append(sh.p2p(int(t), int(cp_), int(dp), pp, order_s, int(mb), int(sp)) if pp > 1 else 0.0)
+    p2p = np.array(p2ps)[inv]
+    combo, where = unique_rows(inv, pids)
+    on_rank = np.stack(stages)[combo[:, 0][:, None], _part_stack(sh, combo[:, 1], "chunk_rank")]
+    comm = np.einsum("unk,unkj->unj", _part_stack(sh, combo[:, 1], "counts"), on_rank)[where]
     # Parameters per rank (the simulator's: pieces of the rank's chunks), DP/ZeRO per rank.
-    params = np.empty((g, len(PIECES), 2))
-    uniq, inv = _unique(c["tp"], c["ep"], c["etp"])
-    for u, (t, ep, etp) in enumerate(uniq):
-        params[inv == u] = sh.piece_params(int(t), int(ep), int(etp))
-    rank_params = np.einsum("grk,gkj->grj", rank_counts, params)  # (g, pp, 2)
+    uniq, inv = unique_rows(c["tp"], c["ep"], c["etp"])
+    params = np.stack([sh.piece_params(int(t), int(ep), int(etp)) for t, ep, etp in uniq])  # (u, pieces, 2)
+    combo, where = unique_rows(inv, pids)
+    held = _part_stack(sh, combo[:, 1], "rank_counts")
+    rank_params = np.einsum("urk,ukj->urj", held, params[combo[:, 0]])[where]  # (g, pp, 2)
     # ZeRO-3 units: pieces with parameters on the rank (each gathered by its own collective).
-    units = np.einsum("grk,gk->gr", rank_counts, (params.sum(axis=2) > 0).astype(float))
-    dpc = np.empty((g, pp, 3))
-    uniq, inv = _unique(c["tp"], c["cp"], c["ep"], c["etp"], c["dp"], c["order"], c["zero"], pids)
-    for u, (t, cp_, ep, etp, dp, order, zero, pid) in enumerate(uniq):
-        sel = np.flatnonzero(inv == u)
-        degrees = (int(t), int(cp_), int(ep), int(etp), int(dp), pp, ctx.orders[int(order)])
-        dpc[sel] = sh.dp_ranks(degrees, int(zero), schedule is PipelineSchedule.DUALPIPE, int(pid),
-                               rank_params[sel[0]], units[sel[0]])
+    units = np.einsum("urk,uk->ur", held, (params[combo[:, 0]].sum(axis=2) > 0).astype(float))[where]
+    uniq, inv = unique_rows(c["tp"], c["cp"], c["ep"], c["etp"], c["dp"], c["order"], c["zero"], pids)
+    first_row = np.empty(len(uniq), dtype=np.int64)
+    first_row[inv[::-1]] = np.arange(g)[::-1]
+    dpc = np.stack([
+        sh.dp_ranks((int(t), int(cp_), int(ep), int(etp), int(dp), pp, ctx.orders[int(order)]), int(zero),
+                    schedule is PipelineSchedule.DUALPIPE, int(pid), rank_params[i], units[i])
+        for (t, cp_, ep, etp, dp, order, zero, pid), i in zip(uniq, first_row, strict=True)])[inv]  # (g, pp, 3)
 
     # Chunk times as simulate's _RankCosts.chunk_times builds them.
     attn = comp[:, :, 3]
@@ -287,11 +351,6 @@ def _group(ctx: _Context, col: dict, shared: np.ndarray, plans: np.ndarray, pids
         pair = np.maximum(busy, comm[:, :, 4] + comm[:, :, 5] + 2 * gather + scatter) + comm[:, :, 0] + comm[:, :, 1]
         serial = fwd + bwd + wgt
         overlap = np.where(serial > 0, pair / np.where(serial > 0, serial, 1.0), 1.0)
-    ends, busy_r = fast_pipeline.pipeline(schedule, pp, vpp, m, fwd.T, bwd.T, wgt.T, overlap.T, p2p)
-    ends, busy_r = ends.T, busy_r.T  # (g, pp)
-    makespan = ends.max(axis=1)
-    bubble = np.maximum(0.0, makespan - busy_r.max(axis=1))
-
     # Exposed DP gradient sync (beyond the rank's last backward) and the optimizer step.
     last_bw = (bwd + wgt)[rows, first]
     exposed = np.maximum(0.0, dpc[:, :, 0] - last_bw)
@@ -300,71 +359,35 @@ def _group(ctx: _Context, col: dict, shared: np.ndarray, plans: np.ndarray, pids
                      + rank_params[:, :, 1] / edp[:, None], rank_params.sum(axis=2))
     gpu = cluster.gpu
     opt = local * _optimizer_bytes_per_param(workload) / (gpu.hbm_bandwidth_bytes_per_s * gpu.efficiency.hbm_fraction)
-    step = (ends + exposed + opt).max(axis=1)
-    peak = _memory(ctx, c, pids, parts, rank_counts, m, edp, pp, vpp, schedule).max(axis=1)
-    return np.stack([step, peak, bubble], axis=1)
+    replay = _Replay(schedule, pp, vpp, m, fwd.T, bwd.T, wgt.T, overlap.T, p2p, exposed + opt)
+    step, bubble = replay.run(None, exact=False)
+    peak = stage_memory(sh, c, pids, rank_counts, m, edp, pp, vpp, schedule).max(axis=1)
+    return np.stack([step, peak, bubble], axis=1), replay
 
 
-def _memory(ctx: _Context, c: dict, pids, parts, rank_counts, m, edp, pp: int, vpp: int,
-            schedule: PipelineSchedule) -> np.ndarray:
-    """(rows, pp) bytes per rank: ``memory.state_bytes`` + ``stage_memory``'s activations and
-    workspace, term by term over arrays."""
-    sh = ctx.shapes
-    model, workload = sh.model, sh.workload
-    k = memory_constants()
-    g = len(pids)
-    dual = schedule in DUAL
-    # States (state_bytes): ZeRO shards dense over dp * cp, experts over edp; ZeRO-3 keeps
-    # two pieces gathered, ZeRO-2 one piece's gradients unsharded.
-    rp = np.empty((g, pp, 3))
-    transient = np.zeros((g, pp))
-    fp8 = workload.precision is Precision.FP8
-    uniq, inv = _unique(c["tp"], c["ep"], c["etp"], pids)
-    for u, (t, ep, etp, pid) in enumerate(uniq):
-        sel = inv == u
-        rp[sel] = sh.rank_params(int(t), int(ep), int(etp), int(pid))
-        if fp8:  # the FP8 weight copy of the rank's largest GEMM
-            kinds = sh.part(int(pid)).kinds
-            transient[sel] += [sh.largest_gemm(int(t), int(ep), int(etp), kinds[r]) for r in range(pp)]
-    transient *= k.fp8_weight_copy_bytes_per_param
-    dense, expert, largest = rp[:, :, 0], rp[:, :, 1], rp[:, :, 2]
-    total = dense + expert
-    shard = dense / (c["dp"] * c["cp"])[:, None] + expert / edp[:, None]
-    st = k.state_bytes_per_param[workload.precision]
-    zero = c["zero"][:, None]
-    weights = np.where(zero >= 3, np.minimum(total * st.weights, (shard + 2 * largest) * st.weights),
-                       total * st.weights)
-    grads = np.where(zero >= 2, np.minimum(total * st.gradients, (shard + largest) * st.gradients),
-                     total * st.gradients)
-    optim = np.where(zero >= 1, shard, total) * st.optimizer
-    # Activations: the largest working set of the rank's pieces, plus each chunk's share of
-    # the micro-batches in flight (heads and MTP hold at most one).
-    act = np.empty((g, len(PIECES), 2))
-    uniq, inv = _unique(c["tp"], c["cp"], c["ep"], c["etp"], c["mb"], c["sp"], c["rec"])
-    for u, row in enumerate(uniq):
-        act[inv == u] = sh.activations(*(int(x) for x in row))
-    present = rank_counts > 0
-    ws = np.where(present, act[:, None, :, 1], 0.0).max(axis=2)
-    inflight = np.empty((g, pp))
-    for mm in np.unique(m):
-        plan = canonical_plan(pp=pp, vpp=vpp, sched=schedule)
-        inflight[m == mm] = [inflight_microbatches(plan, int(mm), r) for r in range(pp)]
-    shares = np.stack([p.shares for p in parts])  # (g, pp, own)
-    own_counts = np.stack([p.own_counts for p in parts])  # (g, pp, own, pieces)
-    alive = inflight[:, :, None] * shares
-    held = np.where(_HEADS, np.minimum(alive, 1.0)[..., None], alive[..., None]) * own_counts
-    activations = ws + np.einsum("grjk,gk->gr", held, act[:, :, 0])
-    # Workspace: the FP8 weight copy (above), MoE dispatch/combine buffers, p2p buffers.
-    tokens = (workload.seq_length * c["mb"] / c["cp"])[:, None]
-    d = model.hidden_size
-    if model.moe is not None:
-        moe_rank = (rank_counts[:, :, PIECES.index(Piece.MOE)] + rank_counts[:, :, PIECES.index(Piece.MTP)]) > 0
-        rows_ = tokens * model.moe.top_k * (c["etp"] / c["tp"])[:, None]
-        sets = k.overlapped_microbatches_dualpipe if dual else 1
-        transient += moe_rank * sets * rows_ * d * (_formats(workload).cached + k.activation_bytes)
-    if pp > 1:
-        seq_div = np.where(c["sp"] == 1, c["tp"], 1)[:, None]
-        transient += (4 if dual else 2) * k.activation_bytes * tokens * d / seq_div
-    workspace = (k.cuda_context_bytes + k.nccl_buffers_bytes + k.gemm_workspace_bytes + transient
-                 + k.fragmentation_fraction * (activations + transient))
-    return weights + grads + optim + activations + workspace
+@dataclass(frozen=True)
+class _Replay:
+    """What the pipeline of one (schedule, pp, vpp) group needs, per row: ``fwd``, ``bwd``,
+    ``wgt``, ``overlap`` (chunks, rows), ``m`` and ``p2p`` (rows,), and ``after`` (rows, pp)
+    each rank's exposed DP sync plus optimizer step."""
+
+    schedule: PipelineSchedule
+    pp: int
+    vpp: int
+    m: np.ndarray
+    fwd: np.ndarray
+    bwd: np.ndarray
+    wgt: np.ndarray
+    overlap: np.ndarray
+    p2p: np.ndarray
+    after: np.ndarray
+
+    def run(self, sel: np.ndarray | None, exact: bool) -> tuple[np.ndarray, np.ndarray]:
+        """(step, bubble) of rows ``sel`` (all when None): the simulator's replay when
+        ``exact``, else :func:`fast_pipeline.bounds`' lower bounds."""
+        s = slice(None) if sel is None else sel
+        how = fast_pipeline.pipeline if exact else fast_pipeline.bounds
+        ends, busy = how(self.schedule, self.pp, self.vpp, self.m[s], self.fwd[:, s], self.bwd[:, s],
+                         self.wgt[:, s], self.overlap[:, s], self.p2p[s])
+        bubble = np.maximum(0.0, ends.max(axis=0) - busy.max(axis=0))
+        return (ends.T + self.after[s]).max(axis=1), bubble

@@ -23,10 +23,18 @@ tests/test_fast.py (~1,400 plans): 0.26 % of the makespan at most (1F1B), 0.001 
 other schedules. Chunk times far more uneven than a real split's (random 1-2x chunks, 30 %
 of them doubled: tests/test_fast.py) take longer to settle: up to 4 % at pp 8. Busy time is
 linear in m (exact).
+
+:func:`bounds` is the cheap first stage: per program a few dependency paths (:func:`_paths`)
+as count vectors over the program's durations, so a lower bound of every rank's end for all
+plans is one matrix product plus a max per rank (no wave loop). The makespan of a max-plus
+recursion is its longest path, so any path is a lower bound; the paths are picked as the
+longest under reference duration mixes. Near-uniform chunks: within 3 % of the makespan
+(tests/test_fast.py); real candidate sets: see :mod:`~planner.costmodel.fast`.
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,9 +58,23 @@ class _Program:
     """Per wave: needs (ops, 3) slots, crossing flags (ops, 3, 1) or None, duration row
     (ops,), made slots (ops,), second made slots (FB pairs, or None), rank slots (ops,)."""
     dur_rows: np.ndarray
-    """(durations, 2) rows of the base matrix [F; B; W; F k; (B + W) k; 0] summed per duration."""
+    """(durations, 2) rows of the base matrix (:func:`_base`) summed per duration (-1: its 0 row)."""
     counts: np.ndarray
     """(pp, durations): how often each rank runs each duration (busy = counts @ durations)."""
+    full: tuple
+    """Paths of :func:`_paths` at this m (counts, crossings, ..., ``starts``: see :func:`_by_end`)."""
+    ext: tuple
+    """The extrapolatable paths, without their rank's own operations (+ which rank's)."""
+
+
+def _by_end(counts: np.ndarray, cross: np.ndarray, to: np.ndarray, pp: int, own: np.ndarray | None = None) -> tuple:
+    """Distinct paths sorted by the rank whose last end they reach: (counts, crossings, own
+    ranks or None, row bounds per rank (pp + 1,))."""
+    key = np.hstack([counts, cross[:, None], to[:, None], (to if own is None else own)[:, None]])
+    _, keep = np.unique(key, axis=0, return_index=True)
+    rows = keep[np.argsort(to[keep], kind="stable")]
+    bounds = np.searchsorted(to[rows], np.arange(pp + 1))
+    return (np.ascontiguousarray(counts[rows]), cross[rows], None if own is None else own[rows], bounds.tolist())
 
 
 _PROGRAMS: dict = {}
@@ -96,20 +118,118 @@ def _program(schedule: PipelineSchedule, m: int, pp: int, vpp: int) -> _Program:
         second = w[:, 8] if (w[:, 8] != sink).any() else None
         waves.append((np.ascontiguousarray(w[:, 0:3]), cross if cross.any() else None, np.ascontiguousarray(w[:, 6]),
                       np.ascontiguousarray(w[:, 7]), second, np.ascontiguousarray(w[:, 9])))
-    dur_rows = np.full((len(dids), 2), 5 * n, dtype=np.int64)  # row 5n of the base is 0
+    dur_rows = np.full((len(dids), 2), -1, dtype=np.int64)  # the base's last row is 0
     for did, d in dids.items():
         if did >= 4 * n:
             fc, bc = divmod(did - 4 * n, n)
             dur_rows[d] = (3 * n + fc, 4 * n + bc)
         else:
             code, c = divmod(did, n)
-            dur_rows[d] = (n + c, 2 * n + c) if code == _BW else (code * n + c, 5 * n)
+            dur_rows[d] = (n + c, 2 * n + c) if code == _BW else (code * n + c, -1)
     counts = np.zeros((pp, len(dids)))
     for r, hist in enumerate(prog.histograms):
         for did, count in hist:
             counts[r, dids[did]] += count
-    hit = _PROGRAMS[key] = _Program(pp, base + pp + 2, tuple(waves), dur_rows, counts)
+    (chains, chain_x, chain_to), (ext, ext_x, ext_to) = _paths(arr, cut, len(dids), n, dur_rows, base, pp)
+    own = np.arange(2 * pp) % pp  # ext path i leaves out rank i % pp's operations
+    full = _by_end(np.vstack([chains, ext + counts[own]]), np.concatenate([chain_x, ext_x]),
+                   np.concatenate([chain_to, ext_to]), pp)
+    hit = _PROGRAMS[key] = _Program(pp, base + pp + 2, tuple(waves), dur_rows, counts, full,
+                                    _by_end(ext, ext_x, ext_to, pp, own))
     return hit
+
+
+_REFERENCE = np.array([[1.0, 1.0, 1.0, 2.4], [1.0, 2.0, 1.0, 3.2], [1.0, 1.0, 0.3, 1.8]])
+"""Reference durations (F, B, W, F&B pair; BW = B + W) that pick the candidate paths: balanced,
+backward-heavy (recompute), weight-gradient-light. Any path is a valid bound; these only pick
+likely critical ones."""
+
+
+def _paths(arr: np.ndarray, cut: np.ndarray, num_dids: int, n: int, dur_rows: np.ndarray, base: int,
+           pp: int) -> tuple:
+    """Dependency paths of a program whose lengths bound the rank ends from below.
+
+    ``arr``: the operations in topological order (unit start, prev, need1, need2, cross x3,
+    duration, made1, made2, rank slot), ``cut`` the wave boundaries. Returns
+    (``full``, ``ext``), each (counts (paths, durations), crossings (paths,), rank whose last
+    end the path reaches (paths,)):
+
+    - ``full``: per reference of :data:`_REFERENCE` and rank r, the longest chain into r's
+      last operation under that reference; plus ``ext``'s paths with r's operations added;
+    - ``ext``: per rank r, ``head_r`` (longest chain into r's first operation) and ``head_r``
+      + ``tail_r`` (longest chain out of r's last), under the first reference, without r's
+      own operations: counted apart so that the busy time can be extrapolated in m.
+    """
+    ops = arr[:, 1:].astype(np.int64)
+    k, nref = len(ops), len(_REFERENCE)
+    kind = np.where(dur_rows[:, 0] >= 3 * n, 3, np.where(dur_rows[:, 1] >= 0, 4, dur_rows[:, 0] // n))
+    ref = np.hstack([_REFERENCE, _REFERENCE[:, 1:2] + _REFERENCE[:, 2:3]])  # (refs, F B W FB BW)
+    weight = ref[:, kind[ops[:, 6]]].T  # (k, refs)
+    rank = ops[:, 9] - base
+    did = np.append(ops[:, 6], num_dids)  # row k: no operation (a dummy duration column)
+    # Producers: the rank's previous operation, and the makers of the two needed slots.
+    slot_op = np.full(base + pp + 2, k)  # F/B key slots, rank slots, zero, sink
+    for col in (7, 8):
+        slot_op[ops[:, col]] = np.arange(k)
+    slot_op[base + pp + 1] = k  # the sink
+    by_rank = np.argsort(rank, kind="stable")
+    prev = np.full(k, k)
+    same = rank[by_rank[1:]] == rank[by_rank[:-1]]
+    prev[by_rank[1:][same]] = by_rank[:-1][same]
+    prod = np.stack([prev, slot_op[ops[:, 1]], slot_op[ops[:, 2]]], axis=1)  # (k, 3); k = none
+    cross = ops[:, 3:6].astype(float)
+    cross[prod == k] = 0.0
+    waves = list(zip(np.concatenate([[0], cut]), np.concatenate([cut, [k]]), strict=True))
+    # Longest chains into each operation (ends), and the critical producer per reference.
+    end = np.zeros((k + 1, nref))
+    for a, b in waves:
+        end[a:b] = end[prod[a:b]].max(axis=1) + weight[a:b]
+    pick = end[prod].argmax(axis=1)  # (k, refs)
+    pred = np.take_along_axis(prod, pick, axis=1)
+    pred_x = np.take_along_axis(cross, pick, axis=1)
+    into = np.zeros((k + 1, nref, num_dids + 1))  # counts of the chain ending at (with) o
+    into_x = np.zeros((k + 1, nref))
+    refs = np.arange(nref)
+    for a, b in waves:
+        into[a:b] = into[pred[a:b], refs]
+        into[np.arange(a, b)[:, None], refs, did[a:b, None]] += 1.0
+        into_x[a:b] = into_x[pred[a:b], refs] + pred_x[a:b]
+    # Longest chains out of each operation under the first reference.
+    src = prod.T.ravel()
+    dst = np.tile(np.arange(k), 3)
+    ex = cross.T.ravel()
+    keep = src < k
+    src, dst, ex = src[keep], dst[keep], ex[keep]
+    order = np.argsort(src, kind="stable")
+    src, dst, ex = src[order], dst[order], ex[order]
+    slot = np.arange(len(src)) - np.searchsorted(src, src)
+    width = int(slot.max(initial=0)) + 1
+    succ = np.full((k, width), k)
+    succ_x = np.zeros((k, width))
+    succ[src, slot], succ_x[src, slot] = dst, ex
+    rem = np.zeros(k + 1)
+    for a, b in reversed(waves):
+        rem[a:b] = weight[a:b, 0] + rem[succ[a:b]].max(axis=1)
+    pick = rem[succ].argmax(axis=1)
+    nxt = succ[np.arange(k), pick]
+    nxt_x = succ_x[np.arange(k), pick]
+    out = np.zeros((k + 1, num_dids + 1))  # counts of the chain after o (without o)
+    out_x = np.zeros(k + 1)
+    last_rank = np.append(rank, -1)
+    for a, b in reversed(waves):
+        s = nxt[a:b]
+        out[a:b] = out[s]
+        out[np.arange(a, b), did[s]] += 1.0
+        out_x[a:b] = out_x[s] + nxt_x[a:b]
+        last_rank[a:b] = np.where(s < k, last_rank[s], rank[a:b])
+    first = np.array([by_rank[rank[by_rank] == r][0] for r in range(pp)])
+    last = np.array([by_rank[rank[by_rank] == r][-1] for r in range(pp)])
+    head, head_x = into[pred[first, 0], 0], into_x[pred[first, 0], 0]
+    ext = (np.vstack([head, head + out[last]])[:, :num_dids], np.concatenate([head_x, head_x + out_x[last]]),
+           np.concatenate([np.arange(pp), last_rank[last]]))
+    chains = into[last].reshape(pp * nref, -1)[:, :num_dids]
+    full = (chains, into_x[last].reshape(-1), np.repeat(np.arange(pp), nref))
+    return full, ext
 
 
 def _run(prog: _Program, base: np.ndarray, p2p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -131,6 +251,27 @@ def _run(prog: _Program, base: np.ndarray, p2p: np.ndarray) -> tuple[np.ndarray,
     return done[first_rank:first_rank + prog.pp], prog.counts @ dur
 
 
+def _base(schedule: PipelineSchedule, fwd: np.ndarray, bwd: np.ndarray, wgt: np.ndarray,
+          overlap: np.ndarray) -> np.ndarray:
+    """The base duration matrix [F; B; W; F k; (B + W) k; 0] (rows 3n.. only for the F&B
+    pairs of DualPipe(V)); a program's duration is the sum of two of its rows."""
+    zero = np.zeros((1, fwd.shape[1]))
+    if schedule in (PipelineSchedule.DUALPIPE, PipelineSchedule.DUALPIPEV):
+        return np.vstack([fwd, bwd, wgt, fwd * overlap, (bwd + wgt) * overlap, zero])
+    return np.vstack([fwd, bwd, wgt, zero])
+
+
+def bound_limit(schedule: PipelineSchedule, pp: int) -> tuple[int, int]:
+    """(limit, period) of :func:`bounds`: its own programs up to ``limit`` micro-batches, the
+    ``ext`` paths of the limit's program beyond (2 pp + one period: the warm-up and cool-down
+    chains are complete; tests/test_fast.py checks the bound at every m up to 3x
+    :func:`exact_limit`)."""
+    if schedule is PipelineSchedule.INTERLEAVED:
+        return 2 * pp, pp
+    period = 4 if schedule is PipelineSchedule.DUALPIPE else 2
+    return 2 * pp + period, period
+
+
 def exact_limit(schedule: PipelineSchedule, pp: int) -> tuple[int, int]:
     """(limit, period): micro-batch counts up to ``limit`` are simulated exactly, larger ones
     extrapolated from ``limit - period`` and ``limit`` (see the module docstring)."""
@@ -143,26 +284,73 @@ def exact_limit(schedule: PipelineSchedule, pp: int) -> tuple[int, int]:
     return 4 * pp + 2, 2
 
 
+def _per_m(schedule: PipelineSchedule, pp: int, vpp: int, m: np.ndarray, fwd, bwd, wgt, overlap, p2p, limit: int,
+           run, beyond) -> tuple[np.ndarray, np.ndarray]:
+    """(pp, plans) pairs from ``run(program, base, p2p)`` per micro-batch count up to
+    ``limit``, and from ``beyond(program at limit - period, program at limit, base, p2p, k)``
+    (k = (m - limit) / period) for the plans past it."""
+    base = _base(schedule, fwd, bwd, wgt, overlap)
+    first = np.empty((pp, fwd.shape[1]))
+    second = np.empty_like(first)
+    for mm in np.unique(m[m <= limit[0]]):
+        sel = np.flatnonzero(m == mm)
+        first[:, sel], second[:, sel] = run(_program(schedule, int(mm), pp, vpp), base[:, sel], p2p[sel])
+    sel = np.flatnonzero(m > limit[0])
+    if sel.size:
+        lim, period = limit
+        first[:, sel], second[:, sel] = beyond(_program(schedule, lim - period, pp, vpp),
+                                               _program(schedule, lim, pp, vpp), base[:, sel], p2p[sel],
+                                               (m[sel] - lim) / period)
+    return first, second
+
+
 def pipeline(schedule: PipelineSchedule, pp: int, vpp: int, m: np.ndarray, fwd: np.ndarray, bwd: np.ndarray,
              wgt: np.ndarray, overlap: np.ndarray, p2p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Rank ends and busy seconds, (pp, plans), of plans sharing (schedule, pp, vpp).
 
     ``fwd``, ``bwd``, ``wgt``, ``overlap`` are (chunks, plans): ChunkTimes' F, B, W and
     overlap factor (F&B / (F + B + W); 1 without overlap); ``m`` and ``p2p`` (plans,)."""
-    base = np.vstack([fwd, bwd, wgt, fwd * overlap, (bwd + wgt) * overlap, np.zeros((1, fwd.shape[1]))])
-    ends = np.empty((pp, fwd.shape[1]))
-    busy = np.empty_like(ends)
-    limit, period = exact_limit(schedule, pp)
-    for mm in np.unique(m[m <= limit]):
-        sel = np.flatnonzero(m == mm)
-        ends[:, sel], busy[:, sel] = _run(_program(schedule, int(mm), pp, vpp), base[:, sel], p2p[sel])
-    sel = np.flatnonzero(m > limit)
-    if sel.size:
-        b, p = base[:, sel], p2p[sel]
-        e1, u1 = _run(_program(schedule, limit - period, pp, vpp), b, p)
-        e2, u2 = _run(_program(schedule, limit, pp, vpp), b, p)
-        k = (m[sel] - limit) / period
+
+    def beyond(p1, p2, b, p, k):
+        e1, u1 = _run(p1, b, p)
+        e2, u2 = _run(p2, b, p)
         # Ranks are coupled: every rank's end ends up growing at the fastest rank's rate.
-        ends[:, sel] = e2 + k * (e2 - e1).max(axis=0)
-        busy[:, sel] = u2 + k * (u2 - u1)
-    return ends, busy
+        return e2 + k * (e2 - e1).max(axis=0), u2 + k * (u2 - u1)
+
+    return _per_m(schedule, pp, vpp, m, fwd, bwd, wgt, overlap, p2p, exact_limit(schedule, pp), _run, beyond)
+
+
+def _bound_run(prog: _Program, base: np.ndarray, p2p: np.ndarray,
+               busy: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(rank end lower bounds, rank busy), each (pp, plans): per rank the longest of the
+    program's paths that reach its last end; with ``busy`` (an extrapolated busy time) the
+    ``ext`` paths only."""
+    dur = base[prog.dur_rows[:, 0]] + base[prog.dur_rows[:, 1]]
+    if busy is None:
+        counts, cross, _, rows = prog.full
+        busy = prog.counts @ dur
+        length = counts @ dur
+    else:
+        counts, cross, own, rows = prog.ext
+        length = counts @ dur + busy[own]
+    length += cross[:, None] * p2p
+    return np.stack([length[a:b].max(axis=0) for a, b in itertools.pairwise(rows)]), busy
+
+
+def bounds(schedule: PipelineSchedule, pp: int, vpp: int, m: np.ndarray, fwd: np.ndarray, bwd: np.ndarray,
+           wgt: np.ndarray, overlap: np.ndarray, p2p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Lower bounds of :func:`pipeline`'s rank ends, and the busy seconds, (pp, plans), in a
+    few matrix products per program instead of one numpy pass per wave.
+
+    Each rank's end is at least the length of any dependency path that ends at its last
+    operation (the simulator's max-plus recursion dominates every path): the paths of
+    :func:`_paths`. Beyond :func:`bound_limit` the ``ext`` paths of the limit's program are
+    used with the busy time extrapolated (linear in m, exact): the warm-up and cool-down
+    chains are the same for every m past it. Arguments as :func:`pipeline`."""
+
+    def beyond(p1, p2, b, p, k):
+        u1 = p1.counts @ (b[p1.dur_rows[:, 0]] + b[p1.dur_rows[:, 1]])
+        u2 = p2.counts @ (b[p2.dur_rows[:, 0]] + b[p2.dur_rows[:, 1]])
+        return _bound_run(p2, b, p, u2 + k * (u2 - u1))
+
+    return _per_m(schedule, pp, vpp, m, fwd, bwd, wgt, overlap, p2p, bound_limit(schedule, pp), _bound_run, beyond)

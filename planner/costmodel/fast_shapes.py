@@ -31,16 +31,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from planner.costmodel import compute as C
 from planner.costmodel.comm import StageComm, dp_step_comm, pp_p2p_s, stage_groups
 from planner.costmodel.memory import (
     _chunk_shares, activation_bytes, largest_gemm_weight, piece_params, rank_params, working_set_bytes,
 )
 from planner.costmodel.partition import Piece, model_pieces
 from planner.costmodel.simulate import piece_compute
+from planner.costmodel.splits import SplitCache
 from planner.hwmodels.collectives import cluster_maps
 from planner.hwmodels.placement import rank_layout
-from planner.costmodel.splits import SplitCache
 from planner.specs.hardware import ClusterSpec
 from planner.specs.model import ModelSpec
 from planner.specs.plan import AttentionKernel, PipelineSchedule, Plan, Recompute, Workload, ZeroStage
@@ -70,6 +69,21 @@ def _first_seen(x: np.ndarray) -> np.ndarray:
     return rank[inverse.reshape(-1)].reshape(x.shape)
 
 
+def unique_rows(*cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct rows of the stacked (non-negative integer) columns, and per input row the
+    index of its distinct row (one mixed-radix key per row: a 1-D ``np.unique``)."""
+    radix = [int(c.max(initial=0)) + 1 for c in cols]
+    if np.prod(np.array(radix, dtype=float)) >= 2.0**62:
+        uniq, inverse = np.unique(np.stack(cols, axis=1), axis=0, return_inverse=True)
+        return uniq, inverse.reshape(-1)
+    key = np.zeros(len(cols[0]), dtype=np.int64)
+    for c, r in zip(cols, radix, strict=True):
+        key = key * r + c
+    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    return np.stack(cols, axis=1)[first], inverse.reshape(-1)
+
+
+
 class PartInfo:
     """A partition as arrays: chunk c sits on rank ``chunk_rank[c]`` and holds ``counts[c, k]``
     pieces of kind ``PIECES[k]``; rank r owns chunks ``own[r]`` (``chunks_of_rank``, the
@@ -95,6 +109,22 @@ class PartInfo:
             self.own_counts[r, : len(own)] = self.counts[list(own)]
 
 
+class PartRows:
+    """Per-row arrays of partitions ``pids`` (of one (pp, vpp, schedule)): each
+    :class:`PartInfo` attribute stacked once per distinct partition, then gathered per row."""
+
+    def __init__(self, shapes: Shapes, pids: np.ndarray):
+        uniq, inv = np.unique(pids, return_inverse=True)
+        self.inv = inv.reshape(-1)
+        self.infos = [shapes.part(int(p)) for p in uniq]
+
+    def get(self, name: str) -> np.ndarray:
+        return np.stack([getattr(info, name) for info in self.infos])[self.inv]
+
+    def kinds(self, row: int) -> list:
+        return self.infos[self.inv[row]].kinds
+
+
 class Shapes:
     """Memo tables of one (model, cluster, workload); see the module docstring."""
 
@@ -103,6 +133,8 @@ class Shapes:
         self.present = np.array([p in set(model_pieces(model)) for p in PIECES])
         self._compute: dict = {}
         self._parts: dict = {}
+        self._splits: dict = {}
+        self._forward: dict = {}
         self._split_cache = SplitCache(model)
         self._part_list: list[PartInfo] = []
         self._comm: dict = {}
@@ -137,11 +169,24 @@ class Shapes:
 
     # -- partitions -----------------------------------------------------------------------
 
+    def forward_s(self, *key) -> tuple:
+        """((piece, forward seconds at full SMs), ...) of :meth:`compute` ``key`` (the input of
+        the forward-balanced split)."""
+        hit = self._forward.get(key)
+        if hit is None:
+            table = self.compute(*key, 1.0)
+            hit = self._forward[key] = tuple((p, float(table[k, 0])) for k, p in enumerate(PIECES) if self.present[k])
+        return hit
+
     def splits(self, pp: int, vpp: int, sched: int, forward_s: tuple) -> tuple[PartInfo, ...]:
         """The splits ``simulate`` may pick (:class:`planner.costmodel.splits.SplitCache`, the
         simulator's partitions): Megatron's even split alone
         when the blocks divide (not DualPipe), else (forward-time balanced, count balanced);
         ``forward_s`` is ((piece, forward seconds at full SMs), ...)."""
+        memo = (pp, vpp, sched, forward_s)
+        hit = self._splits.get(memo)
+        if hit is not None:
+            return hit
         plan = canonical_plan(pp=pp, vpp=vpp, sched=SCHEDULES[sched])
         out = []
         for split in self._split_cache.splits(plan, dict(forward_s)):
@@ -151,7 +196,8 @@ class Shapes:
                 hit = self._parts[key] = PartInfo(split.partition, len(self._part_list), plan)
                 self._part_list.append(hit)
             out.append(hit)
-        return tuple(out)
+        hit = self._splits[memo] = tuple(out)
+        return hit
 
     def part(self, pid: int) -> PartInfo:
         return self._part_list[pid]

@@ -1,0 +1,78 @@
+"""Peak memory per pipeline rank for many plans at once: ``memory.state_bytes`` plus
+``memory.stage_memory``'s activations and workspace, re-assembled term by term over numpy
+arrays from the per-shape primitives of :class:`~planner.costmodel.fast_shapes.Shapes`
+(tests/test_fast.py checks it against ``simulate`` to 1e-9)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from planner.costmodel.fast_shapes import DUAL, PIECES, Shapes, canonical_plan, unique_rows
+from planner.costmodel.memory import _formats, inflight_microbatches, memory_constants
+from planner.costmodel.partition import Piece
+from planner.specs.plan import PipelineSchedule, Precision
+
+__all__ = ["stage_memory"]
+
+_HEADS = np.array([p in (Piece.HEAD, Piece.MTP) for p in PIECES])
+
+
+def stage_memory(sh: Shapes, c: dict, pids, rank_counts, m, edp, pp: int, vpp: int,
+                 schedule: PipelineSchedule) -> np.ndarray:
+    """(rows, pp) bytes per rank: ``memory.state_bytes`` + ``stage_memory``'s activations and
+    workspace, term by term over arrays."""
+    model, workload = sh.model, sh.workload
+    k = memory_constants()
+    g = len(pids)
+    dual = schedule in DUAL
+    # States (state_bytes): ZeRO shards dense over dp * cp, experts over edp; ZeRO-3 keeps
+    # two pieces gathered, ZeRO-2 one piece's gradients unsharded.
+    fp8 = workload.precision is Precision.FP8
+    uniq, inv = unique_rows(c["tp"], c["ep"], c["etp"], pids)
+    uniq = uniq.tolist()
+    rp = np.stack([sh.rank_params(t, ep, etp, pid) for t, ep, etp, pid in uniq])[inv]  # (g, pp, 3)
+    transient = np.zeros((g, pp))
+    if fp8:  # the FP8 weight copy of the rank's largest GEMM
+        transient += np.array([[sh.largest_gemm(t, ep, etp, kinds) for kinds in sh.part(pid).kinds]
+                               for t, ep, etp, pid in uniq])[inv]
+    transient *= k.fp8_weight_copy_bytes_per_param
+    dense, expert, largest = rp[:, :, 0], rp[:, :, 1], rp[:, :, 2]
+    total = dense + expert
+    shard = dense / (c["dp"] * c["cp"])[:, None] + expert / edp[:, None]
+    st = k.state_bytes_per_param[workload.precision]
+    zero = c["zero"][:, None]
+    weights = np.where(zero >= 3, np.minimum(total * st.weights, (shard + 2 * largest) * st.weights),
+                       total * st.weights)
+    grads = np.where(zero >= 2, np.minimum(total * st.gradients, (shard + largest) * st.gradients),
+                     total * st.gradients)
+    optim = np.where(zero >= 1, shard, total) * st.optimizer
+    # Activations: the largest working set of the rank's pieces, plus each chunk's share of
+    # the micro-batches in flight (heads and MTP hold at most one).
+    # Per distinct (activation shape, split, micro-batches), then gathered per row.
+    uniq, inv = unique_rows(c["tp"], c["cp"], c["ep"], c["etp"], c["mb"], c["sp"], c["rec"])
+    acts = np.stack([sh.activations(*row) for row in uniq.tolist()])  # (u, pieces, 2)
+    ms, m_inv = np.unique(m, return_inverse=True)
+    combo, where = unique_rows(inv, pids, m_inv.reshape(-1))
+    act = acts[combo[:, 0]]
+    info = [sh.part(int(p)) for p in combo[:, 1]]
+    present = np.stack([i.rank_counts for i in info]) > 0
+    ws = np.where(present, act[:, None, :, 1], 0.0).max(axis=2)
+    plan = canonical_plan(pp=pp, vpp=vpp, sched=schedule)
+    inflight = np.array([[inflight_microbatches(plan, int(mm), r) for r in range(pp)] for mm in ms])[combo[:, 2]]
+    alive = inflight[:, :, None] * np.stack([i.shares for i in info])  # (u, pp, own)
+    held = np.where(_HEADS, np.minimum(alive, 1.0)[..., None], alive[..., None]) * np.stack([i.own_counts for i in info])
+    activations = (ws + np.einsum("urjk,uk->ur", held, act[:, :, 0]))[where]
+    # Workspace: the FP8 weight copy (above), MoE dispatch/combine buffers, p2p buffers.
+    tokens = (workload.seq_length * c["mb"] / c["cp"])[:, None]
+    d = model.hidden_size
+    if model.moe is not None:
+        moe_rank = (rank_counts[:, :, PIECES.index(Piece.MOE)] + rank_counts[:, :, PIECES.index(Piece.MTP)]) > 0
+        rows_ = tokens * model.moe.top_k * (c["etp"] / c["tp"])[:, None]
+        sets = k.overlapped_microbatches_dualpipe if dual else 1
+        transient += moe_rank * sets * rows_ * d * (_formats(workload).cached + k.activation_bytes)
+    if pp > 1:
+        seq_div = np.where(c["sp"] == 1, c["tp"], 1)[:, None]
+        transient += (4 if dual else 2) * k.activation_bytes * tokens * d / seq_div
+    workspace = (k.cuda_context_bytes + k.nccl_buffers_bytes + k.gemm_workspace_bytes + transient
+                 + k.fragmentation_fraction * (activations + transient))
+    return weights + grads + optim + activations + workspace

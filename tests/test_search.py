@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from planner.costmodel.simulate import simulate
-from planner.errors import InfeasibleError
+from planner.errors import InfeasibleError, SpecError, UnsupportedError
 from planner.presets import load_cluster, load_model
 from planner.search import BoundCalculator, Constraints, PruneRule, candidates, plan
 from planner.search.space import SpaceStats
@@ -408,3 +408,40 @@ def test_plans_the_cost_model_refuses_are_counted_invalid(monkeypatch):
         assert c.simulated + c.pruned["memory_lower_bound"] + c.pruned["time_lower_bound"] == c.enumerated
         if exhaustive:
             assert c.invalid_by_rule["costmodel.node_limit"] > 0
+
+
+def test_raw_programs_are_the_simulators():
+    """programs.py builds each rank's operations without the simulator's compile step; they
+    must be the operations the simulator compiles (schedules._compiled)."""
+    from planner.costmodel.schedules import _compiled
+    from planner.search.programs import raw_programs
+    for schedule in SCHEDULES:
+        for pp, vpp, m in [(4, 1, 8), (2, 1, 6), (4, 2, 8), (3, 3, 6), (8, 1, 16), (6, 1, 24)]:
+            if (vpp > 1) != (schedule is PipelineSchedule.INTERLEAVED) or (
+                    schedule is PipelineSchedule.DUALPIPE and pp % 2):
+                continue
+            raw = tuple(tuple(ops) for ops in raw_programs(schedule, m, pp, vpp))
+            assert raw == _compiled(schedule, m, pp, vpp).ops, (schedule, pp, vpp, m)
+
+
+@pytest.mark.parametrize(("name", "gpus", "batch", "seq"), [
+    ("tiny-moe-mla", 16, 64, 64), ("tiny-dense", 16, 64, 64), ("llama3-8b", 16, 64, 4096),
+])
+def test_batched_first_refinement_equals_the_one_group_path(name, gpus, batch, seq):
+    """quick.py prices many groups at once; each value is the one-group path's
+    (Refiner.variant_bounds with quick=True) up to float rounding, refusals included."""
+    import numpy as np
+
+    from planner.search.quick import quick_bounds
+    model, cluster, workload, sample = _sample_plans(name, gpus, batch, seq, 60, seed=7)
+    groups = [[p.model_copy(update={"recompute": r}) for r in RECOMPUTES] for p in sample]
+    one = BoundCalculator(model, cluster, workload).refiner
+    values, errors = quick_bounds(BoundCalculator(model, cluster, workload).refiner, groups)
+    for g, variants in enumerate(groups):
+        try:
+            expected = one.variant_bounds(variants, quick=True)
+        except (SpecError, UnsupportedError):
+            assert g in errors
+            continue
+        assert g not in errors
+        np.testing.assert_allclose(values[g], expected, rtol=1e-12)

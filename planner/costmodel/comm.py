@@ -78,6 +78,58 @@ class PieceComm:
         )
 
 
+def _tp_costs(cluster: ClusterSpec, groups: np.ndarray, sequence_parallel: bool, act_bytes: float,
+              tokens: float) -> tuple[float, float]:
+    """One TP all-reduce of the activations (a reduce-scatter + all-gather under sequence
+    parallelism), and the cross-entropy's three per-token FP32 all-reduces."""
+    if sequence_parallel:
+        rs = collective_cost(cluster, CollectiveOp.REDUCE_SCATTER, groups, act_bytes).time_s
+        ag = collective_cost(cluster, CollectiveOp.ALL_GATHER, groups, act_bytes).time_s
+        allreduce = rs + ag
+    else:
+        allreduce = collective_cost(cluster, CollectiveOp.ALL_REDUCE, groups, act_bytes).time_s
+    per_token = collective_cost(cluster, CollectiveOp.ALL_REDUCE, groups, tokens * FP32_BYTES).time_s
+    return allreduce, 3 * per_token
+
+
+def _cp_costs(cluster: ClusterSpec, groups: np.ndarray, kv_bytes: float) -> tuple[float, float]:
+    """Ring attention's exchange: forward (all-gather), backward (all-gather + reduce-scatter)."""
+    ag = collective_cost(cluster, CollectiveOp.ALL_GATHER, groups, kv_bytes).time_s
+    rs = collective_cost(cluster, CollectiveOp.REDUCE_SCATTER, groups, kv_bytes).time_s
+    return ag, ag + rs
+
+
+def _groups_key(groups: np.ndarray) -> tuple:
+    return groups.shape, groups.dtype.str, groups.tobytes()
+
+
+class _Memo:
+    """Exact memo of :class:`StageComm`'s per-dimension costs for one cluster at a time.
+
+    Keyed by every argument of the collective calls (the placed groups' GPU ids, the bytes,
+    the flags), so a value is reused only where the call would repeat itself: plans that
+    differ in a degree TP and CP do not read (ep, ZeRO, recompute, schedule) share it, and
+    the numbers are bit-identical. (:func:`moe_all_to_all` keeps its own cache.) The cluster
+    is held, so its id cannot be reused by another spec; a new cluster clears it."""
+
+    LIMIT = 65_536
+
+    def __init__(self) -> None:
+        self._cluster: ClusterSpec | None = None
+        self._values: dict[tuple, object] = {}
+
+    def get(self, cluster: ClusterSpec, key: tuple, compute):
+        if cluster is not self._cluster or len(self._values) >= self.LIMIT:
+            self._cluster, self._values = cluster, {}
+        hit = self._values.get(key)
+        if hit is None:
+            hit = self._values[key] = compute()
+        return hit
+
+
+_MEMO = _Memo()
+
+
 class StageComm:
     """Communication costs of one pipeline stage, computed once per piece kind."""
 
@@ -91,21 +143,15 @@ class StageComm:
         self.tp_allreduce_s = self.cross_entropy_s = 0.0
         if plan.tp > 1:
             groups = stage_groups(layout, "tp", stage)
-            if plan.sequence_parallel:
-                rs = collective_cost(cluster, CollectiveOp.REDUCE_SCATTER, groups, act_bytes).time_s
-                ag = collective_cost(cluster, CollectiveOp.ALL_GATHER, groups, act_bytes).time_s
-                self.tp_allreduce_s = rs + ag
-            else:
-                self.tp_allreduce_s = collective_cost(cluster, CollectiveOp.ALL_REDUCE, groups, act_bytes).time_s
-            per_token = collective_cost(cluster, CollectiveOp.ALL_REDUCE, groups, self.tokens * FP32_BYTES).time_s
-            self.cross_entropy_s = 3 * per_token
+            self.tp_allreduce_s, self.cross_entropy_s = _MEMO.get(
+                cluster, ("tp", _groups_key(groups), plan.sequence_parallel, act_bytes, self.tokens),
+                lambda: _tp_costs(cluster, groups, plan.sequence_parallel, act_bytes, self.tokens))
         self.cp_forward_s = self.cp_backward_s = 0.0
         if plan.cp > 1:
             groups = stage_groups(layout, "cp", stage)
             kv = self.tokens * _kv_width(model) / plan.tp * BF16_BYTES * plan.cp
-            ag = collective_cost(cluster, CollectiveOp.ALL_GATHER, groups, kv).time_s
-            rs = collective_cost(cluster, CollectiveOp.REDUCE_SCATTER, groups, kv).time_s
-            self.cp_forward_s, self.cp_backward_s = ag, ag + rs
+            self.cp_forward_s, self.cp_backward_s = _MEMO.get(
+                cluster, ("cp", _groups_key(groups), kv), lambda: _cp_costs(cluster, groups, kv))
         self.ep_dispatch_s = self.ep_combine_s = 0.0
         if model.moe is not None and plan.ep > 1:
             moe = model.moe

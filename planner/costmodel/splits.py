@@ -40,6 +40,13 @@ class Split:
     """Per direction (two for DualPipe), the rank running each chunk."""
     rank_counts: np.ndarray
     """(ranks, pieces): how many of each piece every rank holds (all its chunks)."""
+    home: np.ndarray
+    """(chunks,): each chunk's ``rank`` (the stage the simulator prices its communication on)."""
+    held: np.ndarray
+    """(ranks, chunks): 1 where the rank holds the chunk (``own``), else 0."""
+    homed: np.ndarray
+    """(ranks, chunks): 1 where the chunk is also homed on the rank (``chunk.rank``: the
+    stage the simulator prices its communication on), else 0."""
 
 
 class SplitCache:
@@ -62,7 +69,9 @@ class SplitCache:
         shape = self._shape(plan)
         if self.even(plan):
             return (self._split(shape + ("even",), lambda: partition(self.model, plan)),)
-        timed = self._split(shape + tuple(sorted(forward_s.items())), lambda: self._partition(plan, forward_s))
+        # Keyed by each piece's time (the partition reads those of the model's pieces only).
+        timed = self._split(shape + tuple(forward_s.get(p) for p in self.pieces),
+                            lambda: self._partition(plan, forward_s))
         return timed, self._split(shape + ("count",), lambda: self._partition(plan, UNIT_COST))
 
     def count_split(self, plan: Plan) -> Split:
@@ -90,7 +99,12 @@ class SplitCache:
             if part.mirrored:  # direction 1 runs chunk c on rank pp-1-c
                 where.append(tuple(part.pp - 1 - ch.rank for ch in part.chunks))
             rank_counts = np.stack([counts[list(chunks)].sum(axis=0) for chunks in own])
-            hit = self._splits[key] = Split(part, counts, own, tuple(where), rank_counts)
+            held = np.zeros((part.pp, len(part.chunks)))
+            for r, chunks in enumerate(own):
+                held[r, list(chunks)] = 1.0
+            home = np.array([ch.rank for ch in part.chunks], dtype=np.int64)
+            homed = held * (home[None, :] == np.arange(part.pp)[:, None])
+            hit = self._splits[key] = Split(part, counts, own, tuple(where), rank_counts, home, held, homed)
         return hit
 
 

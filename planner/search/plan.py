@@ -9,9 +9,11 @@
    is already the smallest left (:mod:`planner.search.refine`):
 
    - level 1: rank 0 with stage 0's communication, no data-parallel terms (the plans that
-     differ only in recompute and ZeRO stage are priced together: one per group);
+     differ only in recompute and ZeRO stage are priced together: one per group; and the
+     groups next in line are priced in one batch, :mod:`planner.search.quick`);
    - level 2: the busiest ranks with their stages' communication (per group);
-   - level 3: the same with the data-parallel terms (exposed gradient reduction, ZeRO-3);
+   - level 3: the same with the data-parallel terms (exposed gradient reduction, ZeRO-3;
+     per group and ZeRO stage);
    - then the exact memory of the end ranks (dropped if over the limit in every split
      the simulator may pick: memory rule), and level 4, the simulator's pipeline replayed
      with every chunk priced on its stage;
@@ -54,6 +56,10 @@ from planner.specs.model import ModelSpec
 from planner.specs.plan import Plan, Workload
 
 GIB = 2**30
+QUICK_BATCH = (128, 1024)
+"""Fewest and most groups given their first refinement in one batch (a cost trade only:
+each batch pays a few numpy calls per pipeline program; groups refined beyond the stopping
+point are wasted work)."""
 
 
 @dataclass(frozen=True)
@@ -275,42 +281,65 @@ class _Search:
         """Pop the smallest bound; refine it one level and push it back, check its memory,
         simulate it at the last level; stop once the smallest bound left exceeds the k-th
         best feasible step. Level 0 is kept per group (the plans that differ only in
-        recompute and ZeRO stage, at their smallest level-0 bound), and levels 1 and 2 are
-        priced per group too: a group's first pop prices all of its plans."""
+        recompute and ZeRO stage, at their smallest level-0 bound), in a sorted queue beside
+        the heap; the first refinement is priced for a batch of groups at once
+        (:func:`planner.search.quick.quick_bounds`): every group whose level-0 bound is
+        not above the smallest refined bound left (they would be popped next anyway), at
+        least ``QUICK_BATCH[0]`` (fewer only past the k-th best step), at most
+        ``QUICK_BATCH[1]``. The busiest ranks (level 2 above) are priced per group, with the
+        data-parallel terms (level 3) per group and ZeRO stage: a plan's first pop prices
+        its siblings too. Refining more plans than needed only costs time: every bound is a
+        lower bound, whoever asks for it."""
         calc, table, bound, memory, limit = self.calc, self.table, self.bound, self.memory, self.limit
         group, members = _groups(table, survivors)
-        heap = [(float(bound[rows].min()), 0, g) for g, rows in enumerate(members)]
-        heapq.heapify(heap)
-        ranks_bound = np.full(len(table), np.nan)  # level 2, priced per group
+        first = np.array([bound[rows].min() for rows in members])  # each group's level-0 bound
+        queue = np.argsort(first, kind="stable")  # level 0, smallest first (ties: group order)
+        sorted_first = first[queue]
+        heap: list[tuple[float, int, int]] = []  # (bound, level >= 1, candidate)
+        nxt = 0  # queue[nxt:] are the groups still at level 0
+        ranks_bound = np.full(len(table), np.nan)  # the busiest ranks, priced per group
+        dp_bound = np.full(len(table), np.nan)  # ... with the DP terms, per group and ZeRO stage
 
-        def alive(entry) -> int:  # candidates an entry stands for
-            _, level, k = entry
-            return sum(int(r) not in self.rejected for r in members[k]) if level == 0 else int(k not in self.rejected)
+        def alive(rows) -> int:  # candidates not refused by the cost model among ``rows``
+            return sum(int(r) not in self.rejected for r in rows)
 
-        while heap:
+        while nxt < len(queue) or heap:
             # ``level``: how far b is refined (0: level 0, per group ... 4: replayed; then simulated).
-            b, level, i = heapq.heappop(heap)
-            if level > 0 and i in self.rejected:
-                continue
-            if len(self.feasible) >= self.top_k and b > self.feasible[self.top_k - 1][0]:
-                pruned[PruneRule.TIME_LOWER_BOUND.value] += alive((b, level, i)) + sum(alive(e) for e in heap)
+            b0 = float(sorted_first[nxt]) if nxt < len(queue) else np.inf
+            bh = heap[0][0] if heap else np.inf
+            kth = self.feasible[self.top_k - 1][0] if len(self.feasible) >= self.top_k else np.inf
+            if min(b0, bh) > kth:
+                rest = sum(alive(members[g]) for g in queue[nxt:].tolist()) + sum(alive((k,)) for _, _, k in heap)
+                pruned[PruneRule.TIME_LOWER_BOUND.value] += rest
                 break
+            if b0 <= bh:  # level 0 (ties first)
+                # The groups popped next anyway (bound <= the heap's), at least QUICK_BATCH[0]
+                # of those not past the k-th best step, at most QUICK_BATCH[1].
+                end = int(np.searchsorted(sorted_first, min(bh, kth), side="right"))
+                under = int(np.searchsorted(sorted_first, kth, side="right"))
+                end = max(end, min(nxt + QUICK_BATCH[0], under))
+                end = min(max(end, nxt + 1), nxt + QUICK_BATCH[1], len(queue))
+                self._quick([members[g] for g in queue[nxt:end].tolist()], heap)
+                nxt = end
+                continue
+            b, level, i = heapq.heappop(heap)
+            if i in self.rejected:
+                continue
             try:
-                if level == 0:  # i is a group
-                    rows = members[i]
-                    self._tick(len(rows))
-                    quick = calc.refined_rows(table, rows, quick=True)
-                    for k, value in zip(rows.tolist(), quick.tolist(), strict=True):
-                        bound[k] = max(bound[k], value)
-                        heapq.heappush(heap, (float(bound[k]), 1, k))
-                    continue
                 if level == 1:
                     if np.isnan(ranks_bound[i]):
                         rows = members[group[i]]
                         ranks_bound[rows] = calc.refined_rows(table, rows)
                     bound[i] = max(b, float(ranks_bound[i]))
                 elif level == 2:
-                    bound[i] = max(b, calc.refined(self.plan_of(i)))
+                    if np.isnan(dp_bound[i]):
+                        rows = members[group[i]]
+                        rows = rows[table.zero[rows] == table.zero[i]]
+                        try:
+                            dp_bound[rows] = calc.refined_variants(table, rows)
+                        except (SpecError, UnsupportedError):  # find out whether plan i is refused
+                            dp_bound[i] = calc.refined(self.plan_of(i))
+                    bound[i] = max(b, float(dp_bound[i]))
                 elif level == 3:
                     memory[i] = max(memory[i], calc.refined_memory(self.plan_of(i)))
                     if memory[i] > limit:  # every split the simulator may pick has a rank over the limit
@@ -322,9 +351,22 @@ class _Search:
                     self._simulate(i)
                     continue
             except (SpecError, UnsupportedError) as exc:
-                self._reject(members[i] if level == 0 else members[group[i]] if level == 1 else i, exc)
+                self._reject(members[group[i]] if level == 1 else i, exc)
                 continue
             heapq.heappush(heap, (float(bound[i]), level + 1, i))
+
+    def _quick(self, groups: list[np.ndarray], heap: list) -> None:
+        """The first refinement (level 0 -> 1) of the candidates of ``groups``, in one batch
+        (:meth:`BoundCalculator.quick_rows`), pushed on the heap; a group whose shape the
+        cost model refuses is rejected whole."""
+        self._tick(sum(len(rows) for rows in groups))
+        for rows, values in zip(groups, self.calc.quick_rows(self.table, groups), strict=True):
+            if isinstance(values, PlannerError):
+                self._reject(rows, values)
+                continue
+            for r, value in zip(rows.tolist(), values.tolist(), strict=True):
+                self.bound[r] = max(self.bound[r], value)
+                heapq.heappush(heap, (float(self.bound[r]), 1, r))
 
 
 def _groups(table, rows: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -333,8 +375,12 @@ def _groups(table, rows: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
     group = np.full(len(table), -1, dtype=np.int64)
     if len(rows) == 0:
         return group, []
-    keys = np.stack([getattr(table, c)[rows] for c in ("tp", "cp", "pp", "vpp", "sched", "ep", "dp", "mb", "sp")], axis=1)
-    _, inverse = np.unique(keys, axis=0, return_inverse=True)
+    # Mixed-radix code of the key columns' ranks: the lexicographic order of the columns.
+    code = np.zeros(len(rows), dtype=np.int64)
+    for c in ("tp", "cp", "pp", "vpp", "sched", "ep", "dp", "mb", "sp"):
+        values, rank = np.unique(getattr(table, c)[rows], return_inverse=True)
+        code = code * len(values) + rank.reshape(-1)
+    _, inverse = np.unique(code, return_inverse=True)
     inverse = inverse.reshape(-1)
     group[rows] = inverse
     order = np.argsort(inverse, kind="stable")

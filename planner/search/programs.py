@@ -32,7 +32,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from planner.costmodel.schedules import _compiled, _layout  # the simulator's own programs and chunk placement
+# The simulator's own program builders and chunk placement.
+from planner.costmodel.schedules import _dualpipe, _interleaved, _layout, _one_f_one_b
 from planner.specs.plan import PipelineSchedule
 
 _F, _B, _W, _BW, _FB = range(5)  # the op codes of planner.costmodel.schedules (EventKind order)
@@ -93,7 +94,7 @@ class Programs:
 def _suffix_counts(ops, chunks: int, positions: list[int]) -> np.ndarray:
     """(positions, 6, chunks): unpaired F, B, W, BW and paired forwards and backwards of
     each chunk in ``ops[j:]`` for every j in ``positions``."""
-    arr = np.asarray(ops, dtype=np.int64).reshape(-1, 5)
+    arr = ops if isinstance(ops, np.ndarray) else np.asarray(ops, dtype=np.int64).reshape(-1, 5)
     code, chunk, back = arr[:, 0], arr[:, 2], arr[:, 4]
     onehot = np.zeros((len(arr) + 1, 6, chunks), dtype=np.int64)
     rows = np.arange(len(arr))
@@ -163,54 +164,69 @@ def _closed_form(schedule: PipelineSchedule, m: int, pp: int, where) -> Programs
                     np.stack([drain_b, drain_b]), drain_x)
 
 
+def raw_programs(schedule: PipelineSchedule, num_microbatches: int, pp: int, vpp: int) -> list[list[tuple]]:
+    """Each rank's operations (code, micro-batch, chunk, backward micro-batch, backward
+    chunk), built as :func:`planner.costmodel.schedules._compiled` builds them (the same
+    builders, the same dispatch; tests/test_search.py checks they are its ``ops``) but not
+    compiled into the simulator's event steps, which only its runs need."""
+    if schedule in (PipelineSchedule.ONE_F_ONE_B, PipelineSchedule.ZERO_BUBBLE):
+        return _one_f_one_b(pp, num_microbatches, split_w=schedule is PipelineSchedule.ZERO_BUBBLE)
+    if schedule is PipelineSchedule.INTERLEAVED:
+        return _interleaved(pp, vpp, num_microbatches)
+    return _dualpipe(pp, num_microbatches, v_shape=schedule is PipelineSchedule.DUALPIPEV)
+
+
 def _from_program(schedule: PipelineSchedule, num_microbatches: int, pp: int, vpp: int) -> Programs:
-    prog = _compiled(schedule, num_microbatches, pp, vpp)
-    n = prog.layout.num_chunks
-    where, direction = prog.layout.chunk_ranks, prog.layout.microbatch_direction
-    forward_kind: dict[tuple[int, int], int] = {}
-    backward_kind: dict[tuple[int, int], int] = {}
-    for ops in prog.ops:
-        for code, mb, c, bmb, bc in ops:
-            if code in (_F, _FB):
-                forward_kind[mb, c] = code
-            if code == _FB:
-                backward_kind[bmb, bc] = _FB
-            elif code in (_B, _BW):
-                backward_kind[mb, c] = code
+    layout = _layout(schedule, pp, vpp, num_microbatches)
+    ops_of_rank = raw_programs(schedule, num_microbatches, pp, vpp)
+    n = layout.num_chunks
+    where = np.asarray(layout.chunk_ranks, dtype=np.int64)  # (directions, chunks)
+    direction = np.asarray(layout.microbatch_direction, dtype=np.int64)
+    # up[d, k]: chunk k sends to chunk k+1 across ranks in direction d; down[d, k]: k to k-1.
+    up = np.zeros(where.shape, dtype=np.int64)
+    up[:, :-1] = where[:, :-1] != where[:, 1:]
+    down = np.zeros(where.shape, dtype=np.int64)
+    down[:, 1:] = where[:, 1:] != where[:, :-1]
+    arrays = [np.asarray(ops, dtype=np.int64).reshape(-1, 5) for ops in ops_of_rank]
+    forward_kind = np.full((len(direction), n), -1, dtype=np.int64)  # (mb, chunk): F or FB
+    backward_kind = np.full((len(direction), n), -1, dtype=np.int64)  # B, BW or FB
+    for arr in arrays:
+        code, mb, c, bmb, bc = arr.T
+        f = (code == _F) | (code == _FB)
+        forward_kind[mb[f], c[f]] = code[f]
+        b = (code == _B) | (code == _BW)
+        backward_kind[mb[b], c[b]] = code[b]
+        backward_kind[bmb[code == _FB], bc[code == _FB]] = _FB
 
     def forwards(mb: int, lo: int, hi: int, into: np.ndarray) -> int:
         """Forwards of mb on chunks lo..hi-1 (each feeding the next) into ``into[0]``;
         returns the sends between them and chunk hi."""
-        ranks, sends = where[direction[mb]], 0
-        for k in range(lo, hi):
-            into[0, k] += forward_kind[mb, k] == _F
-            sends += ranks[k] != ranks[k + 1]
-        return sends
+        into[0, lo:hi] += forward_kind[mb, lo:hi] == _F
+        return int(up[direction[mb], lo:hi].sum())
 
     def backwards(mb: int, lo: int, hi: int, into: np.ndarray) -> int:
-        """Backwards of mb on chunks hi-1..lo (each feeding the one below; B, and W where
-        fused) into ``into[1:]``; returns the sends between them and chunk lo-1."""
-        ranks, sends = where[direction[mb]], 0
-        for k in range(lo, hi):
-            kind = backward_kind[mb, k]
-            into[1, k] += kind in (_B, _BW)
-            into[2, k] += kind == _BW
-            sends += ranks[k] != ranks[k - 1]
-        return sends
+        """Backwards of mb on chunks hi-1..lo (lo >= 1; each feeding the one below; B, and W
+        where fused) into ``into[1:]``; returns the sends between them and chunk lo-1."""
+        kind = backward_kind[mb, lo:hi]
+        into[1, lo:hi] += (kind == _B) | (kind == _BW)
+        into[2, lo:hi] += kind == _BW
+        return int(down[direction[mb], lo:hi].sum())
 
     rows: list[list[tuple[np.ndarray, int, np.ndarray]]] = []
-    for ops in prog.ops:
-        seen, heads = set(), []
-        for j, (code, mb, c, bmb, bc) in enumerate(ops):
-            if code in (_F, _FB) and ("F", direction[mb], c) not in seen:
-                seen.add(("F", direction[mb], c))
-                heads.append((j, "F", mb, c))
-            if code in (_B, _BW, _FB):
-                bm, b = (bmb, bc) if code == _FB else (mb, c)
-                if ("B", direction[bm], b) not in seen:
-                    seen.add(("B", direction[bm], b))
-                    heads.append((j, "B", bm, b))
-        suffix = _suffix_counts(ops, n, [j for j, *_ in heads])
+    for arr in arrays:
+        code, mb, c, bmb, bc = arr.T
+        # The rank's first forward of each (direction, chunk) and first backward of each,
+        # in program order (a pair's forward before its backward).
+        fwd = np.flatnonzero((code == _F) | (code == _FB))
+        bwd = np.flatnonzero((code == _B) | (code == _BW) | (code == _FB))
+        paired = code[bwd] == _FB
+        bm, b = np.where(paired, bmb[bwd], mb[bwd]), np.where(paired, bc[bwd], c[bwd])
+        heads = []
+        for kind, at, m_, k_ in (("F", fwd, mb[fwd], c[fwd]), ("B", bwd, bm, b)):
+            _, first = np.unique(direction[m_] * n + k_, return_index=True)
+            heads += [(int(at[i]), kind, int(m_[i]), int(k_[i])) for i in first]
+        heads.sort(key=lambda h: (h[0], h[1] != "F"))
+        suffix = _suffix_counts(arr, n, [j for j, *_ in heads])
         mine = []
         for (_, kind, m, k), counts in zip(heads, suffix, strict=True):
             chain = np.zeros((3, n))
@@ -229,12 +245,12 @@ def _from_program(schedule: PipelineSchedule, num_microbatches: int, pp: int, vp
         for j, (ch, x, rs) in enumerate(mine):
             chain[:, r, j], sends[r, j], rest[:, r, j], valid[r, j] = ch, x, rs, True
     drain, drain_x = np.zeros((3, pp, n)), np.zeros(pp)
-    for r, ops in enumerate(prog.ops):
+    for r, ops in enumerate(ops_of_rank):
         code, mb, c, bmb, bc = ops[-1]
         if code == _FB:
             mb, c = bmb, bc
         if code in (_B, _BW, _FB) and c > 0:  # the backwards of chunks c-1..0 follow
-            drain_x[r] = backwards(mb, 1, c, drain[:, r]) + (where[direction[mb]][c] != where[direction[mb]][c - 1])
+            drain_x[r] = backwards(mb, 1, c, drain[:, r]) + down[direction[mb], c]
             kind = backward_kind[mb, 0]
             drain[1, r, 0] += kind in (_B, _BW)
             drain[2, r, 0] += kind == _BW

@@ -34,6 +34,8 @@ from enum import StrEnum
 import numpy as np
 
 from planner.costmodel.memory import memory_constants
+from planner.errors import PlannerError
+from planner.search.quick import quick_bounds
 from planner.search.refine import Refiner
 from planner.search.space import RECOMPUTES, SCHEDULES, S_DUALPIPE, CandidateTable
 from planner.specs.hardware import ClusterSpec
@@ -246,9 +248,27 @@ class BoundCalculator:
         """Refined bounds without the data-parallel terms of the candidates ``rows``, which
         differ at most in recompute and ZeRO stage
         (:meth:`planner.search.refine.Refiner.variant_bounds`, one plan per recompute)."""
-        recs, first, which = np.unique(table.rec[rows], return_index=True, return_inverse=True)
-        values = self.refiner.variant_bounds([table.plan(int(rows[k])) for k in first], quick)
-        return values[which.reshape(-1), (table.zero[rows] >= ZeroStage.OPTIMIZER).astype(int)]
+        which, variants = _variants(table, rows)
+        values = self.refiner.variant_bounds(variants, quick)
+        return values[which, (table.zero[rows] >= ZeroStage.OPTIMIZER).astype(int)]
+
+    def refined_variants(self, table: CandidateTable, rows: np.ndarray) -> np.ndarray:
+        """``refined(plan)`` of the candidates ``rows``, which differ at most in recompute
+        (one ZeRO stage), priced together
+        (:meth:`planner.search.refine.Refiner.time_bound_variants`)."""
+        which, variants = _variants(table, rows)
+        return np.array(self.refiner.time_bound_variants(variants))[which]
+
+    def quick_rows(self, table: CandidateTable, groups: list[np.ndarray]) -> list[np.ndarray | PlannerError]:
+        """``refined_rows(table, rows, quick=True)`` for every ``rows`` in ``groups`` (each
+        a group of candidates that differ at most in recompute and ZeRO stage), priced
+        together (:func:`planner.search.quick.quick_bounds`); the cost model's error in
+        place of the values for a group whose shape it refuses."""
+        picks, variants = zip(*(_variants(table, rows) for rows in groups)) if groups else ((), ())
+        values, errors = quick_bounds(self.refiner, variants)
+        return [errors[g] if g in errors else
+                values[g][picks[g], (table.zero[rows] >= ZeroStage.OPTIMIZER).astype(int)]
+                for g, rows in enumerate(groups)]
 
     def replayed(self, plan: Plan) -> float:
         """The replayed step-time bound: the simulator's pipeline replayed
@@ -258,6 +278,17 @@ class BoundCalculator:
     def refined_memory(self, plan: Plan, ranks: str = "ends") -> float:
         """The end ranks' memory bound (:meth:`planner.search.refine.Refiner.memory_bound`)."""
         return self.refiner.memory_bound(plan, ranks)
+
+
+def _variants(table: CandidateTable, rows: np.ndarray) -> tuple[list[int], list[Plan]]:
+    """For candidates that differ at most in recompute and ZeRO stage: one plan per
+    recompute (its first row, recomputes in code order) and each row's index among them."""
+    recs = table.rec[rows].tolist()
+    first: dict[int, int] = {}
+    for k, rec in enumerate(recs):
+        first.setdefault(rec, k)
+    order = sorted(first)
+    return [order.index(rec) for rec in recs], [table.plan(int(rows[first[rec]])) for rec in order]
 
 
 __all__ = ["BoundCalculator", "PlanBounds", "PruneRule"]

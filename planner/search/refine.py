@@ -148,7 +148,7 @@ class Refiner:
                                                         dp=plan.dp, pp=plan.pp, rank_order=plan.rank_order))
         return hit
 
-    def _stage_comm(self, plan: Plan, stage: int) -> np.ndarray:
+    def stage_comm(self, plan: Plan, stage: int) -> np.ndarray:
         """(pieces, 6): PieceComm.astuple() of each piece on ``stage``."""
         key = (plan.tp, plan.cp, plan.ep, plan.expert_tp, plan.dp, plan.pp, plan.micro_batch_size,
                plan.sequence_parallel, plan.rank_order, stage)
@@ -187,8 +187,13 @@ class Refiner:
         key = (plan.pp, plan.vpp, plan.pipeline_schedule, plan.tp, plan.cp, plan.micro_batch_size,
                plan.sequence_parallel and plan.tp > 1, plan.attention_kernel, plan.recompute, plan.ep, plan.expert_tp)
         hit = self._plan_splits.get(key)
-        if hit is None:
-            hit = self._plan_splits[key] = self.splits.splits(plan, self.forward_s(plan))
+        if hit is None:  # plans that differ in what the forward times do not show share them
+            layers = None if plan.pipeline_layers is None else tuple(plan.pipeline_layers)
+            by_times = (plan.pp, plan.vpp, plan.pipeline_schedule, layers, self.piece_times(plan)[:, 0].tobytes())
+            hit = self._plan_splits.get(by_times)
+            if hit is None:
+                hit = self._plan_splits[by_times] = self.splits.splits(plan, self.forward_s(plan))
+            self._plan_splits[key] = hit
         return hit
 
     # -----------------------------------------------------------------------------------
@@ -209,6 +214,22 @@ class Refiner:
                 float(self._split_bounds([plan], s, True)[0, sharded]) for s in self.splits_of(plan))
         return hit
 
+    def time_bound_variants(self, plans: list[Plan]) -> list[float]:
+        """:meth:`time_bound` of plans that differ only in recompute (one ZeRO stage),
+        priced together: the ranks priced are those any of them picks (each rank's bound
+        holds for every plan), so each value is at least the one-plan value."""
+        todo = [p for p in plans if p not in self._time]
+        by_split: dict[tuple, list[Plan]] = {}  # plans sharing the simulator's splits
+        for p in todo:
+            by_split.setdefault(tuple(id(s) for s in self.splits_of(p)), []).append(p)
+        for group in by_split.values():
+            sharded = int(group[0].zero_stage >= ZeroStage.OPTIMIZER)
+            best = ROUNDING * np.min([self._split_bounds(group, s, True)[:, sharded]
+                                      for s in self.splits_of(group[0])], axis=0)
+            for p, value in zip(group, best.tolist(), strict=True):
+                self._time[p] = value
+        return [self._time[p] for p in plans]
+
     def time_bounds(self, plans: list[Plan], quick: bool = False) -> list[float]:
         """:meth:`time_bound` without the data-parallel terms for plans that differ at most
         in recompute and ZeRO stage (priced together, :meth:`variant_bounds`)."""
@@ -226,14 +247,7 @@ class Refiner:
         ``quick``: rank 0 alone, with the communication of stage 0 only (chunks homed
         elsewhere at their compute): one stage's collectives per plan shape, for a first
         cut of the many plans whose level 0 leaves out communication."""
-        out = np.full((len(variants), 2), np.nan)
-        todo = []
-        for v, p in enumerate(variants):
-            hit = self._time.get(self._level1_key(p, quick))
-            if hit is None:
-                todo.append(v)
-            else:
-                out[v] = hit
+        out, todo = self.level1_cached(variants, quick)
         by_split: dict[tuple, list[int]] = {}  # variants sharing the simulator's splits
         for v in todo:
             by_split.setdefault(tuple(id(s) for s in self.splits_of(variants[v])), []).append(v)
@@ -244,6 +258,23 @@ class Refiner:
             for v, row in zip(vs, best, strict=True):
                 out[v] = self._time[self._level1_key(variants[v], quick)] = row
         return out
+
+    def level1_cached(self, variants: list[Plan], quick: bool) -> tuple[np.ndarray, list[int]]:
+        """(variants, 2): the :meth:`variant_bounds` already known (NaN elsewhere), and the
+        indices of the variants still to price."""
+        out = np.full((len(variants), 2), np.nan)
+        todo = []
+        for v, p in enumerate(variants):
+            hit = self._time.get(self._level1_key(p, quick))
+            if hit is None:
+                todo.append(v)
+            else:
+                out[v] = hit
+        return out, todo
+
+    def store_level1(self, plan: Plan, quick: bool, value: np.ndarray) -> None:
+        """Remember a :meth:`variant_bounds` row priced elsewhere (:mod:`planner.search.quick`)."""
+        self._time[self._level1_key(plan, quick)] = value
 
     @staticmethod
     def _level1_key(plan: Plan, quick: bool) -> tuple:
@@ -357,11 +388,12 @@ class Refiner:
         times = (split.counts[idx] @ np.stack([self.piece_times(p, share) for p in plans])).transpose(2, 0, 1)
         gather = scatter = 0.0
         if chunks is None:
-            comm = (split.counts @ self._stage_comm(plan, 0)).T
+            comm = (split.counts @ self.stage_comm(plan, 0)).T
         else:
-            homes = [split.partition.chunks[c].rank for c in idx]  # the simulator prices chunk c there
-            comm = np.array([split.counts[c] @ self._stage_comm(plan, h) if h == 0 or not stage0_only
-                             else np.zeros(6) for c, h in zip(idx, homes, strict=True)]).T
+            homes = split.home[idx].tolist()  # the simulator prices chunk c there
+            tables = {h: self.stage_comm(plan, h) if h == 0 or not stage0_only else np.zeros((len(self.pieces), 6))
+                      for h in set(homes)}
+            comm = np.einsum("kp,kpj->jk", split.counts[idx], np.stack([tables[h] for h in homes]))
             if data_parallel and plan.zero_stage is ZeroStage.PARAMETERS:
                 dps = [(self._dp_comm(plan, split, h), len(split.own[h])) for h in homes]
                 gather = np.array([d.per_microbatch_gather_s / k for d, k in dps])

@@ -33,7 +33,7 @@ import numpy as np
 from planner.costmodel.compute import BF16_BYTES, FP32_BYTES
 from planner.costmodel.partition import Chunk, Piece
 from planner.hwmodels.alltoall import moe_all_to_all
-from planner.hwmodels.collectives import CollectiveOp, collective_cost
+from planner.hwmodels.collectives import CollectiveOp, collective_cost, groups_digest
 from planner.hwmodels.placement import RankLayout, rank_layout
 from planner.specs.hardware import ClusterSpec
 from planner.specs.model import ModelSpec
@@ -99,10 +99,6 @@ def _cp_costs(cluster: ClusterSpec, groups: np.ndarray, kv_bytes: float) -> tupl
     return ag, ag + rs
 
 
-def _groups_key(groups: np.ndarray) -> tuple:
-    return groups.shape, groups.dtype.str, groups.tobytes()
-
-
 class _Memo:
     """Exact memo of :class:`StageComm`'s per-dimension costs for one cluster at a time.
 
@@ -144,14 +140,14 @@ class StageComm:
         if plan.tp > 1:
             groups = stage_groups(layout, "tp", stage)
             self.tp_allreduce_s, self.cross_entropy_s = _MEMO.get(
-                cluster, ("tp", _groups_key(groups), plan.sequence_parallel, act_bytes, self.tokens),
+                cluster, ("tp", groups_digest(groups), plan.sequence_parallel, act_bytes, self.tokens),
                 lambda: _tp_costs(cluster, groups, plan.sequence_parallel, act_bytes, self.tokens))
         self.cp_forward_s = self.cp_backward_s = 0.0
         if plan.cp > 1:
             groups = stage_groups(layout, "cp", stage)
             kv = self.tokens * _kv_width(model) / plan.tp * BF16_BYTES * plan.cp
             self.cp_forward_s, self.cp_backward_s = _MEMO.get(
-                cluster, ("cp", _groups_key(groups), kv), lambda: _cp_costs(cluster, groups, kv))
+                cluster, ("cp", groups_digest(groups), kv), lambda: _cp_costs(cluster, groups, kv))
         self.ep_dispatch_s = self.ep_combine_s = 0.0
         if model.moe is not None and plan.ep > 1:
             moe = model.moe

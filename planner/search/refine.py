@@ -44,6 +44,7 @@ import inspect
 import numpy as np
 
 from planner.costmodel import compute as C
+from planner.costmodel.compute_vec import OpArrays
 from planner.costmodel.comm import StageComm, dp_step_comm, pp_p2p_s
 from planner.costmodel.memory import inflight_microbatches, piece_params, stage_memory
 from planner.costmodel.partition import Piece
@@ -76,7 +77,7 @@ class Refiner:
         self._moe = tuple(p in (Piece.MOE, Piece.MTP) and model.moe is not None for p in self.pieces)
         self._piece: dict[tuple, tuple[float, float, float, float]] = {}
         self._pieces: dict[tuple, np.ndarray] = {}
-        self._ops: dict[tuple, tuple] = {}
+        self._ops: dict[tuple, OpArrays] = {}
         self._plan_splits: dict[tuple, tuple[Split, ...]] = {}
         self._layouts: dict[tuple, object] = {}
         self._params: dict[tuple, np.ndarray] = {}
@@ -111,15 +112,18 @@ class Refiner:
         key = (plan.tp, plan.cp, plan.micro_batch_size, plan.sequence_parallel and plan.tp > 1,
                plan.attention_kernel, plan.recompute, share, piece) + ((plan.ep, plan.expert_tp) if self._moe[k] else ())
         hit = self._piece.get(key)
-        if hit is None:
-            gpu, precision = self.cluster.gpu, self.workload.precision
+        if hit is None:  # all three recompute modes at once (compute_vec: piece_time's twin)
             ops_key = key[:5] + key[7:]  # piece_ops reads neither recompute nor the SM share
             ops = self._ops.get(ops_key)
             if ops is None:
-                ops = self._ops[ops_key] = C.piece_ops(self.model, plan, self.workload, piece)
-            t = C.piece_time(ops, gpu, precision, plan.recompute, share)
-            attn = sum(C.op_forward_s(op, gpu, precision, share) for op in ops if op.kind is C.OpKind.ATTENTION)
-            hit = self._piece[key] = (t.forward_s, t.backward_input_s, t.backward_weight_s, attn)
+                ops = self._ops[ops_key] = OpArrays.of(C.piece_ops(self.model, plan, self.workload, piece),
+                                                       self.cluster.gpu, self.workload.precision)
+            times = ops.times(share)
+            attn = times[None][0]
+            for recompute in Recompute:
+                f, b, w, _ = times[recompute]
+                self._piece[key[:5] + (recompute,) + key[6:]] = (f, b, w, attn)
+            hit = self._piece[key]
         return hit
 
     def piece_params(self, tp: int, ep: int) -> np.ndarray:
@@ -385,15 +389,21 @@ class Refiner:
         share = self.ep_share if plan.pipeline_schedule in DUAL and plan.ep > 1 else 1.0
         n = len(split.partition.chunks)
         idx = np.arange(n) if chunks is None else np.asarray(chunks)
-        times = (split.counts[idx] @ np.stack([self.piece_times(p, share) for p in plans])).transpose(2, 0, 1)
+        counts = split.counts[idx]
+        stacked = (self.piece_times(plan, share)[None] if len(plans) == 1
+                   else np.stack([self.piece_times(p, share) for p in plans]))
+        times = (counts @ stacked).transpose(2, 0, 1)
         gather = scatter = 0.0
         if chunks is None:
             comm = (split.counts @ self.stage_comm(plan, 0)).T
         else:
-            homes = split.home[idx].tolist()  # the simulator prices chunk c there
-            tables = {h: self.stage_comm(plan, h) if h == 0 or not stage0_only else np.zeros((len(self.pieces), 6))
-                      for h in set(homes)}
-            comm = np.einsum("kp,kpj->jk", split.counts[idx], np.stack([tables[h] for h in homes]))
+            homes = split.home[idx]  # the simulator prices chunk c there
+            comm = np.zeros((6, len(idx)))
+            for h in np.unique(homes).tolist():
+                if h == 0 or not stage0_only:  # else no communication (at least the compute)
+                    at = homes == h
+                    comm[:, at] = (counts[at] @ self.stage_comm(plan, h)).T
+            homes = homes.tolist()
             if data_parallel and plan.zero_stage is ZeroStage.PARAMETERS:
                 dps = [(self._dp_comm(plan, split, h), len(split.own[h])) for h in homes]
                 gather = np.array([d.per_microbatch_gather_s / k for d, k in dps])

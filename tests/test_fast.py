@@ -145,6 +145,12 @@ def test_equals_simulate_on_samples(case):
     assert len(plans) >= k
     rng = np.random.default_rng(0)
     sample = [plans[i] for i in rng.choice(len(plans), size=k, replace=False)]
+    assert_equals_simulate(model, cluster, workload, sample)
+
+
+def assert_equals_simulate(model, cluster, workload, sample: list[Plan]) -> None:
+    """Every plan replayed, from cold memos: step time to 1e-9 within the exact micro-batch
+    range (the documented extrapolation residual beyond it), memory and fits always."""
     clear_caches()
     est = estimate(model, cluster, workload, sample, exact_top=None)
     assert est.exact.all()
@@ -280,3 +286,79 @@ def test_pruned_estimate_keeps_the_exact_top_k(case):
         kth = every.step_time_s[best[-1]]
         assert (pruned.step_time_s[~pruned.exact & pruned.fits] >= kth).all()
     assert estimate(model, cluster, workload, plans).exact.sum() < len(plans)  # it does prune
+
+
+def test_refused_plans_are_flagged_not_raised(monkeypatch):
+    """DeepSeek-V3 on 2048 H800: an EP group of 256 over 256 nodes exceeds the node-limited
+    routing (4 nodes hold fewer than top_k experts), which simulate refuses. Mixed with
+    valid plans, the refused ones are flagged with the cost model's error (one try per
+    refused shape) and the valid ones are priced as without them."""
+    from planner.costmodel import fast_shapes
+    from planner.errors import SpecError
+
+    model, cluster = load_model("deepseek-v3"), load_cluster("deepseek-v3-h800", num_gpus=2048)
+    workload = Workload(global_batch_size=15360, seq_length=4096, precision="fp8")
+    refused = [Plan(tp=8, ep=256, dp=256, zero_stage=z, recompute=r)
+               for z, r in ((1, "full"), (2, "full"), (1, "none"))]
+    valid = [Plan(tp=8, ep=64, dp=256, zero_stage=1, recompute="full"), Plan(tp=8, ep=32, dp=256, zero_stage=1)]
+    for plan in refused + valid:
+        check_plan(model, workload, plan, 2048)
+    with pytest.raises(SpecError, match="node_limit") as info:
+        simulate(model, cluster, refused[0], workload)
+    tries = []
+    real = fast_shapes.StageComm
+
+    def counted(*args):
+        try:
+            return real(*args)
+        except SpecError:
+            tries.append(args[-1])
+            raise
+
+    monkeypatch.setattr(fast_shapes, "StageComm", counted)
+    clear_caches()
+    mixed = [refused[0], valid[0], refused[1], valid[1], refused[2]]
+    est = estimate(model, cluster, workload, mixed)
+    assert len(tries) == 1  # the three refused plans share their communication shape
+    assert est.supported.tolist() == [False, True, False, True, False]
+    for i in (0, 2, 4):
+        error = est.refused(i)
+        assert isinstance(error, SpecError) and str(error) == str(info.value)
+        assert f"costmodel.{error.field}" == "costmodel.node_limit"  # planner/search/plan.py's rule
+        assert est.step_time_s[i] == np.inf and not est.fits[i] and not est.exact[i]
+        assert np.isnan(est.memory_peak_bytes[i])
+    assert est.refused(1) is None and len(est.refusals) == 1
+    clear_caches()
+    alone = estimate(model, cluster, workload, valid)
+    np.testing.assert_array_equal(est.step_time_s[[1, 3]], alone.step_time_s)
+    np.testing.assert_array_equal(est.memory_peak_bytes[[1, 3]], alone.memory_peak_bytes)
+    assert alone.supported.all() and alone.exact.all()
+    report = simulate(model, cluster, valid[0], workload)
+    assert est.step_time_s[1] == pytest.approx(report.step_time_s, rel=1e-9)
+    # The table path flags them too (the search's candidate table holds such plans).
+    by_table = estimate_table(model, cluster, workload, CandidateTable.from_plans(mixed))
+    np.testing.assert_array_equal(by_table.refusal, est.refusal)
+
+
+def test_groups_across_nodes_equal_simulate():
+    """TP, CP and EP groups that leave their node (priced once per form up to a symmetry of
+    the fabric, fast_shapes._fabric_forms) and DP groups, under several rank orders, on 64
+    DGX H100 nodes (two leaf blocks): step time to 1e-9 where exact, memory always."""
+    model, cluster = load_model("tiny-moe-mla"), load_cluster("dgx-h100", num_gpus=512)
+    workload = Workload(global_batch_size=1024, seq_length=2048)
+    plans = candidates(model, 512, workload, tps=(2, 4, 8), cps=(1, 2, 4), eps=(2, 4, 8), pps=(2, 4, 8),
+                       mbs=(1,), zeros=(1, 3), recomputes=("selective",), schedules=("1f1b", "dualpipev"))
+    rng = np.random.default_rng(3)
+    orders = ("tp-cp-ep-dp-pp", "cp-tp-ep-dp-pp", "tp-dp-cp-ep-pp", "dp-tp-cp-ep-pp")
+    sample = []
+    for i in rng.permutation(len(plans)):
+        plan = plans[i].model_copy(update={"rank_order": orders[rng.integers(len(orders))]})
+        try:
+            check_plan(model, workload, Plan.model_validate(plan.model_dump()), 512)
+        except ValueError:
+            continue
+        sample.append(plan)
+        if len(sample) == 24:
+            break
+    assert len({p.rank_order for p in sample}) > 2
+    assert_equals_simulate(model, cluster, workload, sample)

@@ -35,25 +35,36 @@ How (the simulator's numbers, assembled per plan with numpy instead of per plan 
    balanced) are priced and the faster that fits is kept (on the bounds, for plans not
    replayed: their memory may then be the other split's; the fits verdict cannot differ).
 
-Differences from ``simulate``, on replayed plans: the pipeline extrapolation beyond
-:func:`fast_pipeline.exact_limit` micro-batches (see that module), and two sharing rules of
-:mod:`~planner.costmodel.fast_shapes` (collectives on groups equal up to a symmetry of the
-cluster cost the same), which tests/test_fast.py checks through exact agreement with
-``simulate`` on H100/H800/A100 fat-trees, Fire-Flyer PCIe nodes and NVL72 racks. On the
-others, the bound's gap to the replay (benchmarks/bench_fast.py, plans that fit): llama3-70b
-/ 1024 H100, 5,772 plans: median 0.24 %, 90th percentile 4.4 %, max 14 %; DeepSeek-V3 /
-2048 H800, 768 plans: median 3.1 %, 90th percentile 6.9 %, max 12.8 % (the bound follows
-fixed paths; uneven chunks and DualPipe's pairs move the real critical path off them).
+Plans the cost model refuses (``simulate`` raises :data:`~planner.costmodel.fast_refusals.
+REFUSALS` for them, e.g. an EP group over more nodes than the node-limited routing serves)
+are marked, not raised: ``FastEstimates.refusal`` / ``refused(i)`` (step time inf, memory
+NaN, fits False), each refused shape tried once (:mod:`~planner.costmodel.fast_refusals`).
 
-Speed (benchmarks/bench_fast.py, 2 shared CPU cores, single-threaded BLAS, best of 5):
-new plans over warm shape tables, llama3-70b / 1024 H100: 57,000 plans/s on the 5,772-plan
-grid (51,500 through Plan objects), 72,000 plans/s on the search's whole 37,224-plan space;
-DeepSeek-V3 / 2048 H800, 768 plans: 13,900 plans/s (its replays of 60-240 micro-batch
-programs dominate). Cold (every memo empty): 3,900, 3,400 and 445 plans/s, bound by
-one-time work per shape: the collective profiles of every TP/CP/EP and DP group, compiling
-the schedule programs and their paths, and the splits. Top-20 agreement with ``simulate``:
-0.000 %, 0.000 % and 0.034 %; 296, 1,307 and 53 plans replayed. With two OpenBLAS threads
-on the same shared cores the warm figures halve (the path products are small matrices).
+Differences from ``simulate``, on replayed plans: the pipeline extrapolation beyond
+:func:`fast_pipeline.exact_limit` micro-batches (see that module), and the sharing rules of
+:mod:`~planner.costmodel.fast_shapes` (e.g. collectives on groups equal up to a symmetry of
+the cluster cost the same), which tests/test_fast.py checks through exact agreement with
+``simulate`` on H100/H800/A100 fat-trees, Fire-Flyer PCIe nodes and NVL72 racks; with every
+plan replayed, the search's whole llama3-70b / 1024 H100 and DeepSeek-V3 / 2048 H800 spaces
+give bit-identical step times and memory to the previous per-(degrees, stage) pricing. On
+the others, the bound's gap to the replay (benchmarks/bench_fast.py, plans that fit):
+llama3-70b / 1024 H100, 5,772 plans: median 0.24 %, 90th percentile 4.4 %, max 14 %;
+DeepSeek-V3 / 2048 H800, 768 plans: median 3.1 %, 90th percentile 6.9 %, max 12.8 % (the
+bound follows fixed paths; uneven chunks and DualPipe's pairs move the real critical path
+off them).
+
+Speed (benchmarks/bench_fast.py, 2 shared CPU cores, single-threaded BLAS, best of 5, two
+runs): new plans over warm shape tables, llama3-70b / 1024 H100: 55,600-57,200 plans/s on
+the 5,772-plan grid (50,300-51,700 through Plan objects), 71,700-72,700 plans/s on the
+search's whole 37,224-plan space; DeepSeek-V3 / 2048 H800: 14,200 plans/s on the 768-plan
+grid (its replays of 60-240 micro-batch programs dominate), 106,800-109,600 plans/s on the
+search's whole 379,800-plan space (360 refused). Cold (every memo empty, a fresh process):
+3,700-3,800, 5,800-5,900, 500-510 and 11,900 plans/s (32 s for the MoE space), bound
+by one-time work per shape: compiling the schedule programs and their paths (most of the
+dense cold time), the DP/ZeRO collectives per (stage form, bytes), the compute per piece
+shape and the splits. Top-20 agreement with ``simulate``: 0.000 %, 0.000 %, 0.034 % and
+0.000 %; 68, 131, 53 and 54 plans with pp > 1 replayed. With two OpenBLAS threads on the
+same shared cores the warm figures halve (the path products are small matrices).
 """
 
 from __future__ import annotations
@@ -66,9 +77,12 @@ import numpy as np
 from planner.costmodel import compute as C
 from planner.costmodel import fast_pipeline
 from planner.costmodel.fast_memory import stage_memory
-from planner.costmodel.fast_shapes import DUAL, KERNELS, RECOMPUTES, SCHEDULES, PartRows, Shapes, unique_rows
+from planner.costmodel.fast_refusals import REFUSALS, Refusals
+from planner.costmodel.fast_shapes import (
+    DUAL, KERNELS, PIECES, RECOMPUTES, SCHEDULES, PartRows, Shapes, unique_rows,
+)
 from planner.costmodel.simulate import _optimizer_bytes_per_param
-from planner.errors import UnsupportedError
+from planner.errors import PlannerError, UnsupportedError
 from planner.specs.hardware import ClusterSpec
 from planner.specs.model import ModelSpec
 from planner.specs.plan import DEFAULT_RANK_ORDER, PipelineSchedule, Plan, Workload
@@ -105,9 +119,26 @@ class FastEstimates:
     exact: np.ndarray
     """Step time and bubble come from the simulator's pipeline replay (bool); elsewhere they
     are lower bounds (the module docstring), every one above the replayed top-k's."""
+    refusal: np.ndarray
+    """Per plan, -1 where the cost model prices it, else the index in ``refusals`` of the
+    error it raised (``simulate`` raises it too); such a plan has step time inf, memory and
+    bubble NaN, fits False and exact False."""
+    refusals: tuple[PlannerError, ...] = ()
+    """The distinct refusals (:mod:`~planner.costmodel.fast_refusals`), each once."""
 
     def __len__(self) -> int:
         return len(self.step_time_s)
+
+    @property
+    def supported(self) -> np.ndarray:
+        """The cost model prices the plan (bool)."""
+        return self.refusal < 0
+
+    def refused(self, i: int) -> PlannerError | None:
+        """The error the cost model raised for plan ``i`` (None where it prices it); its rule
+        as planner/search/plan.py counts it is ``costmodel.<error.field>`` (SpecError)."""
+        code = int(self.refusal[i])
+        return None if code < 0 else self.refusals[code]
 
 
 _CTX: dict = {}
@@ -182,16 +213,19 @@ def _estimate(ctx: _Context, keys: np.ndarray, exact_top: int | None) -> FastEst
     hit = ctx.calls.get(memo)
     if hit is None:
         empty = np.zeros(0)
-        hit = _evaluate(ctx, keys, exact_top) if len(keys) else (empty, empty, empty, empty.astype(bool))
+        refused = Refusals(len(keys))
+        found = _evaluate(ctx, keys, exact_top, refused) if len(keys) else (empty, empty, empty, empty.astype(bool))
+        hit = (*found, refused.code, tuple(refused.errors))
         if len(ctx.calls) > 64:
             ctx.calls.clear()
         ctx.calls[memo] = hit
-    step, peak, bubble, exact = hit
+    step, peak, bubble, exact, code, errors = hit
     return FastEstimates(step_time_s=step, memory_peak_bytes=peak,
-                         fits=peak <= ctx.shapes.cluster.gpu.hbm_capacity_bytes, bubble_s=bubble, exact=exact)
+                         fits=peak <= ctx.shapes.cluster.gpu.hbm_capacity_bytes, bubble_s=bubble, exact=exact,
+                         refusal=code, refusals=errors)
 
 
-def _evaluate(ctx: _Context, keys: np.ndarray, exact_top: int | None) -> tuple:
+def _evaluate(ctx: _Context, keys: np.ndarray, exact_top: int | None, refused: Refusals) -> tuple:
     sh = ctx.shapes
     model = sh.model
     col = {name: keys[:, k] for k, name in enumerate(COLUMNS)}
@@ -207,33 +241,64 @@ def _evaluate(ctx: _Context, keys: np.ndarray, exact_top: int | None) -> tuple:
     second = np.flatnonzero(~even)
     plan_of = np.concatenate([np.arange(n), second])
     pids = np.empty(len(plan_of), dtype=np.int64)
-    fwd_key = [col[c] for c in ("tp", "cp", "ep", "etp", "mb")] + [sp_eff, col["rec"], col["kernel"]]
-    uniq, inv = unique_rows(pp, vpp, sched, even, *(np.where(even, 0, k) for k in fwd_key))
-    last_pid = np.empty(len(uniq), dtype=np.int64)
-    first_pid = np.empty(len(uniq), dtype=np.int64)
+    # The forward-balanced split reads the pieces' forward times: an id per distinct times
+    # (0: even split), then the splits per (pp, vpp, schedule, id).
+    fwd_key = [col[c][second] for c in ("tp", "cp", "ep", "etp", "mb")] + [sp_eff[second], col["rec"][second],
+                                                                            col["kernel"][second]]
+    fid = np.zeros(n, dtype=np.int64)
+    uniq, inv = unique_rows(*fwd_key)
+    ids = np.zeros(len(uniq), dtype=np.int64)
     for u, row in enumerate(uniq.tolist()):
-        splits = sh.splits(*row[:3], () if row[3] else sh.forward_s(*row[4:]))
+        try:
+            ids[u] = sh.forward_id(*row)
+        except REFUSALS as exc:
+            refused.mark(second[inv == u], exc)
+    fid[second] = ids[inv]
+    uniq, inv = unique_rows(pp, vpp, sched, fid)
+    last_pid = np.full(len(uniq), -1, dtype=np.int64)
+    first_pid = np.full(len(uniq), -1, dtype=np.int64)
+    even_u = np.zeros(len(uniq), dtype=bool)
+    even_u[inv] = even  # a (pp, vpp, schedule) is even or not for all its plans
+    for u, row in enumerate(uniq.tolist()):
+        if row[3] == 0 and not even_u[u]:  # refused forward times
+            continue
+        try:
+            splits = sh.splits(*row)
+        except REFUSALS as exc:
+            refused.mark(np.flatnonzero(inv == u), exc)
+            continue
         last_pid[u], first_pid[u] = splits[-1].pid, splits[0].pid
     pids[:n] = last_pid[inv]
     pids[n:] = first_pid[inv[second]]
+    alt_row = np.arange(len(plan_of)) >= n  # the second split's rows
+    if (pids < 0).any():  # rows without a split (refused) are left out
+        keep = pids >= 0
+        plan_of, pids, alt_row = plan_of[keep], pids[keep], alt_row[keep]
     out = np.zeros((len(plan_of), 3))
     groups = []
     uniq, inv = unique_rows(pp[plan_of], vpp[plan_of], sched[plan_of])
     for u, (p_, v_, s_) in enumerate(uniq):
         rows = np.flatnonzero(inv == u)
         out[rows], replay = _group(ctx, col, shared, plan_of[rows], pids[rows], int(p_), int(v_),
-                                   SCHEDULES[int(s_)])
+                                   SCHEDULES[int(s_)], refused)
         groups.append((rows, replay))
+    bad = refused.code[plan_of] >= 0
+    out[bad] = (np.inf, np.nan, np.nan)  # never replayed: not "fits"
     cap = sh.cluster.gpu.hbm_capacity_bytes
-    exact = _refine(out, groups, plan_of, n, out[:, 1] <= cap, pp[plan_of] == 1, exact_top)
+    exact = _refine(out, groups, plan_of, n, out[:, 1] <= cap, (pp[plan_of] == 1) & ~bad, exact_top)
     # The faster split that fits (the first when neither fits).
-    step, peak, bubble = out[:n].T.copy()
-    alt = out[n:]
-    fit0, fit1 = peak <= cap, alt[:, 1] <= cap
+    step, peak, bubble = np.full(n, np.inf), np.full(n, np.nan), np.full(n, np.nan)
+    one = ~alt_row
+    step[plan_of[one]], peak[plan_of[one]], bubble[plan_of[one]] = out[one].T
+    alt_rows = np.flatnonzero(alt_row)
+    alt, second = out[alt_rows], plan_of[alt_rows]
+    fit0, fit1 = peak[second] <= cap, alt[:, 1] <= cap
     # simulate lists the forward-balanced split first: it wins ties.
-    take = (fit1 & ~fit0[second]) | ((fit1 == fit0[second]) & (alt[:, 0] <= step[second]))
+    take = (fit1 & ~fit0) | ((fit1 == fit0) & (alt[:, 0] <= step[second]))
     idx = second[take]
     step[idx], peak[idx], bubble[idx] = alt[take].T
+    gone = refused.code >= 0
+    step[gone], peak[gone], bubble[gone], exact[gone] = np.inf, np.nan, np.nan, False
     return step, peak, bubble, exact
 
 
@@ -283,9 +348,10 @@ def _refine(out: np.ndarray, groups: list, plan_of: np.ndarray, n: int, fits: np
 
 
 def _group(ctx: _Context, col: dict, shared: np.ndarray, plans: np.ndarray, pids: np.ndarray, pp: int, vpp: int,
-           schedule: PipelineSchedule) -> tuple[np.ndarray, _Replay]:
+           schedule: PipelineSchedule, refused: Refusals) -> tuple[np.ndarray, _Replay]:
     """(rows, 3) step, peak memory and bubble of rows sharing (pp, vpp, schedule), step and
-    bubble as :func:`fast_pipeline.bounds`' lower bounds; and what their replay needs."""
+    bubble as :func:`fast_pipeline.bounds`' lower bounds; and what their replay needs.
+    Shapes the cost model refuses mark their plans in ``refused`` (their rows: meaningless)."""
     sh = ctx.shapes
     workload, cluster = sh.workload, sh.cluster
     c = {name: v[plans] for name, v in col.items()}
@@ -306,23 +372,26 @@ def _group(ctx: _Context, col: dict, shared: np.ndarray, plans: np.ndarray, pids
     # Compute per chunk: (g, chunks, 4) = F, B, W, attention core.
     share = 1.0 - C.compute_constants()["ep_overlap_communication_sms"] / cluster.gpu.num_sms
     uniq, inv = unique_rows(c["tp"], c["cp"], c["ep"], c["etp"], c["mb"], sp_eff, c["rec"], c["kernel"], shared[plans])
-    tables = np.stack([sh.compute(*row[:8], share if row[8] else 1.0) for row in uniq.tolist()])
+    tables = refused.price(lambda *row: sh.compute(*row[:8], share if row[8] else 1.0), uniq.tolist(), inv,
+                           plans, (len(PIECES), 4))
     combo, where = unique_rows(inv, pids)
     comp = np.einsum("unk,ukj->unj", _part_stack(sh, combo[:, 1], "counts"), tables[combo[:, 0]])[where]
     # TP/CP/EP per chunk: (g, chunks, 6); the p2p time per row.
     uniq, inv = unique_rows(c["tp"], c["cp"], c["ep"], c["etp"], c["dp"], c["order"], c["mb"], sp_eff)
-    stages, p2ps = [], []
-    for t, cp_, ep, etp, dp, order, mb, sp in uniq:
-        order_s = ctx.orders[int(order)]
-        stages.append(sh.stage_comm(int(t), int(cp_), int(ep), int(etp), int(dp), pp, order_s, int(mb), int(sp)))
-        p2ps.append(sh.p2p(int(t), int(cp_), int(dp), pp, order_s, int(mb), int(sp)) if pp > 1 else 0.0)
-    p2p = np.array(p2ps)[inv]
+    keys = [(t, cp_, ep, etp, dp, pp, ctx.orders[order], mb, sp)
+            for t, cp_, ep, etp, dp, order, mb, sp in uniq.tolist()]
+    stages = refused.price(sh.stage_comm, keys, inv, plans, (pp, len(PIECES), 6))
+    p2p = np.zeros(len(keys))
+    if pp > 1:
+        p2p = refused.price(lambda t, cp_, ep, etp, dp, pp_, order, mb, sp: sh.p2p(t, cp_, dp, pp_, order, mb, sp),
+                            keys, inv, plans, ())
+    p2p = p2p[inv]
     combo, where = unique_rows(inv, pids)
-    on_rank = np.stack(stages)[combo[:, 0][:, None], _part_stack(sh, combo[:, 1], "chunk_rank")]
+    on_rank = stages[combo[:, 0][:, None], _part_stack(sh, combo[:, 1], "chunk_rank")]
     comm = np.einsum("unk,unkj->unj", _part_stack(sh, combo[:, 1], "counts"), on_rank)[where]
     # Parameters per rank (the simulator's: pieces of the rank's chunks), DP/ZeRO per rank.
     uniq, inv = unique_rows(c["tp"], c["ep"], c["etp"])
-    params = np.stack([sh.piece_params(int(t), int(ep), int(etp)) for t, ep, etp in uniq])  # (u, pieces, 2)
+    params = refused.price(sh.piece_params, uniq.tolist(), inv, plans, (len(PIECES), 2))  # (u, pieces, 2)
     combo, where = unique_rows(inv, pids)
     held = _part_stack(sh, combo[:, 1], "rank_counts")
     rank_params = np.einsum("urk,ukj->urj", held, params[combo[:, 0]])[where]  # (g, pp, 2)
@@ -331,10 +400,13 @@ def _group(ctx: _Context, col: dict, shared: np.ndarray, plans: np.ndarray, pids
     uniq, inv = unique_rows(c["tp"], c["cp"], c["ep"], c["etp"], c["dp"], c["order"], c["zero"], pids)
     first_row = np.empty(len(uniq), dtype=np.int64)
     first_row[inv[::-1]] = np.arange(g)[::-1]
-    dpc = np.stack([
-        sh.dp_ranks((int(t), int(cp_), int(ep), int(etp), int(dp), pp, ctx.orders[int(order)]), int(zero),
-                    schedule is PipelineSchedule.DUALPIPE, int(pid), rank_params[i], units[i])
-        for (t, cp_, ep, etp, dp, order, zero, pid), i in zip(uniq, first_row, strict=True)])[inv]  # (g, pp, 3)
+    deg, which = unique_rows(*uniq[:, :6].T)
+    degrees = [(t, cp_, ep, etp, dp, pp, ctx.orders[order]) for t, cp_, ep, etp, dp, order in deg.tolist()]
+    dpc, errors = sh.dp_table(degrees, which, uniq[:, 6], uniq[:, 7], schedule is PipelineSchedule.DUALPIPE,
+                              rank_params[first_row], units[first_row])
+    for u, error in errors.items():
+        refused.mark(plans[inv == u], error)
+    dpc = dpc[inv]  # (g, pp, 3)
 
     # Chunk times as simulate's _RankCosts.chunk_times builds them.
     attn = comp[:, :, 3]
@@ -361,7 +433,7 @@ def _group(ctx: _Context, col: dict, shared: np.ndarray, plans: np.ndarray, pids
     opt = local * _optimizer_bytes_per_param(workload) / (gpu.hbm_bandwidth_bytes_per_s * gpu.efficiency.hbm_fraction)
     replay = _Replay(schedule, pp, vpp, m, fwd.T, bwd.T, wgt.T, overlap.T, p2p, exposed + opt)
     step, bubble = replay.run(None, exact=False)
-    peak = stage_memory(sh, c, pids, rank_counts, m, edp, pp, vpp, schedule).max(axis=1)
+    peak = stage_memory(sh, c, pids, rank_counts, m, edp, pp, vpp, schedule, plans, refused).max(axis=1)
     return np.stack([step, peak, bubble], axis=1), replay
 
 

@@ -18,9 +18,10 @@ _HEADS = np.array([p in (Piece.HEAD, Piece.MTP) for p in PIECES])
 
 
 def stage_memory(sh: Shapes, c: dict, pids, rank_counts, m, edp, pp: int, vpp: int,
-                 schedule: PipelineSchedule) -> np.ndarray:
+                 schedule: PipelineSchedule, plans: np.ndarray, refused) -> np.ndarray:
     """(rows, pp) bytes per rank: ``memory.state_bytes`` + ``stage_memory``'s activations and
-    workspace, term by term over arrays."""
+    workspace, term by term over arrays. ``plans``: each row's plan; shapes the cost model
+    refuses mark them in ``refused`` (:class:`~planner.costmodel.fast_refusals.Refusals`)."""
     model, workload = sh.model, sh.workload
     k = memory_constants()
     g = len(pids)
@@ -30,11 +31,12 @@ def stage_memory(sh: Shapes, c: dict, pids, rank_counts, m, edp, pp: int, vpp: i
     fp8 = workload.precision is Precision.FP8
     uniq, inv = unique_rows(c["tp"], c["ep"], c["etp"], pids)
     uniq = uniq.tolist()
-    rp = np.stack([sh.rank_params(t, ep, etp, pid) for t, ep, etp, pid in uniq])[inv]  # (g, pp, 3)
+    rp = refused.price(sh.rank_params, uniq, inv, plans, (pp, 3))[inv]  # (g, pp, 3)
     transient = np.zeros((g, pp))
     if fp8:  # the FP8 weight copy of the rank's largest GEMM
-        transient += np.array([[sh.largest_gemm(t, ep, etp, kinds) for kinds in sh.part(pid).kinds]
-                               for t, ep, etp, pid in uniq])[inv]
+        gemm = refused.price(lambda t, ep, etp, pid: [sh.largest_gemm(t, ep, etp, kinds) for kinds in sh.part(pid).kinds],
+                             uniq, inv, plans, (pp,))
+        transient += gemm[inv]
     transient *= k.fp8_weight_copy_bytes_per_param
     dense, expert, largest = rp[:, :, 0], rp[:, :, 1], rp[:, :, 2]
     total = dense + expert
@@ -50,7 +52,7 @@ def stage_memory(sh: Shapes, c: dict, pids, rank_counts, m, edp, pp: int, vpp: i
     # the micro-batches in flight (heads and MTP hold at most one).
     # Per distinct (activation shape, split, micro-batches), then gathered per row.
     uniq, inv = unique_rows(c["tp"], c["cp"], c["ep"], c["etp"], c["mb"], c["sp"], c["rec"])
-    acts = np.stack([sh.activations(*row) for row in uniq.tolist()])  # (u, pieces, 2)
+    acts = refused.price(sh.activations, uniq.tolist(), inv, plans, (len(PIECES), 2))  # (u, pieces, 2)
     ms, m_inv = np.unique(m, return_inverse=True)
     combo, where = unique_rows(inv, pids, m_inv.reshape(-1))
     act = acts[combo[:, 0]]

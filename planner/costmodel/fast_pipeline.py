@@ -34,6 +34,7 @@ longest under reference duration mixes. Near-uniform chunks: within 3 % of the m
 
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import dataclass
 
@@ -54,9 +55,10 @@ class _Program:
 
     pp: int
     num_slots: int
-    waves: tuple[tuple, ...]
-    """Per wave: needs (ops, 3) slots, crossing flags (ops, 3, 1) or None, duration row
-    (ops,), made slots (ops,), second made slots (FB pairs, or None), rank slots (ops,)."""
+    ops: np.ndarray
+    """(operations, 9) in wave order: prev, need1, need2 slots, crossing x3, duration row,
+    made slot, second made slot, rank slot (:attr:`waves` splits it at ``cut``)."""
+    cut: np.ndarray
     dur_rows: np.ndarray
     """(durations, 2) rows of the base matrix (:func:`_base`) summed per duration (-1: its 0 row)."""
     counts: np.ndarray
@@ -65,6 +67,21 @@ class _Program:
     """Paths of :func:`_paths` at this m (counts, crossings, ..., ``starts``: see :func:`_by_end`)."""
     ext: tuple
     """The extrapolatable paths, without their rank's own operations (+ which rank's)."""
+
+    @functools.cached_property
+    def waves(self) -> tuple[tuple, ...]:
+        """Per wave: needs (ops, 3) slots, crossing flags (ops, 3, 1) or None, duration row
+        (ops,), made slots (ops,), second made slots (FB pairs, or None), rank slots (ops,).
+        Built on the first replay (the bounds need only the paths)."""
+        sink = self.num_slots - 1
+        waves = []
+        for w in np.split(self.ops, self.cut):
+            cross = w[:, 3:6, None].astype(float)
+            second = w[:, 8] if (w[:, 8] != sink).any() else None
+            waves.append((np.ascontiguousarray(w[:, 0:3]), cross if cross.any() else None,
+                          np.ascontiguousarray(w[:, 6]), np.ascontiguousarray(w[:, 7]), second,
+                          np.ascontiguousarray(w[:, 9])))
+        return tuple(waves)
 
 
 def _by_end(counts: np.ndarray, cross: np.ndarray, to: np.ndarray, pp: int, own: np.ndarray | None = None) -> tuple:
@@ -112,12 +129,6 @@ def _program(schedule: PipelineSchedule, m: int, pp: int, vpp: int) -> _Program:
     arr = np.array(rows)
     arr = arr[np.argsort(arr[:, 0], kind="stable")]
     cut = np.flatnonzero(np.diff(arr[:, 0])) + 1
-    waves = []
-    for w in np.split(arr[:, 1:].astype(np.int64), cut):
-        cross = w[:, 3:6, None].astype(float)
-        second = w[:, 8] if (w[:, 8] != sink).any() else None
-        waves.append((np.ascontiguousarray(w[:, 0:3]), cross if cross.any() else None, np.ascontiguousarray(w[:, 6]),
-                      np.ascontiguousarray(w[:, 7]), second, np.ascontiguousarray(w[:, 9])))
     dur_rows = np.full((len(dids), 2), -1, dtype=np.int64)  # the base's last row is 0
     for did, d in dids.items():
         if did >= 4 * n:
@@ -134,7 +145,7 @@ def _program(schedule: PipelineSchedule, m: int, pp: int, vpp: int) -> _Program:
     own = np.arange(2 * pp) % pp  # ext path i leaves out rank i % pp's operations
     full = _by_end(np.vstack([chains, ext + counts[own]]), np.concatenate([chain_x, ext_x]),
                    np.concatenate([chain_to, ext_to]), pp)
-    hit = _PROGRAMS[key] = _Program(pp, base + pp + 2, tuple(waves), dur_rows, counts, full,
+    hit = _PROGRAMS[key] = _Program(pp, base + pp + 2, arr[:, 1:].astype(np.int64), cut, dur_rows, counts, full,
                                     _by_end(ext, ext_x, ext_to, pp, own))
     return hit
 

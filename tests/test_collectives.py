@@ -433,3 +433,68 @@ def test_cli_dangling_links(tmp_path):
     path = _cluster_file(tmp_path, "fire-flyer-2", lambda d: d["fabric"].update(nodes_per_zone=100))
     assert_user_error(planner("collective", "-c", path, "--op", "all_reduce", "-n", "8", "-b", "1GB"),
                       "fabric.nodes_per_zone = 100", "in no zone")
+
+
+# --- the profile cache's symmetry key ----------------------------------------------------
+
+
+def _same_form_copy(maps, groups: np.ndarray, rng) -> np.ndarray:
+    """``groups`` with each touched leaf block's nodes moved to another sorted choice of nodes
+    of the same block, then (where the zone has room) every node shifted by whole blocks: the
+    zones, blocks and nodes keep their order, the local GPUs stay; a copy with the same form."""
+    gpn, npl, npz = maps.gpn, maps.nodes_per_leaf, maps.nodes_per_zone
+    node, local = groups // gpn, groups % gpn
+    zone = node // npz
+    block = (node - zone * npz) // npl
+    new = node.copy()
+    for z, b in {(int(z), int(b)) for z, b in zip(zone.ravel(), block.ravel(), strict=True)}:
+        first = z * npz + b * npl
+        span = min(npl, npz - b * npl, maps.num_nodes - first)
+        touched = np.unique(node[(zone == z) & (block == b)])
+        chosen = np.sort(rng.choice(span, size=touched.size, replace=False)) + first
+        for old, nxt in zip(touched.tolist(), chosen.tolist(), strict=True):
+            new[node == old] = nxt
+    room = min((z + 1) * npz, maps.num_nodes) - 1 - int(new.max())
+    if int(zone.min()) == int(zone.max()) and room >= npl:
+        new = new + npl * int(rng.integers(1, room // npl + 1))
+    return new * gpn + local
+
+
+@pytest.mark.parametrize("name,gpus", [("dgx-h100", 1024), ("deepseek-v3-h800", 2048), ("dgx-a100", 512),
+                                       ("fire-flyer-2", 10000)])
+def test_groups_with_one_fabric_form_cost_the_same(name, gpus):
+    """The profile cache keys groups by ``fabric_form`` (zones, leaf blocks and nodes
+    relabelled in order, local GPUs kept) where NVLink islands are nodes. Checked against
+    profiles computed afresh: random groups and same-form copies elsewhere in the fabric
+    cost the same for every collective and algorithm that prices them."""
+    from planner.hwmodels import collectives as hc
+
+    cluster = load_cluster(name, num_gpus=gpus)
+    maps = hc.cluster_maps(cluster)
+    assert maps.island_gpus == maps.gpn
+    rng = np.random.default_rng(7)
+    checked = 0
+    for _ in range(12):
+        k = int(rng.choice([2, 4, 8]))
+        count = int(rng.choice([1, 2, 4]))
+        nodes = np.sort(rng.choice(maps.num_nodes // 2, size=k * count, replace=False))
+        groups = (nodes * maps.gpn + int(rng.integers(maps.gpn))).reshape(count, k)
+        copy = _same_form_copy(maps, groups, rng)
+        assert not np.array_equal(copy, groups) or maps.num_nodes < 4
+        assert hc.fabric_form(maps, copy) == hc.fabric_form(maps, groups)
+        for op, algorithms in SUPPORTED.items():
+            if op is CollectiveOp.P2P:
+                continue
+            for algorithm in algorithms:
+                try:
+                    a = hc._phases(maps, op, algorithm, groups)
+                except UnsupportedError:
+                    with pytest.raises(UnsupportedError):
+                        hc._phases(maps, op, algorithm, copy)
+                    continue
+                b = hc._phases(maps, op, algorithm, copy)
+                for nbytes in (1e3, 1e8):
+                    assert hc._assemble(op, algorithm, b, nbytes, k).time_s == pytest.approx(
+                        hc._assemble(op, algorithm, a, nbytes, k).time_s, rel=1e-12)
+                checked += 1
+    assert checked > 40

@@ -202,10 +202,45 @@ def _phases(maps: ClusterMaps, op: CollectiveOp, algorithm: Algorithm, groups: n
     return (alg.direct(maps, groups),)
 
 
+def fabric_form(maps: ClusterMaps, groups: np.ndarray) -> tuple:
+    """``groups`` up to the symmetries of a fabric whose NVLink islands are nodes: the zones,
+    leaf blocks and nodes it touches each relabelled 0, 1, ... in increasing order (so every
+    group keeps its sorted order, which the ring and tree algorithms follow), each GPU's local
+    index (its rail, its PCIe port) as is. Nodes are identical, as are the leaves of a block
+    (a leaf's uplinks do not depend on how many nodes it holds: ``ClusterMaps.uplink_bw``)
+    and the zones, so groups with equal forms load equal links equally: the same profile."""
+    node, local = groups // maps.gpn, groups % maps.gpn
+    zone = node // maps.nodes_per_zone
+    block = zone * maps.num_nodes + (node - zone * maps.nodes_per_zone) // maps.nodes_per_leaf
+    form = np.stack([np.unique(x, return_inverse=True)[1].reshape(x.shape) for x in (zone, block, node)] + [local])
+    return "fabric", groups.shape, hashlib.blake2b(np.ascontiguousarray(form, dtype=np.int64).data,
+                                                   digest_size=16).digest()
+
+
+_FORMS: dict[tuple, tuple] = {}
+
+
+def _profile_key(maps: ClusterMaps, groups: np.ndarray, digest: tuple) -> tuple:
+    """The profile cache's key for ``groups``: its :func:`fabric_form` where islands are nodes
+    (memoised by the groups' digest), else the digest itself (NVL72 racks span nodes)."""
+    if maps.island_gpus != maps.gpn:
+        return digest
+    key = (maps.gpn, maps.nodes_per_zone, maps.nodes_per_leaf, maps.num_nodes, digest)
+    hit = _FORMS.get(key)
+    if hit is None:
+        # Checked here, once per distinct array: an invalid array (a GPU out of range) could
+        # share its form with a valid one whose profile is already cached.
+        check_groups(maps.cluster, groups)
+        if len(_FORMS) >= 65_536:
+            _FORMS.clear()
+        hit = _FORMS[key] = fabric_form(maps, groups)
+    return hit
+
+
 def _profile(cluster: ClusterSpec, op: CollectiveOp, algorithm: Algorithm, groups: np.ndarray,
              groups_key: tuple) -> tuple[Phase, ...]:
     maps = cluster_maps(cluster)
-    return _CACHE.profile((id(maps), op, algorithm, groups_key),
+    return _CACHE.profile((id(maps), op, algorithm, _profile_key(maps, groups, groups_key)),
                           lambda: _phases(maps, op, algorithm, check_groups(cluster, groups)))
 
 

@@ -358,14 +358,18 @@ def _compile(programs: Sequence[Sequence[RawOp]], layout: Layout) -> _Compiled:
 
 
 @lru_cache(maxsize=256)
-def _compiled(schedule: PipelineSchedule, m: int, pp: int, vpp: int) -> _Compiled:
+def raw_programs(schedule: PipelineSchedule, m: int, pp: int, vpp: int) -> list[list[RawOp]]:
+    """Each rank's operations (code, micro-batch, chunk, backward micro-batch, backward
+    chunk) in program order, before they are compiled into event steps."""
     if schedule in (PipelineSchedule.ONE_F_ONE_B, PipelineSchedule.ZERO_BUBBLE):
-        programs = _one_f_one_b(pp, m, split_w=schedule is PipelineSchedule.ZERO_BUBBLE)
-    elif schedule is PipelineSchedule.INTERLEAVED:
-        programs = _interleaved(pp, vpp, m)
-    else:
-        programs = _dualpipe(pp, m, v_shape=schedule is PipelineSchedule.DUALPIPEV)
-    return _compile(programs, _layout(schedule, pp, vpp, m))
+        return _one_f_one_b(pp, m, split_w=schedule is PipelineSchedule.ZERO_BUBBLE)
+    if schedule is PipelineSchedule.INTERLEAVED:
+        return _interleaved(pp, vpp, m)
+    return _dualpipe(pp, m, v_shape=schedule is PipelineSchedule.DUALPIPEV)
+
+
+def _compiled(schedule: PipelineSchedule, m: int, pp: int, vpp: int) -> _Compiled:
+    return _compile(raw_programs(schedule, m, pp, vpp), _layout(schedule, pp, vpp, m))
 
 
 def _run(prog: _Compiled, chunk_times: Sequence[ChunkTimes], p2p_s: float) -> PipelineTimeline:

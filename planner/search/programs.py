@@ -33,7 +33,7 @@ from functools import lru_cache
 import numpy as np
 
 # The simulator's own program builders and chunk placement.
-from planner.costmodel.schedules import _dualpipe, _interleaved, _layout, _one_f_one_b
+from planner.costmodel.schedules import _layout, raw_programs
 from planner.specs.plan import PipelineSchedule
 
 _F, _B, _W, _BW, _FB = range(5)  # the op codes of planner.costmodel.schedules (EventKind order)
@@ -162,18 +162,6 @@ def _closed_form(schedule: PipelineSchedule, m: int, pp: int, where) -> Programs
     rest = (zeros, zeros, zeros, runs) if dual else (runs, runs, runs, zeros)
     return Programs(np.stack([chain, zeros, zeros]), sends, np.stack(rest), np.ones((pp, 1), dtype=bool),
                     np.stack([drain_b, drain_b]), drain_x)
-
-
-def raw_programs(schedule: PipelineSchedule, num_microbatches: int, pp: int, vpp: int) -> list[list[tuple]]:
-    """Each rank's operations (code, micro-batch, chunk, backward micro-batch, backward
-    chunk), built as :func:`planner.costmodel.schedules._compiled` builds them (the same
-    builders, the same dispatch; tests/test_search.py checks they are its ``ops``) but not
-    compiled into the simulator's event steps, which only its runs need."""
-    if schedule in (PipelineSchedule.ONE_F_ONE_B, PipelineSchedule.ZERO_BUBBLE):
-        return _one_f_one_b(pp, num_microbatches, split_w=schedule is PipelineSchedule.ZERO_BUBBLE)
-    if schedule is PipelineSchedule.INTERLEAVED:
-        return _interleaved(pp, vpp, num_microbatches)
-    return _dualpipe(pp, num_microbatches, v_shape=schedule is PipelineSchedule.DUALPIPEV)
 
 
 def _from_program(schedule: PipelineSchedule, num_microbatches: int, pp: int, vpp: int) -> Programs:

@@ -49,17 +49,26 @@ def _key(result):
     return [(r.plan, r.report.step_time_s) for r in result.ranked]
 
 
-@pytest.mark.parametrize("seed", range(14))
-def test_pruned_search_equals_exhaustive(seed):
-    model, cluster, workload, constraints = _instance(seed)
+def _pruned_and_exhaustive(model, cluster, workload, constraints):
+    """Both searches' top 3, checked equal (plans and step times); None when the instance is
+    infeasible, which the pruned search must then say too."""
     try:
         exhaustive = plan(model, cluster, workload, constraints, top_k=3, exhaustive=True)
     except InfeasibleError:
         with pytest.raises(InfeasibleError):
             plan(model, cluster, workload, constraints, top_k=3)
-        return
+        return None
     pruned = plan(model, cluster, workload, constraints, top_k=3)
     assert _key(pruned) == _key(exhaustive)
+    return pruned, exhaustive
+
+
+@pytest.mark.parametrize("seed", range(14))
+def test_pruned_search_equals_exhaustive(seed):
+    both = _pruned_and_exhaustive(*_instance(seed))
+    if both is None:
+        return
+    pruned, exhaustive = both
     c = pruned.counts
     assert c.enumerated == exhaustive.counts.enumerated == exhaustive.counts.simulated
     assert c.simulated + c.pruned["memory_lower_bound"] + c.pruned["time_lower_bound"] == c.enumerated
@@ -277,15 +286,10 @@ def _wide_instance(seed: int):
 
 @pytest.mark.parametrize("seed", range(100, 106))
 def test_pruned_search_equals_exhaustive_on_every_schedule(seed):
-    model, cluster, workload, constraints = _wide_instance(seed)
-    try:
-        exhaustive = plan(model, cluster, workload, constraints, top_k=3, exhaustive=True)
-    except InfeasibleError:
-        with pytest.raises(InfeasibleError):
-            plan(model, cluster, workload, constraints, top_k=3)
+    both = _pruned_and_exhaustive(*_wide_instance(seed))
+    if both is None:
         return
-    pruned = plan(model, cluster, workload, constraints, top_k=3)
-    assert _key(pruned) == _key(exhaustive)
+    pruned, exhaustive = both
     assert pruned.counts.simulated < exhaustive.counts.simulated
 
 
@@ -411,10 +415,9 @@ def test_plans_the_cost_model_refuses_are_counted_invalid(monkeypatch):
 
 
 def test_raw_programs_are_the_simulators():
-    """programs.py builds each rank's operations without the simulator's compile step; they
-    must be the operations the simulator compiles (schedules._compiled)."""
-    from planner.costmodel.schedules import _compiled
-    from planner.search.programs import raw_programs
+    """programs.py reads each rank's operations before the simulator's compile step
+    (schedules.raw_programs); compiling keeps them as they are (schedules._compiled's ops)."""
+    from planner.costmodel.schedules import _compiled, raw_programs
     for schedule in SCHEDULES:
         for pp, vpp, m in [(4, 1, 8), (2, 1, 6), (4, 2, 8), (3, 3, 6), (8, 1, 16), (6, 1, 24)]:
             if (vpp > 1) != (schedule is PipelineSchedule.INTERLEAVED) or (

@@ -20,7 +20,8 @@ with ``simulate`` on several clusters, rank orders and groups across nodes):
   :meth:`Shapes.stage_comm` prices each pattern once;
 - groups that leave their node, on a fat-tree whose islands are nodes, cost the same as any
   groups equal to them up to relabelling zones, leaf blocks and nodes in increasing order
-  (:meth:`Shapes._fabric_forms`: leaves, zones and nodes are identical, a leaf's uplinks do
+  (:func:`planner.hwmodels.collectives.fabric_form`, the collective model's own profile key:
+  leaves, zones and nodes are identical, a leaf's uplinks do
   not depend on how many nodes it holds (``linkload.ClusterMaps.uplink_bw``), local GPUs keep
   their rails, and the relabelling keeps each group's sorted order, which the ring and tree
   algorithms follow): the TP/CP/EP groups of a stage (:meth:`Shapes.stage_comm`, usually the
@@ -53,7 +54,7 @@ from planner.costmodel.memory import (
 from planner.costmodel.partition import Piece, model_pieces
 from planner.costmodel.simulate import piece_compute
 from planner.costmodel.splits import SplitCache
-from planner.hwmodels.collectives import cluster_maps
+from planner.hwmodels.collectives import cluster_maps, fabric_forms
 from planner.hwmodels.placement import rank_layout
 from planner.specs.hardware import ClusterSpec
 from planner.specs.model import ModelSpec
@@ -72,16 +73,6 @@ def canonical_plan(tp=1, cp=1, ep=1, etp=None, dp=1, pp=1, vpp=1, mb=1, sp=False
     extra = {} if order is None else {"rank_order": order}
     return Plan(tp=tp, cp=cp, ep=ep, etp=etp, dp=dp, pp=pp, vpp=vpp, micro_batch_size=mb, sequence_parallel=sp,
                 recompute=rec, zero_stage=zero, pipeline_schedule=sched, attention_kernel=kernel, **extra)
-
-
-def _dense_ranks(x: np.ndarray) -> np.ndarray:
-    """``x`` (stages, ...) of non-negative integers relabelled per stage 0, 1, ... in
-    increasing order of value (an order-preserving relabelling)."""
-    flat = x.reshape(len(x), -1)
-    span = int(flat.max(initial=0)) + 1
-    base = np.arange(len(x), dtype=np.int64)[:, None] * span
-    uniq, inverse = np.unique(flat + base, return_inverse=True)
-    return (inverse.reshape(flat.shape) - np.searchsorted(uniq, base)).reshape(x.shape)
 
 
 def by_stage(layout, stage_of: np.ndarray, name: str, experts: bool) -> np.ndarray:
@@ -300,16 +291,9 @@ class Shapes:
 
     def _fabric_forms(self, groups: np.ndarray) -> list[tuple]:
         """Per stage of ``groups`` (stages, groups, size; a fat-tree whose islands are
-        nodes): the groups up to a symmetry of the fabric, zones, leaf blocks and nodes each
-        relabelled in increasing order (so each group's sorted order is kept), the local GPU
-        (its rail) as is."""
-        maps = self._maps
-        node, local = groups // maps.gpn, groups % maps.gpn
-        zone = node // maps.nodes_per_zone
-        block = zone * maps.num_nodes + (node - zone * maps.nodes_per_zone) // maps.nodes_per_leaf
-        form = np.stack([_dense_ranks(zone), _dense_ranks(block), _dense_ranks(node), local], axis=1)
-        shape = groups.shape[1:]
-        return [(shape, f.tobytes()) for f in form]
+        nodes): :func:`~planner.hwmodels.collectives.fabric_form`, the key under which the
+        collective model itself shares profiles."""
+        return fabric_forms(self._maps, groups)
 
     def stage_comm(self, tp, cp, ep, etp, dp, pp, order, mb, sp) -> np.ndarray:
         """(pp, pieces, 6): per stage and piece, TP forward/backward, CP forward/backward and

@@ -202,6 +202,17 @@ def _phases(maps: ClusterMaps, op: CollectiveOp, algorithm: Algorithm, groups: n
     return (alg.direct(maps, groups),)
 
 
+def fabric_forms(maps: ClusterMaps, stacks: np.ndarray) -> list[tuple]:
+    """:func:`fabric_form` of each ``stacks[i]`` (a groups array), in one pass."""
+    node, local = stacks // maps.gpn, stacks % maps.gpn
+    zone = node // maps.nodes_per_zone
+    block = zone * maps.num_nodes + (node - zone * maps.nodes_per_zone) // maps.nodes_per_leaf
+    form = np.stack([_dense_ranks(zone), _dense_ranks(block), _dense_ranks(node), local], axis=1)
+    shape = stacks.shape[1:]
+    return [("fabric", shape, hashlib.blake2b(np.ascontiguousarray(f, dtype=np.int64).data, digest_size=16).digest())
+            for f in form]
+
+
 def fabric_form(maps: ClusterMaps, groups: np.ndarray) -> tuple:
     """``groups`` up to the symmetries of a fabric whose NVLink islands are nodes: the zones,
     leaf blocks and nodes it touches each relabelled 0, 1, ... in increasing order (so every
@@ -209,12 +220,17 @@ def fabric_form(maps: ClusterMaps, groups: np.ndarray) -> tuple:
     index (its rail, its PCIe port) as is. Nodes are identical, as are the leaves of a block
     (a leaf's uplinks do not depend on how many nodes it holds: ``ClusterMaps.uplink_bw``)
     and the zones, so groups with equal forms load equal links equally: the same profile."""
-    node, local = groups // maps.gpn, groups % maps.gpn
-    zone = node // maps.nodes_per_zone
-    block = zone * maps.num_nodes + (node - zone * maps.nodes_per_zone) // maps.nodes_per_leaf
-    form = np.stack([np.unique(x, return_inverse=True)[1].reshape(x.shape) for x in (zone, block, node)] + [local])
-    return "fabric", groups.shape, hashlib.blake2b(np.ascontiguousarray(form, dtype=np.int64).data,
-                                                   digest_size=16).digest()
+    return fabric_forms(maps, groups[None])[0]
+
+
+def _dense_ranks(x: np.ndarray) -> np.ndarray:
+    """``x`` (stacks, ...) of non-negative integers relabelled per stack 0, 1, ... in
+    increasing order of value (an order-preserving relabelling)."""
+    flat = x.reshape(len(x), -1)
+    span = int(flat.max(initial=0)) + 1
+    base = np.arange(len(x), dtype=np.int64)[:, None] * span
+    uniq, inverse = np.unique(flat + base, return_inverse=True)
+    return (inverse.reshape(flat.shape) - np.searchsorted(uniq, base)).reshape(x.shape)
 
 
 _FORMS: dict[tuple, tuple] = {}

@@ -368,6 +368,7 @@ def raw_programs(schedule: PipelineSchedule, m: int, pp: int, vpp: int) -> list[
     return _dualpipe(pp, m, v_shape=schedule is PipelineSchedule.DUALPIPEV)
 
 
+@lru_cache(maxsize=256)
 def _compiled(schedule: PipelineSchedule, m: int, pp: int, vpp: int) -> _Compiled:
     return _compile(raw_programs(schedule, m, pp, vpp), _layout(schedule, pp, vpp, m))
 

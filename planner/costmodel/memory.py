@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import functools
 
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import cache
@@ -203,7 +204,7 @@ def piece_params(model: ModelSpec, plan: Plan, piece: Piece) -> GPUParams:
     return _block_params(model, plan, moe=piece is Piece.MOE)
 
 
-def largest_gemm_weight(model: ModelSpec, plan: Plan, pieces: list[Piece]) -> float:
+def largest_gemm_weight(model: ModelSpec, plan: Plan, pieces: Collection[Piece]) -> float:
     """Weights of the largest FP8 GEMM among the rank's blocks (fused fc1 of the dense FFN,
     the local experts' grouped fc1, the shared experts' fc1, or all attention matrices as
     a bound); the embedding and head stay BF16 (V3 §3.3.1)."""
@@ -219,6 +220,16 @@ def largest_gemm_weight(model: ModelSpec, plan: Plan, pieces: list[Piece]) -> fl
     return max(sizes) if any(p in pieces for p in (Piece.DENSE, Piece.MOE, Piece.MTP)) else 0.0
 
 
+def _piece_counts(chunks: Sequence[Chunk]) -> dict[Piece, int]:
+    """How many of each piece ``chunks`` hold (a rank's memory is a sum over its pieces,
+    and its pieces are a few kinds repeated: one lookup per kind, not per layer)."""
+    counts: dict[Piece, int] = {}
+    for chunk in chunks:
+        for piece in chunk.pieces:
+            counts[piece] = counts.get(piece, 0) + 1
+    return counts
+
+
 def rank_params(model: ModelSpec, plan: Plan, partition: Partition, rank: int) -> GPUParams:
     """Parameters on one GPU of ``rank``: all its chunks; shared tables counted once.
 
@@ -226,8 +237,11 @@ def rank_params(model: ModelSpec, plan: Plan, partition: Partition, rank: int) -
     the word embedding (Megatron's embedding group: both copies are trained and their
     gradients all-reduced), so it is counted there too.
     """
-    pieces = [p for c in partition.chunks_of_rank(rank) for p in c.pieces]
-    total = sum((piece_params(model, plan, p) for p in pieces), GPUParams())
+    pieces = _piece_counts(partition.chunks_of_rank(rank))
+    total = GPUParams()
+    for piece, count in pieces.items():
+        params = piece_params(model, plan, piece)
+        total += GPUParams(count * params.dense, count * params.expert)
     if Piece.EMBEDDING not in pieces and (
         (Piece.HEAD in pieces and model.tie_word_embeddings) or Piece.MTP in pieces
     ):
@@ -447,7 +461,7 @@ def state_bytes(
 ) -> tuple[float, float, float]:
     """Weight, gradient and optimizer-state bytes on one GPU of pipeline ``rank``."""
     states = memory_constants().state_bytes_per_param[precision]
-    pieces = [p for ch in partition.chunks_of_rank(rank) for p in ch.pieces]
+    pieces = _piece_counts(partition.chunks_of_rank(rank))
     params = rank_params(model, plan, partition, rank)
     largest = max((piece_params(model, plan, p).total for p in pieces), default=0.0)
     zero = plan.zero_stage
@@ -476,15 +490,15 @@ def stage_memory(
     """
     c = memory_constants()
     chunks = partition.chunks_of_rank(rank)
-    pieces = [p for ch in chunks for p in ch.pieces]
+    pieces = _piece_counts(chunks)
     weights, grads, optimizer = state_bytes(model, plan, workload.precision, partition, rank)
 
     activations = max((working_set_bytes(model, plan, workload, p) for p in pieces), default=0.0)
     for chunk, share in zip(chunks, _chunk_shares(plan, rank, chunks), strict=True):
         alive = inflight_microbatches * share
-        for piece in chunk.pieces:
+        for piece, n in _piece_counts((chunk,)).items():
             count = min(alive, 1.0) if piece in (Piece.HEAD, Piece.MTP) else alive
-            activations += count * activation_bytes(model, plan, workload, piece)
+            activations += n * count * activation_bytes(model, plan, workload, piece)
 
     tokens, d = _tokens(plan, workload), model.hidden_size
     dual = plan.pipeline_schedule in _DUAL

@@ -50,16 +50,23 @@ def _key(result):
 
 
 def _pruned_and_exhaustive(model, cluster, workload, constraints):
-    """Both searches' top 3, checked equal (plans and step times); None when the instance is
-    infeasible, which the pruned search must then say too."""
+    """Both searches' top 3, checked equal (plans and step times), the pruned one in one
+    process and in two (planner.search.parallel, forced on these small spaces); None when
+    the instance is infeasible, which the pruned search must then say too."""
     try:
         exhaustive = plan(model, cluster, workload, constraints, top_k=3, exhaustive=True)
     except InfeasibleError:
-        with pytest.raises(InfeasibleError):
-            plan(model, cluster, workload, constraints, top_k=3)
+        for workers in (1, 2):
+            with pytest.raises(InfeasibleError):
+                plan(model, cluster, workload, constraints, top_k=3, workers=workers)
         return None
-    pruned = plan(model, cluster, workload, constraints, top_k=3)
+    pruned = plan(model, cluster, workload, constraints, top_k=3, workers=1)
     assert _key(pruned) == _key(exhaustive)
+    two = plan(model, cluster, workload, constraints, top_k=3, workers=2)
+    assert _key(two) == _key(exhaustive)
+    c = two.counts
+    assert c.simulated + c.pruned["memory_lower_bound"] + c.pruned["time_lower_bound"] == c.enumerated
+    assert [r.bounds.step_time_s <= r.report.step_time_s for r in two.ranked] == [True] * len(two.ranked)
     return pruned, exhaustive
 
 
@@ -381,11 +388,13 @@ def test_closed_form_programs_agree_with_the_compiled_ones(schedule):
 
 def test_progress_counts_up_to_the_candidates():
     model, cluster, workload, constraints = _instance(3)
-    seen = []
-    result = plan(model, cluster, workload, constraints, top_k=2, progress=lambda done, total: seen.append((done, total)))
-    assert seen and seen[-1] == (len(list(candidates(model, cluster.num_gpus, workload, constraints))),) * 2
-    assert all(0 <= d <= t for d, t in seen) and [d for d, _ in seen] == sorted(d for d, _ in seen)
-    assert result.ranked
+    for workers in (1, 2):
+        seen = []
+        result = plan(model, cluster, workload, constraints, top_k=2, workers=workers,
+                      progress=lambda done, total: seen.append((done, total)))
+        assert seen and seen[-1] == (len(list(candidates(model, cluster.num_gpus, workload, constraints))),) * 2
+        assert all(0 <= d <= t for d, t in seen) and [d for d, _ in seen] == sorted(d for d, _ in seen)
+        assert result.ranked
 
 
 def test_plans_the_cost_model_refuses_are_counted_invalid(monkeypatch):
@@ -404,8 +413,8 @@ def test_plans_the_cost_model_refuses_are_counted_invalid(monkeypatch):
 
     monkeypatch.setattr(search_plan, "simulate", refusing)
     model, cluster, workload, constraints = _instance(5)
-    for exhaustive in (True, False):
-        result = plan(model, cluster, workload, constraints, top_k=3, exhaustive=exhaustive)
+    for exhaustive, workers in ((True, 1), (False, 1), (False, 2)):
+        result = plan(model, cluster, workload, constraints, top_k=3, exhaustive=exhaustive, workers=workers)
         c = result.counts
         assert all(r.plan.pp > 1 for r in result.ranked)
         assert c.pruned["divisibility"] == c.generated - c.enumerated
@@ -448,3 +457,24 @@ def test_batched_first_refinement_equals_the_one_group_path(name, gpus, batch, s
             continue
         assert g not in errors
         np.testing.assert_allclose(values[g], expected, rtol=1e-12)
+
+
+def test_two_process_search_ranks_like_one_on_a_real_space():
+    """llama3-8b on 64 H100 (the benchmark's pruned-vs-exhaustive instance, ~15k candidates):
+    the forked search's top 5 are the one-process search's, plans and step times, bounds
+    below the simulation."""
+    model, cluster = load_model("llama3-8b"), load_cluster("dgx-h100", num_gpus=64)
+    workload = Workload(global_batch_size=256, seq_length=4096)
+    one = plan(model, cluster, workload, top_k=5, workers=1)
+    two = plan(model, cluster, workload, top_k=5, workers=2)
+    assert _key(two) == _key(one)
+    assert all(r.bounds.step_time_s <= r.report.step_time_s for r in two.ranked)
+    assert two.counts.enumerated == one.counts.enumerated
+
+
+def test_workers_is_checked():
+    from planner.search import parallel
+    with pytest.raises(ValueError, match="workers"):
+        parallel.workers_for(3, 10)
+    assert parallel.workers_for(1, 10**9) == 1
+    assert parallel.workers_for(None, parallel.MIN_CANDIDATES - 1) == 1

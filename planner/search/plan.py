@@ -51,6 +51,7 @@ import numpy as np
 from planner.costmodel.report import StepReport
 from planner.costmodel.simulate import simulate
 from planner.errors import InfeasibleError, PlannerError, SpecError, UnsupportedError
+from planner.search import parallel
 from planner.search.prune import BoundCalculator, PlanBounds, PruneRule
 from planner.search.space import Constraints, SpaceStats, candidate_table
 from planner.specs.hardware import ClusterSpec
@@ -171,12 +172,17 @@ class _Shortfall:
 def plan(
     model: ModelSpec, cluster: ClusterSpec, workload: Workload, constraints: Constraints | None = None,
     top_k: int = 5, exhaustive: bool = False, progress: Callable[[int, int], None] | None = None,
+    workers: int | None = None,
 ) -> SearchResult:
     """The ``top_k`` fastest feasible plans for ``model`` on all of ``cluster``'s GPUs.
 
     ``progress(done, total)`` is called every tenth of a second or so and once at the end
     (``done == total``): ``total`` valid candidates, ``done`` of them decided (pruned,
     simulated, or passed over in bound order: the time bound decides the rest at once).
+
+    ``workers``: processes for the best-first stage, 1 or 2 (:mod:`planner.search.parallel`;
+    default: 2 on a large space where fork and two CPUs are available). The ranking is the
+    same either way.
 
     Raises :class:`~planner.errors.InfeasibleError` when no candidate fits, naming the
     smallest memory shortfall seen and what would close it.
@@ -191,7 +197,7 @@ def plan(
     search = _Search(model, cluster, workload, table, limit, top_k, progress)
     pruned = Counter({PruneRule.DIVISIBILITY.value: sum(stats.rejected.values())})
     with _collector_paused():
-        search.run(exhaustive, pruned)
+        search.run(exhaustive, pruned, workers)
     rejected = Counter(search.rejected.values())  # plans the cost model refused while pricing them
     pruned[PruneRule.DIVISIBILITY.value] += len(search.rejected)
     for rule in PruneRule:
@@ -232,17 +238,48 @@ class _Search:
         self.rejected: dict[int, str] = {}  # candidate -> the cost model's rule it broke
         self._plans: dict[int, Plan] = {}
         self._done, self._shown = 0, time.perf_counter()
+        # Two processes (planner.search.parallel): the k best step times of each, and which
+        # slot is this process's (0: the parent, 1: the forked child).
+        self.shared: np.ndarray | None = None
+        self.slot, self._done_at_fork = 0, 0
 
     def plan_of(self, i: int) -> Plan:
         if i not in self._plans:
             self._plans[i] = self.table.plan(i)
         return self._plans[i]
 
+    def share(self, shared: np.ndarray | None, slot: int) -> None:
+        """Run as one of two processes (:mod:`planner.search.parallel`) sharing ``shared``:
+        slots ``[slot k, (slot + 1) k)`` hold this process's k best step times, the last
+        entry how many candidates the child (slot 1) has decided."""
+        self.shared, self.slot, self._done_at_fork = shared, slot, self._done
+
+    def _kth(self) -> float:
+        """The k-th best feasible step simulated so far (by both processes when two run)."""
+        own = self.feasible[self.top_k - 1][0] if len(self.feasible) >= self.top_k else np.inf
+        if self.shared is None:
+            return own
+        both = np.partition(self.shared[: 2 * self.top_k], self.top_k - 1)
+        return min(own, float(both[self.top_k - 1]))
+
+    def _publish(self) -> None:
+        """Write this process's k best step times to its slots, in increasing index order
+        (why that order: planner.search.parallel)."""
+        if self.shared is None:
+            return
+        base = self.slot * self.top_k
+        for j, (step, _, _) in enumerate(self.feasible[: self.top_k]):
+            self.shared[base + j] = step
+
     def _tick(self, decided: int = 1) -> None:
         self._done += decided
+        if self.slot == 1:  # the child: the parent shows progress
+            self.shared[-1] = self._done - self._done_at_fork
+            return
         if self.progress is not None and time.perf_counter() - self._shown > 0.1:
             self._shown = time.perf_counter()
-            self.progress(self._done, len(self.table))
+            child = int(self.shared[-1]) if self.shared is not None else 0
+            self.progress(self._done + child, len(self.table))
 
     def _reject(self, rows, exc: PlannerError) -> None:
         rule = f"costmodel.{getattr(exc, 'field', type(exc).__name__)}"
@@ -259,10 +296,11 @@ class _Search:
         if report.fits and report.memory_peak_bytes <= self.limit:
             self.feasible.append((report.step_time_s, i, report))
             self.feasible.sort(key=lambda x: (x[0], x[1]))
+            self._publish()
         else:
             self.shortfall.see(report.memory_peak_bytes - self.limit, self.plan_of(i), exact=True)
 
-    def run(self, exhaustive: bool, pruned: Counter) -> None:
+    def run(self, exhaustive: bool, pruned: Counter, workers: int | None = None) -> None:
         table, limit = self.table, self.limit
         if exhaustive:  # level-0 bounds only for the record (RankedPlan.bounds)
             self.bound = self.calc.time_bounds(table)
@@ -278,9 +316,9 @@ class _Search:
         survivors = np.flatnonzero(~over)
         self._tick(int(over.sum()))
         self.bound[survivors] = self.calc.time_bounds(table.take(survivors))
-        self._best_first(survivors, pruned)
+        parallel.best_first(self, survivors, pruned, workers)
 
-    def _best_first(self, survivors: np.ndarray, pruned: Counter) -> None:
+    def _best_first(self, survivors: np.ndarray, pruned: Counter, part: tuple[int, int] = (0, 1)) -> None:
         """Pop the smallest bound; refine it one level and push it back, check its memory,
         simulate it at the last level; stop once the smallest bound left exceeds the k-th
         best feasible step. Level 0 is kept per group (the plans that differ only in
@@ -292,12 +330,13 @@ class _Search:
         ``QUICK_BATCH[1]``. The busiest ranks (level 2 above) are priced per group, with the
         data-parallel terms (level 3) per group and ZeRO stage: a plan's first pop prices
         its siblings too. Refining more plans than needed only costs time: every bound is a
-        lower bound, whoever asks for it."""
+        lower bound, whoever asks for it. ``part = (j, n)``: only the groups at positions
+        j, j + n, j + 2n, ... of the level-0 order (one of n processes)."""
         calc, table, bound, memory, limit = self.calc, self.table, self.bound, self.memory, self.limit
         group, members = _groups(table, survivors)
         first = np.full(len(members), np.inf)  # each group's level-0 bound
         np.minimum.at(first, group[survivors], bound[survivors])
-        queue = np.argsort(first, kind="stable")  # level 0, smallest first (ties: group order)
+        queue = np.argsort(first, kind="stable")[part[0]::part[1]]  # level 0, smallest first (ties: group order)
         sorted_first = first[queue]
         heap: list[tuple[float, int, int]] = []  # (bound, level >= 1, candidate)
         nxt = 0  # queue[nxt:] are the groups still at level 0
@@ -308,7 +347,7 @@ class _Search:
             # ``level``: how far b is refined (0: level 0, per group ... 4: replayed; then simulated).
             b0 = float(sorted_first[nxt]) if nxt < len(queue) else np.inf
             bh = heap[0][0] if heap else np.inf
-            kth = self.feasible[self.top_k - 1][0] if len(self.feasible) >= self.top_k else np.inf
+            kth = self._kth()
             if min(b0, bh) > kth:
                 # The candidates left, but those the cost model refused while pricing them.
                 left = np.concatenate([members[g] for g in queue[nxt:].tolist()]

@@ -36,7 +36,7 @@ import numpy as np
 from planner.costmodel.memory import memory_constants
 from planner.errors import PlannerError
 from planner.search.quick import quick_bounds
-from planner.search.refine import Refiner
+from planner.search.refine import ROUNDING, Refiner
 from planner.search.space import RECOMPUTES, SCHEDULES, S_DUALPIPE, CandidateTable
 from planner.specs.hardware import ClusterSpec
 from planner.specs.model import ModelSpec
@@ -198,7 +198,10 @@ class BoundCalculator:
             start = v[..., 2] @ fill.T  # (rows, ranks)
             end = np.maximum(v[..., 0] @ counts.T, v[..., 1] @ counts.T + v[..., 3] @ drain.T)
             out[rows] = (start + end).max(axis=1)
-        return out
+        # Scaled like every refined bound: summed in another order than the simulator's, the
+        # bound of a plan whose step it equals can come out an ulp above it, and a plan tied
+        # with the k-th best must not be pruned.
+        return ROUNDING * out
 
     def _fill_drain(self, pp: int, vpp: int, sched: int) -> tuple[np.ndarray, np.ndarray]:
         """(pp, pieces) twice: the pieces whose forward precedes each rank's first operation

@@ -215,3 +215,24 @@ def test_every_command_help_has_an_example():
                     "topology"):
         result = planner(command, "--help")
         assert result.returncode == 0 and "Example" in result.stdout, command
+
+
+def test_validation_reports_progress_per_case():
+    """run_cases calls progress(done, total) after every row (the CLI's progress bar)."""
+    from planner.validation import read_cases, run_cases
+    from planner.presets import data_root
+
+    rows = read_cases(data_root() / "validation" / "public_cases.csv")[:3]
+    seen = []
+    results = run_cases(rows, progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(1, 3), (2, 3), (3, 3)] and len(results) == 3
+
+
+def test_progress_bar_is_silent_off_a_terminal(capsys):
+    from planner.cli.output import progress_bar
+
+    with progress_bar("working", "items") as update:
+        update(1, 2)
+        update(2, 2)
+    captured = capsys.readouterr()
+    assert captured.err == "" and captured.out == ""

@@ -17,6 +17,7 @@ stderr; without it, to stdout.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -29,6 +30,7 @@ from typing import Any
 
 import yaml
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from planner.errors import SpecError
 
@@ -124,4 +126,15 @@ def write_result(payload: Any, fmt: Format, out: Path | None = None, *,
     print(f"wrote {out}", file=sys.stderr)
 
 
-__all__ = ["Format", "plain", "render", "to_csv", "write_result"]
+@contextlib.contextmanager
+def progress_bar(label: str, unit: str, show: bool = True):
+    """A transient progress bar on stderr ("LABEL [bar] done/total UNIT elapsed"), off when
+    stderr is not a terminal or ``show`` is False; yields ``update(done, total)``."""
+    console = Console(stderr=True)
+    with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn(unit), TimeElapsedColumn(),
+                  console=console, transient=True, disable=not (show and console.is_terminal)) as bar:
+        task = bar.add_task(label, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
+
+
+__all__ = ["Format", "plain", "progress_bar", "render", "to_csv", "write_result"]

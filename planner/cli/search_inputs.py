@@ -4,10 +4,8 @@
 
 from __future__ import annotations
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
 from planner.cli.inputs import parse_ints
+from planner.cli.output import progress_bar
 from planner.errors import SpecError
 from planner.search import Constraints, SearchResult, plan
 from planner.specs.plan import PipelineSchedule, Recompute, ZeroStage
@@ -57,14 +55,6 @@ def run_search(model_spec, cluster_spec, workload, constraints, top_k: int, exha
     (machine-readable output)."""
     if top_k < 1:
         raise SpecError("--top-k", top_k, "must be >= 1")
-    console = Console(stderr=True)
-    with Progress(
-        TextColumn("searching plans"), BarColumn(), MofNCompleteColumn(), TextColumn("candidates"),
-        TimeElapsedColumn(), console=console, transient=True,
-        disable=not (show_progress and console.is_terminal),
-    ) as bar:
-        task = bar.add_task("search", total=None)
-        return plan(
-            model_spec, cluster_spec, workload, constraints, top_k=top_k, exhaustive=exhaustive,
-            progress=lambda done, total: bar.update(task, completed=done, total=total),
-        )
+    with progress_bar("searching plans", "candidates", show_progress) as update:
+        return plan(model_spec, cluster_spec, workload, constraints, top_k=top_k, exhaustive=exhaustive,
+                    progress=update)

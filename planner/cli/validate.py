@@ -19,7 +19,7 @@ from rich.table import Table
 
 from planner.cli import options
 from planner.cli.main import app, reports_errors
-from planner.cli.output import Format, write_result
+from planner.cli.output import Format, progress_bar, write_result
 from planner.errors import SpecError
 from planner.presets import data_root
 from planner.validation import read_cases, run_cases, score, write_per_case, write_predictions
@@ -85,7 +85,8 @@ def validate(
         plot = check_suffix(plot, "--plot")  # before the cases run, not after
     path = cases or data_root() / "validation" / "public_cases.csv"
     rows = read_cases(path)
-    results = run_cases(rows)
+    with progress_bar("validating", "cases") as update:
+        results = run_cases(rows, progress=update)
     if out is not None:
         try:
             write_predictions(out, results)

@@ -72,10 +72,18 @@ def default_simulate() -> Simulate:
     return simulate
 
 
-def run_cases(rows: Iterable[dict[str, str]], simulate: Simulate | None = None) -> list[CaseResult]:
-    """Predict every row; a failing row becomes an ``unsupported`` or ``error`` result."""
+def run_cases(rows: Iterable[dict[str, str]], simulate: Simulate | None = None,
+              progress: Callable[[int, int], None] | None = None) -> list[CaseResult]:
+    """Predict every row; a failing row becomes an ``unsupported`` or ``error`` result.
+    ``progress(done, total)`` is called after each row."""
     simulate = simulate or default_simulate()
-    return [_run_one(row, simulate) for row in rows]
+    rows = list(rows)
+    results = []
+    for row in rows:
+        results.append(_run_one(row, simulate))
+        if progress is not None:
+            progress(len(results), len(rows))
+    return results
 
 
 def _run_one(row: dict[str, str], simulate: Simulate) -> CaseResult:

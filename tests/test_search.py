@@ -478,3 +478,19 @@ def test_workers_is_checked():
         parallel.workers_for(3, 10)
     assert parallel.workers_for(1, 10**9) == 1
     assert parallel.workers_for(None, parallel.MIN_CANDIDATES - 1) == 1
+
+
+def test_a_dead_worker_is_replaced_by_the_parent(monkeypatch):
+    """If the forked half dies without a word, the parent searches that half itself: same
+    ranking as one process."""
+    import os
+
+    from planner.search import parallel
+
+    model, cluster, workload, constraints = _instance(3)
+    one = plan(model, cluster, workload, constraints, top_k=3, workers=1)
+    monkeypatch.setattr(parallel, "_child", lambda *args: os._exit(3))
+    two = plan(model, cluster, workload, constraints, top_k=3, workers=2)
+    assert _key(two) == _key(one)
+    c = two.counts
+    assert c.simulated + c.pruned["memory_lower_bound"] + c.pruned["time_lower_bound"] == c.enumerated

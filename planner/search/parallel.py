@@ -30,6 +30,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -68,7 +69,10 @@ def workers_for(requested: int | None, survivors: int) -> int:
         return 1
     if requested is not None:
         return requested
-    return 2 if usable_cpus() >= 2 and survivors >= MIN_CANDIDATES else 1
+    # By default only on Linux: macOS system libraries are not fork-safe (CPython itself
+    # defaults to spawn there).
+    linux = sys.platform.startswith("linux")
+    return 2 if linux and usable_cpus() >= 2 and survivors >= MIN_CANDIDATES else 1
 
 
 def best_first(search, survivors: np.ndarray, pruned: Counter, workers: int | None) -> None:
@@ -87,19 +91,28 @@ def best_first(search, survivors: np.ndarray, pruned: Counter, workers: int | No
         _child(search, survivors, shared, send)
     send.close()
     finished = False
+    half: object = None
     try:
         search.share(shared, slot=0)
         search._best_first(survivors, pruned, part=(0, 2))
-        half = receive.recv()
+        try:
+            half = receive.recv()
+        except EOFError:  # the child died without a word (killed, out of memory)
+            half = None
         finished = True
     finally:
         receive.close()
         if not finished:
             os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
-        search.share(None, slot=0)
     if isinstance(half, BaseException):
+        search.share(None, slot=0)
         raise half
+    if half is None:  # do the child's half here, against this process's k best
+        search.share(None, slot=0)
+        search._best_first(survivors, pruned, part=(1, 2))
+        return
+    search.share(None, slot=0)
     _merge(search, half, pruned)
 
 

@@ -232,6 +232,7 @@ class _Search:
         self.calc = BoundCalculator(model, cluster, workload)
         self.memory = self.calc.memory_bounds(table)
         self.bound = np.zeros(len(table))
+        self.level0 = self.bound  # level-0 bounds (run() keeps a copy)
         self.shortfall = _Shortfall()
         self.feasible: list[tuple[float, int, StepReport]] = []
         self.simulated = 0
@@ -316,6 +317,7 @@ class _Search:
         survivors = np.flatnonzero(~over)
         self._tick(int(over.sum()))
         self.bound[survivors] = self.calc.time_bounds(table.take(survivors))
+        self.level0 = self.bound.copy()  # the groups' order, whatever refining raises later
         parallel.best_first(self, survivors, pruned, workers)
 
     def _best_first(self, survivors: np.ndarray, pruned: Counter, part: tuple[int, int] = (0, 1)) -> None:
@@ -335,7 +337,7 @@ class _Search:
         calc, table, bound, memory, limit = self.calc, self.table, self.bound, self.memory, self.limit
         group, members = _groups(table, survivors)
         first = np.full(len(members), np.inf)  # each group's level-0 bound
-        np.minimum.at(first, group[survivors], bound[survivors])
+        np.minimum.at(first, group[survivors], self.level0[survivors])
         queue = np.argsort(first, kind="stable")[part[0]::part[1]]  # level 0, smallest first (ties: group order)
         sorted_first = first[queue]
         heap: list[tuple[float, int, int]] = []  # (bound, level >= 1, candidate)

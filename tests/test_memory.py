@@ -28,7 +28,7 @@ from planner.presets import load_gpu, load_model
 from planner.specs import ModelSpec, PipelineSchedule, Plan, Workload
 from planner.specs.compat import check_plan
 from planner.specs.model import FFNActivation, MLASpec, MoESpec
-from planner.specs.plan import Precision, Recompute, ZeroStage
+from planner.specs.plan import MomentDtype, Precision, Recompute, ZeroStage
 
 GiB = 2.0**30
 H800 = load_gpu("h800-sxm-80gb")
@@ -37,7 +37,9 @@ A100 = load_gpu("a100-sxm-80gb")
 # DeepSeek-V3 report (arXiv 2412.19437) §3.2 / §4.2, ISCA'25 Table 4: TP1, PP16 DualPipe,
 # EP64, ZeRO-1 DP128 (edp 2), micro-batch 1 x 4096 tokens, global batch 15,360, FP8,
 # recompute of RMSNorm + MLA up-projections (seeds-digest §2.2, §2.7).
-V3_WORKLOAD = Workload(global_batch_size=15360, seq_length=4096, precision=Precision.FP8)
+V3_WORKLOAD = Workload(
+    global_batch_size=15360, seq_length=4096, precision=Precision.FP8, adam_moment_dtype=MomentDtype.BF16,
+)
 V3_PLAN = Plan(
     tp=1, pp=16, ep=64, dp=128, zero_stage=ZeroStage.OPTIMIZER, micro_batch_size=1,
     pipeline_schedule=PipelineSchedule.DUALPIPE, recompute=Recompute.SELECTIVE,
@@ -68,16 +70,52 @@ def gpt(name: str, layers: int, hidden: int, heads: int, vocab: int = 51200) -> 
 # --- States ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("precision", "per_param"), [("bf16", 18), ("fp16", 20), ("fp8", 14)])
-def test_state_bytes_per_param_without_zero(precision, per_param):
+@pytest.mark.parametrize(
+    ("precision", "moments", "per_param"),
+    [("bf16", "fp32", 18), ("fp16", "fp32", 20), ("fp8", "fp32", 18), ("fp8", "bf16", 14), ("bf16", "fp8", 12)],
+)
+def test_state_bytes_per_param_without_zero(precision, moments, per_param):
     """Megatron-Core distributed-optimizer guide: 18 B (bf16, fp32 grads) and 20 B (fp16
-    grads) per parameter without sharding; DeepSeek-V3 §3.3.3 (BF16 moments): 14 B. Exact."""
+    grads) per parameter without sharding; FP8 GEMMs leave the states alone (Megatron-Core /
+    TE: FP32 moments unless --use-precision-aware-optimizer --exp-avg-dtype ...): 18 B;
+    DeepSeek-V3 §3.3.3 (BF16 moments): 14 B; FP8 moments (--exp-avg-dtype fp8): 12 B. Exact."""
     model = load_model("llama3-8b")
     plan = Plan()
-    mem = all_ranks(model, plan, Workload(global_batch_size=8, seq_length=4096, precision=precision), H800)[0]
+    workload = Workload(global_batch_size=8, seq_length=4096, precision=precision, adam_moment_dtype=moments)
+    mem = all_ranks(model, plan, workload, H800)[0]
     params = rank_params(model, plan, partition(model, plan), 0).total
     states = mem.weights_bytes + mem.gradients_bytes + mem.optimizer_bytes
     assert states / params == pytest.approx(per_param)
+
+
+def test_fp8_workload_defaults_to_fp32_moments():
+    """An FP8 workload that says nothing keeps FP32 moments (Megatron-LM --exp-avg-dtype
+    default 'fp32'); the optimizer group is then the BF16 run's (exact)."""
+    model = load_model("llama3-8b")
+    plan = Plan(dp=8, zero_stage=1)
+    fp8, bf16 = (all_ranks(model, plan, Workload(global_batch_size=8, seq_length=4096, precision=p), H800)[0]
+                 for p in ("fp8", "bf16"))
+    assert fp8.optimizer_bytes == pytest.approx(bf16.optimizer_bytes)
+
+
+@pytest.mark.parametrize(("precision", "per_param"), [("bf16", 16), ("fp8", 16), ("fp16", 18)])
+def test_zero3_keeps_no_16bit_weight_shard(precision, per_param):
+    """ZeRO-3 / FSDP: the sharded parameter is the FP32 master; 16-bit weights exist only for
+    the gathered pieces. BF16: 4 master + 4 FP32 grad + 8 moments = 16 B per parameter over
+    d ranks (FSDP2 with MixedPrecisionPolicy(bf16, fp32), as torchtitan; ZeRO paper stage 3:
+    16 B/param / N_d); fp16 keeps the 4 B FP32 gradient copy of Megatron's fp16 optimizer:
+    18. Measured here as the states of a rank with two blocks gathered removed: exact."""
+    model = load_model("llama3-8b")
+    dp = 64
+    plan = Plan(dp=dp, zero_stage=3)
+    mem = all_ranks(model, plan, Workload(global_batch_size=dp, seq_length=4096, precision=precision), H800)[0]
+    part = partition(model, plan)
+    params = rank_params(model, plan, part, 0).total
+    largest = max(piece_params(model, plan, p).total for p in (Piece.EMBEDDING, Piece.DENSE, Piece.HEAD))
+    gathered_weights = 2 * largest * 2
+    gathered_grads = largest * memory_constants().state_bytes_per_param[precision].gradients
+    states = mem.weights_bytes + mem.gradients_bytes + mem.optimizer_bytes - gathered_weights - gathered_grads
+    assert states / (params / dp) == pytest.approx(per_param)
 
 
 def test_zero1_matches_megatron_distributed_optimizer():
@@ -264,10 +302,36 @@ def test_gpt_175b_zero3_on_384_gpus_fits():
     assert not all_ranks(model, no_recompute, work, A100)[0].fits
 
 
+def test_optimizer_step_reads_the_moment_format():
+    """The optimizer step's HBM traffic (simulate._optimizer_bytes_per_param) moves the same
+    moments the memory model stores: 4 grad + 8 master + 4 x moment bytes + 2 weight = 30 B
+    per parameter with FP32 moments, 22 with DeepSeek-V3's BF16 (exact)."""
+    from planner.costmodel.simulate import _optimizer_bytes_per_param
+
+    fp8 = Workload(global_batch_size=8, seq_length=4096, precision="fp8")
+    assert _optimizer_bytes_per_param(fp8) == 30
+    assert _optimizer_bytes_per_param(fp8.model_copy(update={"adam_moment_dtype": MomentDtype.BF16})) == 22
+
+
+def test_fast_estimate_memory_follows_moments_and_zero3():
+    """The vectorised twin (fast_memory) equals stage_memory with BF16 moments and ZeRO 0-3
+    (the tests/test_fast.py comparison: memory to 1e-9, same verdict)."""
+    from tests.test_fast import assert_equals_simulate, candidates
+    from planner.presets import load_cluster
+
+    model, cluster = load_model("deepseek-v2-lite"), load_cluster("deepseek-v3-h800", num_gpus=64)
+    workload = Workload(global_batch_size=256, seq_length=4096, precision="fp8", adam_moment_dtype="bf16")
+    plans = candidates(model, 64, workload, tps=(1,), pps=(2, 4), eps=(8,), mbs=(1,), zeros=(0, 1, 2, 3),
+                       recomputes=("selective",), schedules=("1f1b",), vpps=(1,))
+    assert {p.zero_stage for p in plans} == {0, 1, 2, 3}
+    assert_equals_simulate(model, cluster, workload, plans)
+
+
 def test_constants_have_sources():
     """Every framework constant is data with its source (data/costmodel/memory.yaml)."""
     c = memory_constants()
-    assert c.state_bytes_per_param[Precision.FP8].optimizer == 8
+    assert c.state_bytes_per_param[Precision.FP8].master == 4
+    assert c.adam_moment_bytes[MomentDtype.FP32] == 4 and c.adam_moment_bytes[MomentDtype.BF16] == 2
     assert 0 < c.fragmentation_fraction < 0.5
     assert c.cuda_context_bytes > 0 and c.nccl_buffers_bytes > 0
 

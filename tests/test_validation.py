@@ -391,3 +391,30 @@ def test_cli_missing_column_and_missing_file(tmp_path: Path):
         writer.writerows(reader)
     _one_line_error(planner("validate", "--cases", str(path), "--out", str(tmp_path / "p.csv")), "seq_len", "cases.csv")
     _one_line_error(planner("validate", "--cases", str(tmp_path / "nope.csv")), "nope.csv", "no such file")
+
+
+# --- memory of published runs ---------------------------------------------------------
+
+EXTRA_BY_ID = {row["case_id"]: row for row in read_cases(data_root() / "validation" / "extra_cases.csv")}
+
+
+def test_fp8_rows_keep_fp32_adam_moments():
+    """The schema has no optimizer column: an FP8 row gets the Workload default, FP32 moments
+    (Megatron-LM --exp-avg-dtype default 'fp32'; TE and torchao FP8 change only the GEMMs)."""
+    case = case_inputs(EXTRA_BY_ID["mbridge2511-h100-llama3-8b-fp8cs-8gpu"])
+    assert case.workload.precision is Precision.FP8
+    assert case.workload.adam_moment_dtype == "fp32"
+
+
+def test_fsdp_run_with_unsharded_experts_fits():
+    """NeMo AutoModel performance summary (2025-10-02): Kimi-K2 on 256 H100-80GB, PP8 VP4,
+    EP32, FSDP2 over DP32 (edp 1: every expert state unsharded) ran, so it must not be
+    predicted OOM. It fits only because ZeRO-3 keeps no 16-bit weight shard (FSDP shards the
+    FP32 master itself): with one (2 B/param more) pipeline rank 2 needed 84.8 GiB > 79.65."""
+    from planner.costmodel.simulate import simulate
+
+    case = case_inputs(EXTRA_BY_ID["automodel-h100-kimi-k2-bf16-256gpu"])
+    assert case.plan.zero_stage is ZeroStage.PARAMETERS and case.plan.edp == 1
+    report = simulate(case.model, case.cluster, case.plan, case.workload)
+    assert report.status is Status.OK
+    assert report.memory_peak_bytes <= report.memory_capacity_bytes

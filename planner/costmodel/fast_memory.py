@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from planner.costmodel.fast_shapes import DUAL, PIECES, Shapes, canonical_plan, unique_rows
-from planner.costmodel.memory import _formats, inflight_microbatches, memory_constants
+from planner.costmodel.memory import _formats, inflight_microbatches, memory_constants, state_bytes_per_param
 from planner.costmodel.partition import Piece
 from planner.specs.plan import PipelineSchedule, Precision
 
@@ -27,7 +27,7 @@ def stage_memory(sh: Shapes, c: dict, pids, rank_counts, m, edp, pp: int, vpp: i
     g = len(pids)
     dual = schedule in DUAL
     # States (state_bytes): ZeRO shards dense over dp * cp, experts over edp; ZeRO-3 keeps
-    # two pieces gathered, ZeRO-2 one piece's gradients unsharded.
+    # its shard (weights_zero3) and two pieces gathered, ZeRO-2 one piece's gradients unsharded.
     fp8 = workload.precision is Precision.FP8
     uniq, inv = unique_rows(c["tp"], c["ep"], c["etp"], pids)
     uniq = uniq.tolist()
@@ -41,9 +41,9 @@ def stage_memory(sh: Shapes, c: dict, pids, rank_counts, m, edp, pp: int, vpp: i
     dense, expert, largest = rp[:, :, 0], rp[:, :, 1], rp[:, :, 2]
     total = dense + expert
     shard = dense / (c["dp"] * c["cp"])[:, None] + expert / edp[:, None]
-    st = k.state_bytes_per_param[workload.precision]
+    st = state_bytes_per_param(workload)
     zero = c["zero"][:, None]
-    weights = np.where(zero >= 3, np.minimum(total * st.weights, (shard + 2 * largest) * st.weights),
+    weights = np.where(zero >= 3, np.minimum(total * st.weights, shard * st.weights_zero3 + 2 * largest * st.weights),
                        total * st.weights)
     grads = np.where(zero >= 2, np.minimum(total * st.gradients, (shard + largest) * st.gradients),
                      total * st.gradients)

@@ -6,7 +6,10 @@ activations times the micro-batches in flight, and workspace (DESIGN.md §4).
 down-projections are replicated, as in Megatron-Core; norms, biases and the router too),
 routed experts by ep * etp, shared experts by tp, embedding and head by tp
 (vocab-parallel). Bytes per parameter per precision are in ``data/costmodel/memory.yaml``
-with sources; ZeRO shards dense states over dp * cp and expert states over edp.
+with sources; Adam's two moments take the workload's ``adam_moment_dtype`` (FP32 unless
+stated, FP8 GEMMs included; DeepSeek-V3 keeps BF16). ZeRO shards dense states over dp * cp
+and expert states over edp; ZeRO-3 keeps no 16-bit weight shard (FSDP shards the FP32
+master itself), only the gathered pieces.
 
 **Activations** follow Korthikanti et al. 2022 (arXiv 2205.05198) §4, derived tensor by
 tensor for our architectures instead of the paper's ``34 sbh/t``: flash attention always
@@ -38,7 +41,7 @@ from enum import StrEnum
 from functools import cache
 
 import yaml
-from pydantic import PositiveFloat
+from pydantic import NonNegativeFloat, PositiveFloat
 
 from planner.costmodel import params as P
 from planner.costmodel.partition import Chunk, Partition, Piece
@@ -47,7 +50,7 @@ from planner.presets import data_root
 from planner.specs._base import Spec
 from planner.specs.hardware import GPUSpec
 from planner.specs.model import FFNActivation, ModelSpec
-from planner.specs.plan import PipelineSchedule, Plan, Precision, Recompute, Workload, ZeroStage
+from planner.specs.plan import MomentDtype, PipelineSchedule, Plan, Precision, Recompute, Workload, ZeroStage
 from planner.units import to_si
 
 # ---------------------------------------------------------------------------------------
@@ -55,18 +58,31 @@ from planner.units import to_si
 
 
 class StateBytes(Spec):
-    """Bytes per parameter of each state group for one precision; ``optimizer`` is what
-    ZeRO-1 shards (fp32 master weights, Adam moments, fp16's fp32 gradient copy)."""
+    """Bytes per parameter of each state group; ``optimizer`` is what ZeRO-1 shards (fp32
+    master weights, Adam moments, fp16's fp32 gradient copy); ``weights_zero3`` what a
+    ZeRO-3 rank keeps of the 16-bit weights per sharded parameter."""
 
     weights: PositiveFloat
     gradients: PositiveFloat
     optimizer: PositiveFloat
+    weights_zero3: NonNegativeFloat
+
+
+class PrecisionStates(Spec):
+    """Bytes per parameter of one precision, Adam's moments aside (the YAML's
+    ``state_bytes_per_param``)."""
+
+    weights: PositiveFloat
+    gradients: PositiveFloat
+    master: PositiveFloat
 
 
 class MemoryConstants(Spec):
     """Framework constants of the memory model; sources in the YAML file."""
 
-    state_bytes_per_param: dict[Precision, StateBytes]
+    state_bytes_per_param: dict[Precision, PrecisionStates]
+    adam_moment_bytes: dict[MomentDtype, PositiveFloat]
+    zero3_weight_shard_bytes_per_param: NonNegativeFloat
     fp8_weight_copy_bytes_per_param: float
     activation_bytes: float
     fp32_bytes: float
@@ -86,6 +102,23 @@ def memory_constants() -> MemoryConstants:
     """The shipped constants (read once)."""
     raw = yaml.safe_load((data_root() / "costmodel" / "memory.yaml").read_text())
     return MemoryConstants.model_validate(to_si(raw)[0])
+
+
+def adam_moment_bytes(workload: Workload) -> float:
+    """Bytes of one of Adam's two moments per parameter (the workload's moment format)."""
+    return memory_constants().adam_moment_bytes[workload.adam_moment_dtype]
+
+
+@functools.lru_cache(maxsize=64)
+def state_bytes_per_param(workload: Workload) -> StateBytes:
+    """Bytes per parameter of each state group for the workload's precision and moments."""
+    c = memory_constants()
+    base = c.state_bytes_per_param[workload.precision]
+    return StateBytes(
+        weights=base.weights, gradients=base.gradients,
+        optimizer=base.master + 2 * adam_moment_bytes(workload),
+        weights_zero3=c.zero3_weight_shard_bytes_per_param,
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -457,19 +490,21 @@ def _sharded(params: GPUParams, plan: Plan, per_param: float, sharded: bool) -> 
 
 
 def state_bytes(
-    model: ModelSpec, plan: Plan, precision: Precision, partition: Partition, rank: int,
+    model: ModelSpec, plan: Plan, workload: Workload, partition: Partition, rank: int,
 ) -> tuple[float, float, float]:
     """Weight, gradient and optimizer-state bytes on one GPU of pipeline ``rank``."""
-    states = memory_constants().state_bytes_per_param[precision]
+    states = state_bytes_per_param(workload)
     pieces = _piece_counts(partition.chunks_of_rank(rank))
     params = rank_params(model, plan, partition, rank)
     largest = max((piece_params(model, plan, p).total for p in pieces), default=0.0)
     zero = plan.zero_stage
-    weights = _sharded(params, plan, states.weights, zero >= ZeroStage.PARAMETERS)
+    weights = params.total * states.weights
     if zero >= ZeroStage.PARAMETERS:
-        # The piece computing and the one prefetched are gathered (DeepSpeed stage-3
+        # The shard (the FP32 master itself under FSDP: ``weights_zero3``) plus the piece
+        # computing and the one prefetched, gathered in 16 bits (DeepSpeed stage-3
         # prefetch, FSDP forward prefetch); never more than the unsharded weights.
-        weights = min(params.total * states.weights, weights + 2 * largest * states.weights)
+        shard = _sharded(params, plan, states.weights_zero3, True)
+        weights = min(weights, shard + 2 * largest * states.weights)
     grads = _sharded(params, plan, states.gradients, zero >= ZeroStage.GRADIENTS)
     if zero >= ZeroStage.GRADIENTS:
         # One piece's gradients exist unsharded before their reduce-scatter.
@@ -491,7 +526,7 @@ def stage_memory(
     c = memory_constants()
     chunks = partition.chunks_of_rank(rank)
     pieces = _piece_counts(chunks)
-    weights, grads, optimizer = state_bytes(model, plan, workload.precision, partition, rank)
+    weights, grads, optimizer = state_bytes(model, plan, workload, partition, rank)
 
     activations = max((working_set_bytes(model, plan, workload, p) for p in pieces), default=0.0)
     for chunk, share in zip(chunks, _chunk_shares(plan, rank, chunks), strict=True):

@@ -36,7 +36,7 @@ from collections import Counter
 from planner.costmodel import compute as C
 from planner.costmodel.comm import StageComm, dp_step_comm, pp_p2p_s
 from planner.costmodel.flops import flops_per_token_train
-from planner.costmodel.memory import inflight_microbatches, piece_params, stage_memory
+from planner.costmodel.memory import adam_moment_bytes, inflight_microbatches, piece_params, stage_memory
 from planner.costmodel.partition import Chunk, Partition, Piece, model_pieces, partition
 from planner.costmodel.report import Dim, StageReport, Status, StepReport, TimeBreakdown
 from planner.costmodel.schedules import ChunkTimes, simulate_pipeline
@@ -44,17 +44,16 @@ from planner.hwmodels.placement import rank_layout
 from planner.specs.compat import check_plan
 from planner.specs.hardware import ClusterSpec, Dtype
 from planner.specs.model import ModelSpec
-from planner.specs.plan import PipelineSchedule, Plan, Precision, Workload, ZeroStage
+from planner.specs.plan import PipelineSchedule, Plan, Workload, ZeroStage
 
 DUAL = (PipelineSchedule.DUALPIPE, PipelineSchedule.DUALPIPEV)
 
 
 def _optimizer_bytes_per_param(workload: Workload) -> float:
     """HBM bytes one Adam update moves per locally-updated parameter: read the FP32 gradient
-    (4), read+write the FP32 master (8), read+write both moments (16 in FP32, 8 in BF16 as
-    DeepSeek-V3 keeps them, §3.3.3), write the 16-bit weight (2)."""
-    moments = 8.0 if workload.precision is Precision.FP8 else 16.0
-    return 4.0 + 8.0 + moments + 2.0
+    (4), read+write the FP32 master (8), read+write both moments (4 x their format's bytes:
+    16 in FP32, 8 in BF16 as DeepSeek-V3 keeps them, §3.3.3), write the 16-bit weight (2)."""
+    return 4.0 + 8.0 + 4.0 * adam_moment_bytes(workload) + 2.0
 
 
 def piece_compute(model, plan, workload, gpu, piece, compute_share) -> tuple[C.PieceTime, float]:

@@ -33,7 +33,7 @@ from enum import StrEnum
 
 import numpy as np
 
-from planner.costmodel.memory import memory_constants
+from planner.costmodel.memory import memory_constants, state_bytes_per_param
 from planner.errors import PlannerError
 from planner.search.quick import quick_bounds
 from planner.search.refine import ROUNDING, Refiner
@@ -126,7 +126,7 @@ class BoundCalculator:
         if len(table) == 0:
             return np.zeros(0)
         c = memory_constants()
-        per = c.state_bytes_per_param[self.workload.precision]
+        per = state_bytes_per_param(self.workload)
         params = self._gathered(table, ("tp", "ep"), self._piece_params)
         shard_dense = 1.0 / (table.dp * table.cp)
         shard_expert = table.ep / (table.cp * table.dp)  # 1 / edp
@@ -134,10 +134,12 @@ class BoundCalculator:
         def reduce(rows, rank):
             dense, expert = rank[..., 0], rank[..., 1]
             total = np.zeros_like(dense)
-            for per_param, stage in ((per.weights, 3), (per.gradients, 2), (per.optimizer, 1)):
+            for per_param, sharded_per_param, stage in (
+                (per.weights, per.weights_zero3, 3), (per.gradients, per.gradients, 2), (per.optimizer, per.optimizer, 1),
+            ):
                 on = (table.zero[rows] >= stage)[:, None]
-                sharded = dense * shard_dense[rows, None] + expert * shard_expert[rows, None]
-                total += np.where(on, sharded, dense + expert) * per_param
+                sharded = (dense * shard_dense[rows, None] + expert * shard_expert[rows, None]) * sharded_per_param
+                total += np.where(on, sharded, (dense + expert) * per_param)
             return total.max(axis=1)
 
         return self._by_split(table, params, reduce) + c.cuda_context_bytes + c.nccl_buffers_bytes + c.gemm_workspace_bytes

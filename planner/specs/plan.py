@@ -29,6 +29,20 @@ class Precision(StrEnum):
     as in DeepSeek-V3 §3.3.1."""
 
 
+class MomentDtype(StrEnum):
+    """Storage format of Adam's first and second moments (Megatron-Core
+    ``--exp-avg-dtype`` / ``--exp-avg-sq-dtype``, honoured with
+    ``--use-precision-aware-optimizer``; both default to fp32)."""
+
+    FP32 = "fp32"
+    """What PyTorch's Adam, Megatron-Core (without the precision-aware optimizer),
+    Transformer Engine FP8 recipes, torchao FP8 (torchtitan) and DeepSpeed keep."""
+    BF16 = "bf16"
+    """DeepSeek-V3 §3.3.3: "BF16 for the first and second moments"."""
+    FP16 = "fp16"
+    FP8 = "fp8"
+
+
 class ZeroStage(IntEnum):
     """What data-parallel ranks shard (Rajbhandari et al. 2020, arXiv 1910.02054)."""
 
@@ -92,6 +106,9 @@ class Workload(Spec):
     """Tokens per sequence (Megatron ``seq_length``)."""
     precision: Precision = Precision.BF16
     """GEMM precision."""
+    adam_moment_dtype: MomentDtype = MomentDtype.FP32
+    """Format of the optimizer's moments, independent of ``precision``: an FP8 run keeps
+    FP32 moments unless it says otherwise (DeepSeek-V3's recipe: ``bf16``)."""
 
     @property
     def tokens_per_step(self) -> int:

@@ -25,6 +25,13 @@ forward work to B: ``full`` the whole piece, ``selective`` the core attention (M
 Korthikanti et al. 2022 §4.2) or, for MLA models, the norms and the MLA up-projections
 (DeepSeek-V3 §3.2.3) plus the SwiGLU output (§3.3.3).
 
+MoE routed experts (:func:`moe_ops`): the permutes move the rows of Megatron-Core's
+all-to-all dispatcher (:func:`permute_rows`); the expert GEMMs are issued one per local expert
+after the layer's tokens-per-expert device-to-host sync, so each phase takes at least the
+host's calls for them, GEMM launches and, under FP8, per-expert quantisation
+(:func:`expert_host_s`, counts in data/costmodel/compute.yaml): a floor that binds for many
+small experts per GPU.
+
 Host overhead: a GPU preset with a ``launch`` block charges its host seconds per kernel
 launch (:func:`op_launches`: one per op in forward, dgrad + wgrad per weight GEMM, one per
 other backward kernel), added to the device time on a synchronous device (eager PyTorch on
@@ -86,10 +93,15 @@ class Op:
     weight_grad: bool = True
     """A GEMM against a weight (backward = input grad + weight grad); False for the
     activation-by-activation GEMMs of unfused attention (backward = two input grads)."""
+    per_expert: bool = False
+    """Routed-expert GEMMs issued one per local expert (``count``) after the MoE layer's
+    tokens-per-expert sync: their host calls floor each phase (:func:`expert_host_s`)."""
 
 
-def _gemm(name: str, m: float, n: float, k: float, count: float = 1.0, fp8: bool = True, sel: bool = False) -> Op:
-    return Op(name, OpKind.GEMM, 2.0 * m * n * k * count, (m, n, k), count, fp8=fp8, recompute_selective=sel)
+def _gemm(name: str, m: float, n: float, k: float, count: float = 1.0, fp8: bool = True, sel: bool = False,
+          per_expert: bool = False) -> Op:
+    return Op(name, OpKind.GEMM, 2.0 * m * n * k * count, (m, n, k), count, fp8=fp8, recompute_selective=sel,
+              per_expert=per_expert)
 
 
 def _mem(name: str, nbytes: float, sel: bool = False) -> Op:
@@ -183,19 +195,21 @@ def _unfused_core(model: ModelSpec, plan: Plan, s: Shard) -> list[Op]:
     ]
 
 
-def _ffn_ops(model: ModelSpec, name: str, rows: float, width: float, count: float, precision: Precision, mla_sel: bool) -> list[Op]:
-    """One (or ``count``) FFN of intermediate ``width`` per GPU on ``rows`` tokens each."""
+def _ffn_ops(model: ModelSpec, name: str, rows: float, width: float, count: float, precision: Precision,
+             mla_sel: bool, per_expert: bool = False) -> list[Op]:
+    """One (or ``count``) FFN of intermediate ``width`` per GPU on ``rows`` tokens each;
+    ``per_expert``: the routed experts, one GEMM per expert (:attr:`Op.per_expert`)."""
     d = model.hidden_size
     ops = _cast(f"{name}_in_cast", rows * d * count, precision)
     if model.ffn_activation is FFNActivation.SWIGLU:
-        ops.append(_gemm(f"{name}_up_gate", rows, 2 * width, d, count))
+        ops.append(_gemm(f"{name}_up_gate", rows, 2 * width, d, count, per_expert=per_expert))
         # SwiGLU reads gate and up, writes the product (DeepSeek-V3 recomputes it, §3.3.3).
         ops.append(_mem(f"{name}_swiglu", 3 * rows * width * count * BF16_BYTES, mla_sel))
     else:
-        ops.append(_gemm(f"{name}_up", rows, width, d, count))
+        ops.append(_gemm(f"{name}_up", rows, width, d, count, per_expert=per_expert))
         ops.append(_mem(f"{name}_gelu", 2 * rows * width * count * BF16_BYTES))
     ops += _cast(f"{name}_down_cast", rows * width * count, precision)
-    ops.append(_gemm(f"{name}_down", rows, d, width, count))
+    ops.append(_gemm(f"{name}_down", rows, d, width, count, per_expert=per_expert))
     return ops
 
 
@@ -220,13 +234,28 @@ def moe_ops(model: ModelSpec, plan: Plan, s: Shard, precision: Precision) -> lis
     etp = plan.expert_tp
     rows_per_gpu = s.tokens * moe.top_k * etp / s.tp
     local_experts = moe.num_experts / plan.ep
-    ops += _ffn_ops(
-        model, "experts", rows_per_gpu / local_experts, moe.expert_ffn_hidden_size / etp, local_experts, precision, mla_sel
-    )
-    # Permute into expert order and back, then the weighted sum of top_k outputs.
-    ops.append(_mem("moe_permute", 4 * rows_per_gpu * d * BF16_BYTES))
+    ops += _ffn_ops(model, "experts", rows_per_gpu / local_experts, moe.expert_ffn_hidden_size / etp,
+                    local_experts, precision, mla_sel, per_expert=True)
+    ops.append(_mem("moe_permute", permute_rows(plan, s, moe.top_k, local_experts) * d * BF16_BYTES))
     ops.append(_mem("ffn_residual", 3 * s.elementwise_tokens * d * BF16_BYTES))
     return ops
+
+
+def permute_rows(plan: Plan, s: Shard, top_k: int, local_experts: float) -> float:
+    """Hidden-state rows one GPU's permutes read and write per MoE layer in forward, as
+    Megatron-Core's all-to-all dispatcher moves them ("one global and one local permute
+    before and after EP communication", NVIDIA's DeepSeek-V3 GB200 guide, Megatron-LM
+    docs/discussions/deepseek-v3-gb200-optimization §2.1.1): the global permute gathers the
+    GPU's ``T_l = T/tp`` tokens into ``T_l*top_k`` expert-ordered rows (read and write); after
+    the dispatch, with ep > 1 and several local experts, a local permute sorts the received
+    ``R = T*top_k*etp/tp`` rows by expert (read and write), and sorts them back before the
+    combine (read and write); the unpermute reads the ``T_l*top_k`` returned rows and writes
+    the ``T_l`` weighted sums."""
+    own_tokens = s.tokens / s.tp
+    sent = own_tokens * top_k
+    received = sent * plan.expert_tp
+    local = 4 * received if plan.ep > 1 and local_experts > 1 else 0.0
+    return 2 * sent + local + sent + own_tokens
 
 
 def head_ops(model: ModelSpec, plan: Plan, s: Shard) -> list[Op]:
@@ -311,6 +340,25 @@ def _efficiency(gpu: GPUSpec):
     return gpu.efficiency
 
 
+def expert_host_s(op: Op, gpu: GPUSpec, precision: Precision) -> tuple[float, float, float]:
+    """Host seconds a routed-expert GEMM op needs in forward, backward-input (B) and
+    backward-weight (W): per local expert its GEMM call and, under FP8, the quantisation of
+    its operand (forward: the input; B: the output gradient; W reuses both), counts in
+    data/costmodel/compute.yaml. After the MoE layer's tokens-per-expert sync the host cannot
+    run ahead, so the phase takes at least this long (a floor, as an asynchronous launch).
+    Zero for other ops, and on a GPU with a ``launch`` block, whose per-op host time already
+    covers the host (:func:`with_launches_s`)."""
+    if not op.per_expert or gpu.launch is not None:
+        return (0.0, 0.0, 0.0)
+    c = compute_constants()
+    call_s = c["moe_expert_host_call_us"] * 1e-6
+    gemm_s = op.count * c["moe_expert_gemm_calls"] * call_s
+    quantise_s = 0.0
+    if op.fp8 and precision is Precision.FP8:
+        quantise_s = op.count * c["moe_expert_fp8_quantize_calls"] * call_s
+    return (gemm_s + quantise_s, gemm_s + quantise_s, gemm_s)
+
+
 def op_launches(op: Op) -> tuple[int, int, int]:
     """Kernel launches of ``op`` in forward, backward-input (B) and backward-weight (W): one
     in forward; a weight GEMM's dgrad (B) and wgrad (W); an activation-by-activation GEMM's
@@ -371,6 +419,9 @@ def piece_time(
         elif op.kind is OpKind.ATTENTION:
             rate = gpu.peak(Dtype.BF16) * eff.attention_backward_fraction * compute_share
             b_device_s = bwd_ratio * op.flops / rate
+        host_f, host_b, host_w = expert_host_s(op, gpu, precision)
+        t = max(t, host_f)
+        b_device_s, w_device_s = max(b_device_s, host_b), max(w_device_s, host_w)
         fwd += with_launches_s(t, f_launches, gpu)
         b += with_launches_s(b_device_s, b_launches, gpu)
         w += with_launches_s(w_device_s, w_launches, gpu)

@@ -3,7 +3,7 @@
 The plan search prices each piece's ops (:func:`compute.piece_ops`) under every recompute
 mode and SM share it meets: tens of thousands of :func:`compute.piece_time` calls, a Python
 loop over ~30 ops each. :class:`OpArrays` turns one ops tuple into arrays once (each op's
-numerator, the rate it would run at with all SMs, its kind and launches);
+numerator, the rate it would run at with all SMs, its kind, launches and host floors);
 :meth:`OpArrays.times` then prices one SM share for all three recompute modes at once.
 
 Why bit-identical (tests/test_compute_vec.py checks ``==`` on random shapes): every
@@ -55,6 +55,8 @@ class OpArrays:
     """1 for a GEMM against a weight (B and W cost its forward time each)."""
     launches: np.ndarray
     """(3, ops): launches in forward, B and W (:func:`compute.op_launches`)."""
+    host: np.ndarray
+    """(3, ops): host floors in forward, B and W (:func:`compute.expert_host_s`; 0 elsewhere)."""
     selective: np.ndarray
     """1 where selective recomputation repeats the op."""
     gpu: GPUSpec
@@ -80,8 +82,10 @@ class OpArrays:
                              op.recompute_selective))
         cols = np.array(rows, dtype=float).reshape(len(ops), 8).T
         launches = np.array([C.op_launches(op) for op in ops], dtype=float).reshape(len(ops), 3).T
+        host = np.array([C.expert_host_s(op, gpu, precision) for op in ops], dtype=float)
         numerator, rate, shared, attention, attn_b, attn_rate, weight, selective = cols
-        return cls(numerator, rate, shared, attention, attn_b, attn_rate, weight, launches, selective, gpu)
+        return cls(numerator, rate, shared, attention, attn_b, attn_rate, weight, launches,
+                   host.reshape(len(ops), 3).T, selective, gpu)
 
     def _with_launches(self, device_s: np.ndarray, launches: np.ndarray) -> np.ndarray:
         """:func:`compute.with_launches_s` elementwise."""
@@ -103,6 +107,9 @@ class OpArrays:
         attention_b = self.attention_backward / (self.attention_backward_rate * compute_share)
         b_device = np.where(self.attention > 0, attention_b, b_device)
         w_device = np.where(self.weight_gemm > 0, t, 0.0)
+        # compute.piece_time's max(device, host floor), per phase
+        t = np.maximum(t, self.host[0])
+        b_device, w_device = np.maximum(b_device, self.host[1]), np.maximum(w_device, self.host[2])
         forward = self._with_launches(t, self.launches[0])
         phases = np.stack([
             forward,

@@ -28,9 +28,9 @@ dev: $(VENV)/.installed-dev
 
 demo: $(VENV)/.installed
 	$(BIN)/planner describe --model deepseek-v3
-	$(BIN)/planner simulate -m deepseek-v3 -c deepseek-v3-h800 --global-batch 15360 --precision fp8 \
+	$(BIN)/planner simulate -m deepseek-v3 -c deepseek-v3-h800 --global-batch 15360 --precision fp8 --adam-moments bf16 --moe-dispatch fp8 \
 	    --pp 16 --ep 64 --zero 1 --schedule dualpipe --recompute selective
-	$(BIN)/planner plan -m deepseek-v3 -c deepseek-v3-h800 --global-batch 15360 --precision fp8 \
+	$(BIN)/planner plan -m deepseek-v3 -c deepseek-v3-h800 --global-batch 15360 --precision fp8 --adam-moments bf16 --moe-dispatch fp8 \
 	    --tp 1 --pp 8,16 --ep 16,32,64 --micro-batch 1,2 --zero 1 --recompute selective \
 	    --schedule 1f1b,dualpipe
 

@@ -64,13 +64,13 @@ DENSE = ("llama3-70b", "dgx-h100", 1024, Workload(global_batch_size=1024, seq_le
 CASES = {
     "dense": (*DENSE, {}),
     "moe": ("deepseek-v3", "deepseek-v3-h800", 2048,
-            Workload(global_batch_size=15360, seq_length=4096, precision="fp8"),
+            Workload(global_batch_size=15360, seq_length=4096, precision="fp8", adam_moment_dtype="bf16", moe_dispatch_dtype="fp8"),
             {"tps": (1, 2), "pps": (8, 16), "eps": (8, 16, 32, 64), "mbs": (1, 2), "zeros": (0, 1),
              "recomputes": ("selective", "full"), "vpps": (1,),
              "schedules": ("1f1b", "zero-bubble", "dualpipe", "dualpipev")}),
     "space": (*DENSE, None),
     "moe-space": ("deepseek-v3", "deepseek-v3-h800", 2048,
-                  Workload(global_batch_size=15360, seq_length=4096, precision="fp8"), None),
+                  Workload(global_batch_size=15360, seq_length=4096, precision="fp8", adam_moment_dtype="bf16", moe_dispatch_dtype="fp8"), None),
 }
 REPEATS = 5
 

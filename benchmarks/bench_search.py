@@ -92,7 +92,8 @@ V3_PUBLISHED = dict(tp=1, pp=16, ep=64, dp=128, zero_stage=ZeroStage.OPTIMIZER, 
 
 def bench_deepseek_v3(full: bool) -> None:
     model, cluster = load_model("deepseek-v3"), load_cluster("deepseek-v3-h800")
-    workload = Workload(global_batch_size=15360, seq_length=4096, precision=Precision.FP8)
+    workload = Workload(global_batch_size=15360, seq_length=4096, precision=Precision.FP8,
+                        adam_moment_dtype="bf16", moe_dispatch_dtype="fp8")  # DeepSeek-V3's recipe (V3 §3.3.3)
     bounded = Constraints(
         tp=(1,), cp=(1,), pp=(8, 16), pipeline_schedule=(PipelineSchedule.ONE_F_ONE_B, PipelineSchedule.DUALPIPE),
         micro_batch_size=(1, 2), zero_stage=(ZeroStage.OPTIMIZER,), ep=(16, 32, 64),

@@ -18,7 +18,7 @@ CASES = {
     "deepseek-v3 / 2048 H800 / PP16 DualPipe EP64": (
         "deepseek-v3", "deepseek-v3-h800", 2048,
         Plan(pp=16, ep=64, dp=128, zero_stage=1, recompute="selective", pipeline_schedule="dualpipe"),
-        Workload(global_batch_size=15360, seq_length=4096, precision="fp8"),
+        Workload(global_batch_size=15360, seq_length=4096, precision="fp8", adam_moment_dtype="bf16", moe_dispatch_dtype="fp8"),
     ),
     "gpt3-175b / 1024 A100 / TP8 PP8 interleaved": (
         "gpt3-175b", "dgx-a100", 1024,

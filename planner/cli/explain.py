@@ -90,6 +90,8 @@ def explain_command(
     global_batch: int = options.global_batch(),
     seq_len: int = options.seq_len(),
     precision: str = options.precision(),
+    adam_moments: str = options.adam_moments(),
+    moe_dispatch: str = options.moe_dispatch(),
     plan_a: Path = typer.Option(..., "--plan-a", help="Plan A YAML (Megatron names or tp/pp/...)."),
     plan_b: Path = typer.Option(..., "--plan-b", help="Plan B YAML (Megatron names or tp/pp/...)."),
     with_sensitivity: bool = typer.Option(
@@ -102,7 +104,7 @@ def explain_command(
     memory per GPU (GiB) and, optionally, the sensitivity of the ranking."""
     model_spec = load_model(model)
     cluster_spec = load_cluster(cluster, num_gpus=gpus)
-    workload = build_workload(model_spec, global_batch, seq_len, precision)
+    workload = build_workload(model_spec, global_batch, seq_len, precision, adam_moments, moe_dispatch)
     pa = build_plan(plan_a, cluster_spec.num_gpus, {})
     pb = build_plan(plan_b, cluster_spec.num_gpus, {})
     ra = simulate(model_spec, cluster_spec, pa, workload)

@@ -37,12 +37,13 @@ def build_plan(plan_file: Path | None, gpus: int, knobs: dict) -> Plan:
     return validate_spec(Plan, data, str(plan_file) if plan_file else "plan")
 
 
-def build_workload(model: ModelSpec, global_batch: int, seq_len: int | None, precision: str) -> Workload:
+def build_workload(model: ModelSpec, global_batch: int, seq_len: int | None, precision: str,
+                   adam_moments: str = "fp32", moe_dispatch: str = "bf16") -> Workload:
     """The Workload of the CLI options; the sequence length defaults to the model's."""
     return validate_spec(
         Workload,
         {"global_batch_size": global_batch, "seq_length": seq_len or model.default_seq_length,
-         "precision": precision},
+         "precision": precision, "adam_moment_dtype": adam_moments, "moe_dispatch_dtype": moe_dispatch},
         "workload",
     )
 
@@ -58,7 +59,8 @@ def _short_names(fields: dict) -> dict:
 
 
 def resolve_workload(model: ModelSpec, num_gpus: int, global_batch: int | None, tokens: float | None,
-                     seq_len: int | None, precision: str) -> tuple[Workload, BudgetWorkload | None]:
+                     seq_len: int | None, precision: str, adam_moments: str = "fp32",
+                     moe_dispatch: str = "bf16") -> tuple[Workload, BudgetWorkload | None]:
     """The Workload of ``--global-batch``, or, without it, of the token budget ``--tokens``
     (DeepSeek LLM's B_opt law, :func:`planner.budget.budget_workload`); the second value is
     that derivation (None when the batch was given)."""
@@ -69,8 +71,8 @@ def resolve_workload(model: ModelSpec, num_gpus: int, global_batch: int | None, 
         seq = seq_len or model.default_seq_length
         m = describe_model(model, seq).flops_per_token_nonembedding
         budget = budget_workload(m, tokens, seq, num_gpus)
-        return build_workload(model, budget.global_batch_size, seq, precision), budget
-    return build_workload(model, global_batch, seq_len, precision), None
+        return build_workload(model, budget.global_batch_size, seq, precision, adam_moments, moe_dispatch), budget
+    return build_workload(model, global_batch, seq_len, precision, adam_moments, moe_dispatch), None
 
 
 def cost_of(report, workload: Workload, num_gpus: int, tokens: float | None, price: float | None) -> TrainingCost:

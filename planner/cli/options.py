@@ -66,6 +66,18 @@ def precision() -> Any:
                         help="GEMM precision: bf16, fp16 or fp8 (FP8 GEMMs, BF16 elsewhere).")
 
 
+def adam_moments() -> Any:
+    return typer.Option("fp32", "--adam-moments",
+                        help="Format of Adam's moments: fp32 (Megatron-Core's default), bf16 (DeepSeek-V3), "
+                             "fp16 or fp8.")
+
+
+def moe_dispatch() -> Any:
+    return typer.Option("bf16", "--moe-dispatch",
+                        help="Format of the MoE dispatch all-to-all: bf16 (Megatron-Core) or fp8 (DeepSeek-V3, "
+                             "DeepEP); the combine is BF16.")
+
+
 def knob(name: str, *, many: bool = False) -> Any:
     """``--tp`` (and ``--tensor-model-parallel-size``) ...; ``many``: a comma-separated list
     of allowed values (search commands), else one degree."""

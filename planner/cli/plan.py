@@ -75,6 +75,8 @@ def plan_command(
     global_batch: int = options.global_batch(required=False, budget=True),
     seq_len: int = options.seq_len(),
     precision: str = options.precision(),
+    adam_moments: str = options.adam_moments(),
+    moe_dispatch: str = options.moe_dispatch(),
     tp: str = options.knob("tp", many=True),
     pp: str = options.knob("pp", many=True),
     vpp: str = options.knob("vpp", many=True),
@@ -102,7 +104,7 @@ def plan_command(
     model_spec = load_model(model)
     cluster_spec = load_cluster(cluster, num_gpus=gpus)
     check_budget(tokens, price)
-    workload, budget = resolve_workload(model_spec, cluster_spec.num_gpus, global_batch, tokens, seq_len, precision)
+    workload, budget = resolve_workload(model_spec, cluster_spec.num_gpus, global_batch, tokens, seq_len, precision, adam_moments, moe_dispatch)
     constraints = constraints_from_options(tp, pp, vpp, cp, ep, micro_batch, zero, sp, recompute, schedule,
                                            max_memory_frac)
     result = run_search(model_spec, cluster_spec, workload, constraints, top_k, exhaustive,

@@ -57,6 +57,8 @@ def report_command(
     global_batch: int = options.global_batch(required=False, budget=True),
     seq_len: int = options.seq_len(),
     precision: str = options.precision(),
+    adam_moments: str = options.adam_moments(),
+    moe_dispatch: str = options.moe_dispatch(),
     tp: str = options.knob("tp", many=True),
     pp: str = options.knob("pp", many=True),
     vpp: str = options.knob("vpp", many=True),
@@ -97,7 +99,7 @@ def report_command(
             workload = validate_spec(Workload, saved_workload, f"{saved}: workload")
         else:
             workload, budget = resolve_workload(model_spec, cluster_spec.num_gpus, global_batch, tokens, seq_len,
-                                                precision)
+                                                precision, adam_moments, moe_dispatch)
         plans = [validate_spec(Plan, {k: r[k] for k in _PLAN_FIELDS if r.get(k) is not None}, f"{saved}: plan {i + 1}")
                  for i, r in enumerate(records[:top_k])]
         ranked = [(p, simulate(model_spec, cluster_spec, p, workload)) for p in plans]
@@ -105,7 +107,7 @@ def report_command(
         line, limit = f"the plans of {saved}, re-simulated", None
     else:
         workload, budget = resolve_workload(model_spec, cluster_spec.num_gpus, global_batch, tokens, seq_len,
-                                            precision)
+                                            precision, adam_moments, moe_dispatch)
         constraints = constraints_from_options(tp, pp, vpp, cp, ep, micro_batch, zero, sp, recompute, schedule,
                                                max_memory_frac)
         result = run_search(model_spec, cluster_spec, workload, constraints, top_k, exhaustive)

@@ -96,6 +96,8 @@ def simulate_command(
     global_batch: int = options.global_batch(required=False, budget=True),
     seq_len: int = options.seq_len(),
     precision: str = options.precision(),
+    adam_moments: str = options.adam_moments(),
+    moe_dispatch: str = options.moe_dispatch(),
     tp: int = options.knob("tp"),
     pp: int = options.knob("pp"),
     vpp: int = options.knob("vpp"),
@@ -129,7 +131,7 @@ def simulate_command(
     model_spec = load_model(model)
     cluster_spec = load_cluster(cluster, num_gpus=gpus)
     check_budget(tokens, price)
-    workload, budget = resolve_workload(model_spec, cluster_spec.num_gpus, global_batch, tokens, seq_len, precision)
+    workload, budget = resolve_workload(model_spec, cluster_spec.num_gpus, global_batch, tokens, seq_len, precision, adam_moments, moe_dispatch)
     knobs = {
         "tp": tp, "pp": pp, "vpp": vpp, "cp": cp, "ep": ep, "etp": etp, "dp": dp, "zero_stage": zero,
         "sequence_parallel": sp, "recompute": recompute, "micro_batch_size": micro_batch,

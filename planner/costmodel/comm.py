@@ -17,7 +17,8 @@ activations), and the collective each becomes (Megatron-LM; DeepSeek-V3 §3.2):
   K/V of the cp group; hidden behind the attention core up to its duration.
 - EP: dispatch and combine of the routed tokens per MoE layer in forward, and again in
   backward, through :func:`planner.hwmodels.collectives.moe_all_to_all` (hierarchical and
-  node-limited; FP8 dispatch and BF16 combine under FP8 plans, V3 §3.3.3).
+  node-limited; BF16 combine, and the dispatch in the workload's ``moe_dispatch_dtype``:
+  BF16 as Megatron-Core sends it, FP8 in DeepSeek-V3's recipe, V3 §3.3.3).
 - PP: one activation (forward) or gradient (backward) of T x d per micro-batch between
   consecutive chunks on different ranks.
 - DP/ZeRO: per step, see :func:`dp_step_comm`.
@@ -37,7 +38,7 @@ from planner.hwmodels.collectives import CollectiveOp, collective_cost, groups_d
 from planner.hwmodels.placement import RankLayout, rank_layout
 from planner.specs.hardware import ClusterSpec
 from planner.specs.model import ModelSpec
-from planner.specs.plan import PipelineSchedule, Plan, Precision, Workload, ZeroStage
+from planner.specs.plan import DispatchDtype, PipelineSchedule, Plan, Precision, Workload, ZeroStage
 
 
 def stage_groups(layout: RankLayout, dims: str, stage: int, experts: bool = False) -> np.ndarray:
@@ -152,7 +153,7 @@ class StageComm:
         if model.moe is not None and plan.ep > 1:
             moe = model.moe
             groups = stage_groups(layout, "ep", stage, experts=True)
-            fp8 = workload.precision is Precision.FP8
+            fp8 = workload.moe_dispatch_dtype is DispatchDtype.FP8
             # With tp > 1 the tp ranks hold the same tokens; each sends its 1/tp share
             # (Megatron's alltoall dispatcher after the sequence-parallel split).
             cost = moe_all_to_all(

@@ -32,6 +32,8 @@ from planner.specs.model import (
 from planner.specs.plan import (
     AttentionKernel,
     DEFAULT_RANK_ORDER,
+    DispatchDtype,
+    MomentDtype,
     PipelineSchedule,
     Plan,
     Precision,
@@ -43,6 +45,8 @@ from planner.specs.plan import (
 __all__ = [
     "AttentionKernel",
     "DEFAULT_RANK_ORDER",
+    "DispatchDtype",
+    "MomentDtype",
     "AttentionKind",
     "ClusterSpec",
     "Dtype",

@@ -43,6 +43,18 @@ class MomentDtype(StrEnum):
     FP8 = "fp8"
 
 
+class DispatchDtype(StrEnum):
+    """Format of the tokens the MoE dispatch all-to-all sends (the combine is always BF16)."""
+
+    BF16 = "bf16"
+    """Megatron-Core's all-to-all dispatcher, even in FP8 runs: FP8 "EP Dispatch (which are
+    not yet supported)" (NVIDIA, "Optimizing DeepSeek-V3 Training Performance on GB200
+    NVL72", Megatron-LM docs/discussions, §2.1.3)."""
+    FP8 = "fp8"
+    """DeepSeek-V3's recipe (V3 report §3.3.3: activations quantised to FP8 before the MoE
+    up-projections are dispatched in FP8; the combine stays BF16), as DeepEP does."""
+
+
 class ZeroStage(IntEnum):
     """What data-parallel ranks shard (Rajbhandari et al. 2020, arXiv 1910.02054)."""
 
@@ -109,6 +121,9 @@ class Workload(Spec):
     adam_moment_dtype: MomentDtype = MomentDtype.FP32
     """Format of the optimizer's moments, independent of ``precision``: an FP8 run keeps
     FP32 moments unless it says otherwise (DeepSeek-V3's recipe: ``bf16``)."""
+    moe_dispatch_dtype: DispatchDtype = DispatchDtype.BF16
+    """Format of the MoE dispatch all-to-all, independent of ``precision``: BF16 unless the
+    run says otherwise (DeepSeek-V3's recipe: ``fp8``)."""
 
     @property
     def tokens_per_step(self) -> int:

@@ -17,7 +17,9 @@ Empty cell             Default
 arch                   ``moe`` if ``moe_experts`` is set, else ``dense``
 attention              ``mla`` if ``mla_kv_lora_rank`` is set, ``gqa`` if kv_heads < heads,
                        else ``mha``
-kv_heads               = heads (MHA); required for GQA
+kv_heads               = heads (MHA); GQA: a shipped model preset's of the same layers,
+                       hidden and heads, else the commonest kv_heads of the shipped GQA
+                       presets that divides heads and is a multiple of tp (8)
 ffn_act                ``swiglu``
 ffn_hidden             4 * hidden for ``gelu`` (GPT-2/3, BLOOM, Megatron's default);
                        required for ``swiglu`` dense FFNs (no safe default)
@@ -31,7 +33,8 @@ precision              ``bf16``
 tp, pp, cp             1
 dp                     num_gpus / (tp * pp * cp)
 ep                     1
-etp                    = tp (Megatron's default), MoE only
+etp                    = tp (Megatron's default), MoE only; when ep * tp does not divide
+                       tp * cp * dp, the largest divisor of tp that does
 zero                   1: a sharded optimizer (Megatron distributed optimizer, DeepSpeed
                        ZeRO-1) moves the same bytes as a plain all-reduce (reduce-scatter +
                        all-gather) and is what current frameworks run
@@ -50,7 +53,8 @@ attention kernel       (no column) ``unfused`` when the ``source`` cites a year 
                        published earlier materialised the score matrix (Korthikanti et al.
                        2022 §4.1 store its 5as^2b bytes). No year: ``flash``
 pp_schedule            pp = 1: irrelevant. pp > 1: ``interleaved`` if vpp > 1, else ``1f1b``
-                       (Megatron without virtual stages, DeepSpeed's pipeline engine)
+                       (Megatron without virtual stages, DeepSpeed's pipeline engine); the
+                       same for ``none`` on a pp > 1 row
 vpp                    1, unless the schedule is ``interleaved`` ("interleaved with an
                        unpublished count"): the smallest count >= 2 that divides the layers
                        per stage (layers // pp), i.e. the mildest even interleaving
@@ -58,7 +62,11 @@ vpp                    1, unless the schedule is ``interleaved`` ("interleaved w
 
 Cells that disagree are resolved the same way every time and noted: with dp given and
 tp * pp * cp * dp != num_gpus the plan's GPUs are simulated; ``mha`` with kv_heads < heads is
-simulated with those kv_heads (GQA); pp_schedule on a pp = 1 row is ignored.
+simulated with those kv_heads (GQA); pp_schedule on a pp = 1 row is ignored; ``1f1b`` with
+vpp > 1 is interleaved and ``interleaved`` with vpp 1 is 1f1b (vpp decides), a vpp on
+dualpipe / zero-bubble is ignored; a global_batch that is not a multiple of dp * micro_batch
+is simulated as ceil(global_batch / (dp * micro_batch)) micro-batches per replica (the
+slowest replica's share); a ``gelu`` row with ``mla`` has no linear biases.
 
 Model style by FFN activation: ``gelu`` rows are GPT-style (LayerNorm, biases on every
 linear layer, learned absolute positions, output head tied to the embedding: Megatron's GPT
@@ -80,6 +88,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -211,6 +220,7 @@ def case_inputs(row: dict[str, Any]) -> CaseInputs:
     model = _model(cells, notes)
     workload = _workload(cells, notes)
     plan, candidates = _plan(cells, model, notes)
+    workload = _whole_micro_batches(workload, plan, notes)
     check_plan(model, workload, plan)
     cluster = case_cluster(cells, plan.world_size, notes)
     return CaseInputs(model, cluster, plan, workload, notes, candidates)
@@ -243,6 +253,11 @@ def _model(cells: Row, notes: list[str]) -> ModelSpec:
         "tie_word_embeddings": gelu,
     }
     spec.update(_attention(cells, heads, notes))
+    if "mla" in spec and gelu:
+        # No MLA model has linear biases (ModelSpec rejects them): a gelu MLA row keeps the
+        # GPT-style norm and positions but drops the biases.
+        spec["add_bias_linear"] = False
+        notes.append("ffn_act gelu with mla: no linear biases (no MLA model has them)")
     moe = _moe(cells, notes)
     if moe is not None:
         spec["moe"] = moe
@@ -281,9 +296,7 @@ def _attention(cells: Row, heads: int, notes: list[str]) -> dict[str, Any]:
     if kind not in ("mha", "gqa"):
         raise SpecError("attention", kind, "must be one of mha, gqa, mla")
     if kv is None:
-        if kind == "gqa":
-            raise SpecError("kv_heads", None, "is required for gqa attention")
-        kv = heads
+        kv = _default_kv_heads(cells, heads, notes) if kind == "gqa" else heads
     elif kind == "mha" and kv != heads:
         notes.append(f"attention mha but kv_heads {kv} != heads {heads}: kv_heads taken (gqa)")
     out: dict[str, Any] = {"num_kv_heads": kv}
@@ -291,6 +304,26 @@ def _attention(cells: Row, heads: int, notes: list[str]) -> dict[str, Any]:
     if head_dim is not None:
         out["head_dim"] = head_dim
     return out
+
+
+def _default_kv_heads(cells: Row, heads: int, notes: list[str]) -> int:
+    """kv_heads of a gqa row that leaves it empty: a shipped GQA model preset's with the
+    same layers, hidden size and heads, else the commonest among the shipped GQA presets
+    (8: Llama-2-70B, Llama 3, Mixtral, DeepSeek-LLM-67B) that divides heads and is a
+    multiple of tp (``check_plan``'s rule)."""
+    tp = cells.int("tp") or 1
+    gqa = [p for p in _model_presets() if p.mla is None and p.kv_heads < p.num_attention_heads]
+    shape = (cells.int("layers"), cells.int("hidden"), heads)
+    same = [p.kv_heads for p in gqa if (p.num_layers, p.hidden_size, p.num_attention_heads) == shape]
+    if same:
+        notes.append(f"kv_heads empty: {same[0]} (model preset of the same shape)")
+        return same[0]
+    counts = Counter(p.kv_heads for p in gqa)
+    fits = [kv for kv, _ in counts.most_common() if heads % kv == 0 and kv % tp == 0]
+    if not fits:
+        raise SpecError("kv_heads", None, f"is required for gqa attention ({heads} heads, tp {tp})")
+    notes.append(f"kv_heads empty: {fits[0]} (the commonest among the shipped GQA model presets)")
+    return fits[0]
 
 
 def _moe(cells: Row, notes: list[str]) -> dict[str, Any] | None:
@@ -384,6 +417,23 @@ def _workload(cells: Row, notes: list[str]) -> Workload:
     )
 
 
+def _whole_micro_batches(workload: Workload, plan: Plan, notes: list[str]) -> Workload:
+    """A global batch that is not a multiple of dp * micro_batch: every framework runs whole
+    micro-batches on every replica (Megatron asserts the multiple; DeepSpeed and torchtitan
+    define the global batch as micro * accumulation * dp), so the step ends when the replica
+    with the most, ceil(global / (dp * micro)), is done: that many are simulated."""
+    per_step = plan.dp * plan.micro_batch_size
+    batch = workload.global_batch_size
+    if batch % per_step == 0:
+        return workload
+    padded = -(-batch // per_step) * per_step
+    notes.append(
+        f"global_batch {batch} is not a multiple of dp * micro_batch ({per_step}): simulated "
+        f"{padded // per_step} micro-batches per replica ({padded} sequences), the slowest replica's"
+    )
+    return revalidate(workload, global_batch_size=padded)
+
+
 def _plan(cells: Row, model: ModelSpec, notes: list[str]) -> tuple[Plan, tuple[Recompute, ...]]:
     tp = _default(cells, "tp", 1, notes)
     pp = _default(cells, "pp", 1, notes)
@@ -426,10 +476,27 @@ def _plan(cells: Row, model: ModelSpec, notes: list[str]) -> tuple[Plan, tuple[R
     etp = cells.int("etp")
     if model.moe is not None:
         if etp is None:
-            notes.append(f"etp empty: = tp ({tp}), Megatron's default")
-        else:
+            etp = _default_etp(tp, cp * dp, ep, notes)
+        if etp is not None:
             plan["etp"] = etp
     return validate_spec(Plan, plan, origin=cells.text("case_id")), candidates
+
+
+def _default_etp(tp: int, cp_dp: int, ep: int, notes: list[str]) -> int | None:
+    """etp of a MoE row that leaves it empty: None (= tp, Megatron's default) when ep * tp
+    divides the dense ranks tp * cp * dp of a stage (``Plan``'s rule); otherwise the run
+    cannot have used it, and the largest divisor of tp that fits is taken (Megatron-Bridge's
+    Qwen3-235B-A22B H100 configuration runs tp 2, ep 32 with etp 1). None fits: None, and
+    ``Plan`` names the rule."""
+    ranks = tp * cp_dp
+    if ranks % (ep * tp) == 0:
+        notes.append(f"etp empty: = tp ({tp}), Megatron's default")
+        return None
+    fits = [d for d in range(tp, 0, -1) if tp % d == 0 and ranks % (ep * d) == 0]
+    if not fits:
+        return None
+    notes.append(f"etp empty: {fits[0]}, the largest divisor of tp ({tp}) with ep * etp | tp * cp * dp")
+    return fits[0]
 
 
 SEQUENCE_PARALLEL_YEAR = 2023
@@ -480,9 +547,11 @@ def _schedule(cells: Row, model: ModelSpec, pp: int, notes: list[str]) -> tuple[
         schedule = PipelineSchedule.INTERLEAVED if (vpp or 1) > 1 else PipelineSchedule.ONE_F_ONE_B
         notes.append(f"pp_schedule empty: {schedule.value}")
     elif text == "none":
-        raise SpecError("pp_schedule", text, f"'none' needs pp = 1 (pp = {pp})")
+        schedule = PipelineSchedule.INTERLEAVED if (vpp or 1) > 1 else PipelineSchedule.ONE_F_ONE_B
+        notes.append(f"pp_schedule none with pp = {pp}: taken as empty, {schedule.value}")
     else:
         schedule = cells.choice("pp_schedule", PipelineSchedule)
+        schedule, vpp = _reconciled_schedule(schedule, vpp, notes)
     if vpp is None:
         vpp = 1
         if schedule is PipelineSchedule.INTERLEAVED:
@@ -492,6 +561,25 @@ def _schedule(cells: Row, model: ModelSpec, pp: int, notes: list[str]) -> tuple[
                 raise SpecError("vpp", None, f"interleaving needs >= 2 layers per stage ({per_stage})")
             notes.append(f"vpp empty: {vpp}, the smallest even split of the {per_stage} layers per stage")
     return schedule, vpp
+
+
+def _reconciled_schedule(
+    schedule: PipelineSchedule, vpp: int | None, notes: list[str]
+) -> tuple[PipelineSchedule, int | None]:
+    """A published schedule and vpp that disagree (vpp > 1 means interleaving, vpp 1 none):
+    Megatron names its interleaved schedule "1F1B with virtual stages", so 1f1b with
+    vpp > 1 is interleaved; ``interleaved`` with vpp 1 keeps the published vpp (1f1b); the
+    DualPipe family and zero-bubble keep their own chunking and ignore a vpp."""
+    if vpp is None or (vpp > 1) == (schedule is PipelineSchedule.INTERLEAVED):
+        return schedule, vpp
+    if schedule is PipelineSchedule.ONE_F_ONE_B:
+        notes.append(f"pp_schedule 1f1b with vpp {vpp}: interleaved (1F1B with virtual stages)")
+        return PipelineSchedule.INTERLEAVED, vpp
+    if schedule is PipelineSchedule.INTERLEAVED:
+        notes.append("pp_schedule interleaved with vpp 1: 1f1b (vpp 1 = no interleaving)")
+        return PipelineSchedule.ONE_F_ONE_B, vpp
+    notes.append(f"vpp {vpp} ignored: pp_schedule {schedule.value} has its own chunking")
+    return schedule, 1
 
 
 def _default(cells: Row, column: str, value: int, notes: list[str], quiet: bool = False) -> int:

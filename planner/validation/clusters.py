@@ -10,8 +10,9 @@ map to a preset's ``node.scale_up`` as
 
 No match is an :class:`~planner.errors.UnsupportedError` naming the combinations that exist.
 The preset is then given the row's gpus_per_node, NIC count and NIC speed (empty cells keep
-the preset's) and just enough nodes for the plan's GPUs. Everything else (achievable
-fractions, latencies, fabric shape) stays the preset's, with its sources.
+the preset's; 0 NICs only on one node, which sends nothing over them) and just enough nodes
+for the plan's GPUs. The scale-up domain follows the node (:func:`_domain`). Everything else
+(achievable fractions, latencies, fabric shape) stays the preset's, with its sources.
 """
 
 from __future__ import annotations
@@ -94,16 +95,18 @@ def _resized(base: ClusterSpec, cells: Row, num_gpus: int, notes: list[str]) -> 
     if nics is None:
         nics = node.nics_per_node
         notes.append(f"nics_per_node empty: {nics} (preset {base.name})")
+    elif nics == 0:
+        if num_gpus > per_node:
+            nodes = num_gpus // per_node
+            raise SpecError("nics_per_node", 0, f"a run over {nodes} nodes needs scale-out NICs")
+        nics = node.nics_per_node
+        notes.append(f"nics_per_node 0: one node, no scale-out traffic (the preset's {nics} NICs are unused)")
     gbps = cells.number("nic_gbps")
     if gbps is None:
         gbps = node.nic_bandwidth_bytes_per_s * 8 / 1e9
         notes.append(f"nic_gbps empty: {gbps:g} (preset {base.name})")
 
-    domain = node.scale_up.domain_gpus
-    if domain == node.gpus_per_node:  # the domain is the node (HGX)
-        domain = per_node
-    elif domain < node.gpus_per_node:  # several domains per node (bridged pairs)
-        domain = math.gcd(domain, per_node)
+    domain = _domain(node.scale_up.domain_gpus, node.gpus_per_node, per_node, notes)
     pcie = node.pcie.model_dump() if node.pcie else None
     if pcie and pcie.get("root_ports") and per_node != node.gpus_per_node:
         # Keep the ports of the GPUs that remain; a larger node has no known port map.
@@ -123,3 +126,19 @@ def _resized(base: ClusterSpec, cells: Row, num_gpus: int, notes: list[str]) -> 
         "pcie": pcie,
     }
     return revalidate(base, num_nodes=num_gpus // per_node, node=new_node, fabric=fabric)
+
+
+def _domain(domain: int, preset_per_node: int, per_node: int, notes: list[str]) -> int:
+    """The scale-up domain with nodes of ``per_node`` GPUs: the node itself where the preset's
+    domain is its node (HGX); the largest part of the preset's that is whole new nodes where
+    it is wider (NVL72 with 4-GPU trays: a row giving 16-GPU nodes keeps 64 of the 72, one
+    giving the 72-GPU rack as a node keeps 72); the largest common part where several
+    domains share a node (bridged pairs)."""
+    if domain == preset_per_node:
+        return per_node
+    if domain < preset_per_node or per_node > domain:
+        return math.gcd(domain, per_node)
+    whole = domain // per_node * per_node
+    if whole != domain:
+        notes.append(f"NVLink domain {whole} GPUs: whole nodes of {per_node} within the preset's {domain}")
+    return whole

@@ -418,3 +418,21 @@ def test_fsdp_run_with_unsharded_experts_fits():
     report = simulate(case.model, case.cluster, case.plan, case.workload)
     assert report.status is Status.OK
     assert report.memory_peak_bytes <= report.memory_capacity_bytes
+
+
+def test_dualpipe_fp8_rows_take_deepseek_v3s_recipe():
+    """A dualpipe row in fp8 is DeepSeek's framework: BF16 Adam moments and FP8 dispatch (V3
+    §3.3.3); the same row on 1F1B keeps the Workload defaults (Megatron-Core's)."""
+    from planner.validation.cases import case_inputs, read_cases
+    from planner.presets import data_root
+    from planner.specs import DispatchDtype, MomentDtype
+
+    row = next(r for r in read_cases(data_root() / "validation" / "public_cases.csv")
+               if r["case_id"] == "dsv3-isca25-table4")
+    v3 = case_inputs(row)
+    assert v3.workload.adam_moment_dtype is MomentDtype.BF16
+    assert v3.workload.moe_dispatch_dtype is DispatchDtype.FP8
+    assert any("DeepSeek-V3's recipe" in n for n in v3.notes)
+    other = case_inputs({**row, "pp_schedule": "1f1b"})
+    assert other.workload.adam_moment_dtype is MomentDtype.FP32
+    assert other.workload.moe_dispatch_dtype is DispatchDtype.BF16

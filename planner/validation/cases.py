@@ -30,6 +30,9 @@ gpus_per_node,         the cluster preset's
 nics_per_node, nic_gbps
 intra_node             the one preset for the GPU (error when there are several)
 precision              ``bf16``
+(no column)            Adam moments fp32 and the MoE dispatch in bf16 (Megatron-Core's
+                       defaults); a ``dualpipe`` row in fp8 takes DeepSeek-V3's recipe
+                       (BF16 moments, FP8 dispatch, V3 §3.3.3)
 tp, pp, cp             1
 dp                     num_gpus / (tp * pp * cp)
 ep                     1
@@ -410,11 +413,15 @@ def _workload(cells: Row, notes: list[str]) -> Workload:
     if precision is None:
         precision = Precision.BF16
         notes.append("precision empty: bf16")
-    return validate_spec(
-        Workload,
-        {"global_batch_size": cells.need("global_batch"), "seq_length": cells.need("seq_len"), "precision": precision},
-        origin=cells.text("case_id"),
-    )
+    fields = {"global_batch_size": cells.need("global_batch"), "seq_length": cells.need("seq_len"),
+              "precision": precision}
+    if cells.text("pp_schedule") == PipelineSchedule.DUALPIPE.value and precision is Precision.FP8:
+        # DualPipe is DeepSeek's schedule (HAI-LLM; Megatron-Core has none): its FP8 recipe
+        # keeps BF16 Adam moments and dispatches in FP8 (V3 report §3.3.3). Others: the
+        # Workload defaults, Megatron-Core's (FP32 moments, BF16 dispatch).
+        fields.update(adam_moment_dtype="bf16", moe_dispatch_dtype="fp8")
+        notes.append("dualpipe + fp8: DeepSeek-V3's recipe (BF16 Adam moments, FP8 MoE dispatch)")
+    return validate_spec(Workload, fields, origin=cells.text("case_id"))
 
 
 def _whole_micro_batches(workload: Workload, plan: Plan, notes: list[str]) -> Workload:

@@ -20,7 +20,10 @@ preset's efficiency model; FP8 plans run the Linear GEMMs (Fprop, Dgrad, Wgrad) 
 keep embedding, head, router and attention in BF16 (DeepSeek-V3 §3.3.1). Backward: every
 GEMM costs the same shape again for the input gradient (B) and for the weight gradient
 (W); attention backward is ``attention_backward_flops_ratio`` x its forward FLOPs (B only);
-memory-bound kernels move twice their forward bytes in backward (B). Recomputation adds
+memory-bound kernels move twice their forward bytes in backward (B) unless they state their
+backward bytes (:attr:`Op.backward_bytes`). FP8 Linears add Transformer Engine's
+quantisation kernels (:func:`_cast`: the input in forward, :func:`_grad_cast`: the output
+gradient in backward, each into row-wise and transposed copies). Recomputation adds
 forward work to B: ``full`` the whole piece, ``selective`` the core attention (Megatron,
 Korthikanti et al. 2022 §4.2) or, for MLA models, the norms and the MLA up-projections
 (DeepSeek-V3 §3.2.3) plus the SwiGLU output (§3.3.3).
@@ -96,6 +99,12 @@ class Op:
     per_expert: bool = False
     """Routed-expert GEMMs issued one per local expert (``count``) after the MoE layer's
     tokens-per-expert sync: their host calls floor each phase (:func:`expert_host_s`)."""
+    backward_bytes: float | None = None
+    """Backward HBM traffic of a memory-bound kernel; None: twice :attr:`bytes` (the
+    gradient kernel reads the saved input and the incoming gradient, writes one gradient)."""
+
+    def backward_traffic(self) -> float:
+        return 2 * self.bytes if self.backward_bytes is None else self.backward_bytes
 
 
 def _gemm(name: str, m: float, n: float, k: float, count: float = 1.0, fp8: bool = True, sel: bool = False,
@@ -104,8 +113,8 @@ def _gemm(name: str, m: float, n: float, k: float, count: float = 1.0, fp8: bool
               per_expert=per_expert)
 
 
-def _mem(name: str, nbytes: float, sel: bool = False) -> Op:
-    return Op(name, OpKind.MEMORY, bytes=nbytes, recompute_selective=sel)
+def _mem(name: str, nbytes: float, sel: bool = False, backward_bytes: float | None = None) -> Op:
+    return Op(name, OpKind.MEMORY, bytes=nbytes, recompute_selective=sel, backward_bytes=backward_bytes)
 
 
 @dataclass(frozen=True)
@@ -131,11 +140,27 @@ def _norm_ops(model: ModelSpec, s: Shard, name: str, sel: bool) -> list[Op]:
     return [_mem(name, 2 * s.elementwise_tokens * model.hidden_size * BF16_BYTES, sel)]
 
 
-def _cast(name: str, elements: float, precision: Precision) -> list[Op]:
+# FP8 Linear operands on Hopper (Transformer Engine; data/costmodel/compute.yaml, fp8_*):
+# forward and dgrad read row-wise FP8 copies, wgrad column-wise (physically transposed)
+# ones of the input and of the output gradient, so each is quantised into both layouts.
+def _cast(name: str, elements: float, precision: Precision, norm_fused: bool = False) -> list[Op]:
+    """Quantisation of a Linear's input (``elements`` per GPU) in forward; none in
+    backward (the column-wise copy is saved for wgrad). ``norm_fused``: the input is a
+    norm's output (TE LayerNormLinear): the norm writes FP8 itself and only the column-wise
+    copy costs extra."""
     if precision is not Precision.FP8:
         return []
-    # Quantise a BF16 activation to FP8 with per-tile scales: read 2 B, write 1 B (+scales).
-    return [_mem(name, elements * 3.0)]
+    c = compute_constants()
+    per_element = c["fp8_norm_fused_quantise_bytes"] if norm_fused else c["fp8_cast_transpose_bytes"]
+    return [_mem(name, elements * per_element, backward_bytes=0.0)]
+
+
+def _grad_cast(name: str, elements: float, precision: Precision) -> list[Op]:
+    """Quantisation of a Linear's output gradient (``elements`` per GPU) into both layouts
+    (dgrad row-wise, wgrad column-wise), in backward only."""
+    if precision is not Precision.FP8:
+        return []
+    return [_mem(name, 0.0, backward_bytes=elements * compute_constants()["fp8_cast_transpose_bytes"])]
 
 
 def attention_ops(model: ModelSpec, plan: Plan, s: Shard, precision: Precision) -> list[Op]:
@@ -144,23 +169,37 @@ def attention_ops(model: ModelSpec, plan: Plan, s: Shard, precision: Precision) 
     mla = model.mla
     mla_selective = mla is not None
     ops = _norm_ops(model, s, "attn_norm", mla_selective)
-    ops += _cast("attn_in_cast", T * d, precision)
     if mla is not None:
+        # Megatron-Core's MLA: separate input norm, TELinear down-projections sharing one
+        # quantised input; q/kv norms fused into the TELayerNormColumnParallelLinear up-projections.
+        ops += _cast("attn_in_cast", T * d, precision)
         qk = mla.qk_nope_head_dim + mla.qk_rope_head_dim
         if mla.q_lora_rank:
             ops.append(_gemm("q_down", T, mla.q_lora_rank, d))
+            ops += _grad_cast("q_down_grad_cast", T * mla.q_lora_rank, precision)
             ops += _norm_ops(model.model_copy(update={"hidden_size": mla.q_lora_rank}), s, "q_norm", True)
+            ops += _cast("q_up_in_cast", T * mla.q_lora_rank, precision, norm_fused=True)
             ops.append(_gemm("q_up", T, h * qk / t, mla.q_lora_rank, sel=True))
+            ops += _grad_cast("q_up_grad_cast", T * h * qk / t, precision)
         else:
             ops.append(_gemm("q_proj", T, h * qk / t, d))
-        ops.append(_gemm("kv_down", T, mla.kv_lora_rank + mla.qk_rope_head_dim, d))
+            ops += _grad_cast("q_proj_grad_cast", T * h * qk / t, precision)
+        kv_down = mla.kv_lora_rank + mla.qk_rope_head_dim
+        ops.append(_gemm("kv_down", T, kv_down, d))
+        ops += _grad_cast("kv_down_grad_cast", T * kv_down, precision)
         ops += _norm_ops(model.model_copy(update={"hidden_size": mla.kv_lora_rank}), s, "kv_norm", True)
-        ops.append(_gemm("kv_up", T, h * (mla.qk_nope_head_dim + mla.v_head_dim) / t, mla.kv_lora_rank, sel=True))
+        ops += _cast("kv_up_in_cast", T * mla.kv_lora_rank, precision, norm_fused=True)
+        kv_up = h * (mla.qk_nope_head_dim + mla.v_head_dim) / t
+        ops.append(_gemm("kv_up", T, kv_up, mla.kv_lora_rank, sel=True))
+        ops += _grad_cast("kv_up_grad_cast", T * kv_up, precision)
         rope_elems = T * (h / t + 1) * mla.qk_rope_head_dim
         out_in = h * mla.v_head_dim / t
     else:
+        # TELayerNormColumnParallelLinear: the input norm emits the FP8 QKV input.
+        ops += _cast("attn_in_cast", T * d, precision, norm_fused=True)
         c, g = model.kv_channels, model.kv_heads
         ops.append(_gemm("qkv", T, (h + 2 * g) * c / t, d))
+        ops += _grad_cast("qkv_grad_cast", T * (h + 2 * g) * c / t, precision)
         rope_elems = T * (h + g) * c / t
         out_in = h * c / t
     ops.append(_mem("rope", 2 * rope_elems * BF16_BYTES))
@@ -171,6 +210,7 @@ def attention_ops(model: ModelSpec, plan: Plan, s: Shard, precision: Precision) 
         ops += _unfused_core(model, plan, s)
     ops += _cast("out_in_cast", T * out_in, precision)
     ops.append(_gemm("out_proj", T, d, out_in))
+    ops += _grad_cast("out_proj_grad_cast", T * d, precision)
     ops.append(_mem("attn_residual", 3 * s.elementwise_tokens * d * BF16_BYTES))
     return ops
 
@@ -196,26 +236,31 @@ def _unfused_core(model: ModelSpec, plan: Plan, s: Shard) -> list[Op]:
 
 
 def _ffn_ops(model: ModelSpec, name: str, rows: float, width: float, count: float, precision: Precision,
-             mla_sel: bool, per_expert: bool = False) -> list[Op]:
+             mla_sel: bool, per_expert: bool = False, norm_fused: bool = False) -> list[Op]:
     """One (or ``count``) FFN of intermediate ``width`` per GPU on ``rows`` tokens each;
-    ``per_expert``: the routed experts, one GEMM per expert (:attr:`Op.per_expert`)."""
+    ``per_expert``: the routed experts, one GEMM per expert (:attr:`Op.per_expert`);
+    ``norm_fused``: the up-projection is a TELayerNormColumnParallelLinear (dense FFN)."""
     d = model.hidden_size
-    ops = _cast(f"{name}_in_cast", rows * d * count, precision)
+    ops = _cast(f"{name}_in_cast", rows * d * count, precision, norm_fused)
     if model.ffn_activation is FFNActivation.SWIGLU:
         ops.append(_gemm(f"{name}_up_gate", rows, 2 * width, d, count, per_expert=per_expert))
+        ops += _grad_cast(f"{name}_up_gate_grad_cast", rows * 2 * width * count, precision)
         # SwiGLU reads gate and up, writes the product (DeepSeek-V3 recomputes it, §3.3.3).
         ops.append(_mem(f"{name}_swiglu", 3 * rows * width * count * BF16_BYTES, mla_sel))
     else:
         ops.append(_gemm(f"{name}_up", rows, width, d, count, per_expert=per_expert))
+        ops += _grad_cast(f"{name}_up_grad_cast", rows * width * count, precision)
         ops.append(_mem(f"{name}_gelu", 2 * rows * width * count * BF16_BYTES))
     ops += _cast(f"{name}_down_cast", rows * width * count, precision)
     ops.append(_gemm(f"{name}_down", rows, d, width, count, per_expert=per_expert))
+    ops += _grad_cast(f"{name}_down_grad_cast", rows * d * count, precision)
     return ops
 
 
 def dense_ffn_ops(model: ModelSpec, plan: Plan, s: Shard, precision: Precision) -> list[Op]:
     ops = _norm_ops(model, s, "ffn_norm", model.mla is not None)
-    ops += _ffn_ops(model, "ffn", s.tokens, model.ffn_hidden_size / s.tp, 1, precision, model.mla is not None)
+    ops += _ffn_ops(model, "ffn", s.tokens, model.ffn_hidden_size / s.tp, 1, precision, model.mla is not None,
+                    norm_fused=True)
     ops.append(_mem("ffn_residual", 3 * s.elementwise_tokens * model.hidden_size * BF16_BYTES))
     return ops
 
@@ -365,6 +410,8 @@ def op_launches(op: Op) -> tuple[int, int, int]:
     two input gradients (B); one backward kernel of attention or a memory-bound op (B)."""
     if op.kind is OpKind.GEMM:
         return (1, 1, 1) if op.weight_grad else (1, 2, 0)
+    if op.kind is OpKind.MEMORY:
+        return (int(op.bytes > 0), int(op.backward_traffic() > 0), 0)
     return (1, 1, 0)
 
 
@@ -412,9 +459,11 @@ def piece_time(
     for op in ops:
         t = _op_device_s(op, gpu, precision, compute_share)
         f_launches, b_launches, w_launches = op_launches(op)
-        # Memory-bound: twice the forward bytes; activation-by-activation GEMM: both operands' gradients.
+        # Memory-bound: its backward bytes; activation-by-activation GEMM: both operands' gradients.
         b_device_s, w_device_s = 2 * t, 0.0
-        if op.kind is OpKind.GEMM and op.weight_grad:
+        if op.kind is OpKind.MEMORY and op.backward_bytes is not None:
+            b_device_s = op.backward_bytes / (gpu.hbm_bandwidth_bytes_per_s * eff.hbm_fraction)
+        elif op.kind is OpKind.GEMM and op.weight_grad:
             b_device_s, w_device_s = t, t  # dgrad and wgrad: same (m, n, k) up to a permutation
         elif op.kind is OpKind.ATTENTION:
             rate = gpu.peak(Dtype.BF16) * eff.attention_backward_fraction * compute_share

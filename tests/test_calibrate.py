@@ -31,7 +31,9 @@ def small_csv(tmp_path_factory) -> Path:
 
 def test_loso_uses_only_other_sources(small_csv: Path) -> None:
     rows = read_cases(small_csv)
-    result = calibrate(rows, (0.7, 1.0))
+    seen = []
+    result = calibrate(rows, (0.7, 1.0), progress=lambda done, total: seen.append((done, total)))
+    assert seen[-1] == (2 * len(rows), 2 * len(rows)) and [d for d, _ in seen] == list(range(1, 2 * len(rows) + 1))
     assert result.best_fraction in (0.7, 1.0)
     assert set(result.per_source) == {r["source"] for r in rows}
     assert 0 <= result.loso_within <= 1 and result.loso_median_ape >= 0

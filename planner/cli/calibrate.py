@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from planner.cli.main import app, reports_errors
-from planner.cli.output import Format, write_result
+from planner.cli.output import Format, progress_bar, write_result
 from planner.errors import SpecError, UnsupportedError
 from planner.launch.device_calibration import Device
 from planner.validation import read_cases
@@ -53,7 +53,9 @@ def calibrate_command(
         raise SpecError("--grid", grid, "must be comma-separated numbers") from None
     if not values or any(not 0 < v <= 1 for v in values):
         raise SpecError("--grid", grid, "every value must be in (0, 1]")
-    result = calibrate(read_cases(from_cases), values)
+    rows = read_cases(from_cases)
+    with progress_bar("calibrating", "case runs") as update:
+        result = calibrate(rows, values, progress=update)
     if out is not None:
         out.write_text(yaml.safe_dump({
             "sustained_kernel_fraction": result.best_fraction,
@@ -99,7 +101,9 @@ def _calibrate_device(device: Device, nproc: int, name: str | None, out: Path | 
     from planner.specs import ClusterSpec
 
     name = name or f"local-{device.value}-{nproc}"
-    measured = dc.measure(device, nproc)
+    with progress_bar(f"measuring this machine ({device.value}, {nproc} processes)", "") as update:
+        update(0, None)
+        measured = dc.measure(device, nproc)
     fitted = dc.fit(measured)
     document = dc.calibrated_cluster(measured, fitted, name)
     validate_spec(ClusterSpec, document, name)  # what we write must load

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import statistics
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from planner.costmodel import compute
@@ -32,12 +33,12 @@ class Calibration:
     """source -> (value fitted on the other sources, held-out median APE)."""
 
 
-def _predict(rows, fraction: float) -> list[float | None]:
+def _predict(rows, fraction: float, progress=None) -> list[float | None]:
     constants = compute.compute_constants()
     saved = constants["sustained_kernel_fraction"]
     constants["sustained_kernel_fraction"] = fraction
     try:
-        results = run_cases(rows)
+        results = run_cases(rows, progress=progress)
     finally:
         constants["sustained_kernel_fraction"] = saved
     return [r.predicted_step_time_s if r.status is CaseStatus.OK else None for r in results]
@@ -56,9 +57,16 @@ def _median(values: list[float]) -> float:
     return statistics.median(values) if values else float("inf")
 
 
-def calibrate(rows: list[dict[str, str]], grid: tuple[float, ...] = DEFAULT_GRID) -> Calibration:
-    """Score ``grid`` on ``rows`` (the schema of data/validation) and cross-validate by source."""
-    table = {value: _predict(rows, value) for value in grid}
+def calibrate(rows: list[dict[str, str]], grid: tuple[float, ...] = DEFAULT_GRID,
+              progress: Callable[[int, int], None] | None = None) -> Calibration:
+    """Score ``grid`` on ``rows`` (the schema of data/validation) and cross-validate by source;
+    ``progress(done, total)`` after each case of each grid value."""
+    total = len(grid) * len(rows)
+
+    def step(k: int):
+        return None if progress is None else (lambda done, _: progress(k * len(rows) + done, total))
+
+    table = {value: _predict(rows, value, step(k)) for k, value in enumerate(grid)}
     best = min(grid, key=lambda v: _median(_apes(rows, table[v])))
     by_source: dict[str, list[int]] = defaultdict(list)
     for i, row in enumerate(rows):

@@ -1,0 +1,99 @@
+"""Documented defaults of ``planner validate`` for rows whose cells leave a knob open or
+disagree: the pipeline schedule and vpp, the expert tensor parallelism, and a global batch
+that dp * micro_batch does not divide. Each returns the value taken and appends to
+``notes`` what it took and why (the row's ``message``); :mod:`planner.validation.cases`
+lists every default in its docstring."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from planner.errors import SpecError
+from planner.presets import revalidate
+from planner.specs import ModelSpec, PipelineSchedule, Plan, Workload
+
+if TYPE_CHECKING:
+    from planner.validation.cases import Row
+
+
+def whole_micro_batches(workload: Workload, plan: Plan, notes: list[str]) -> Workload:
+    """A global batch that is not a multiple of dp * micro_batch: every framework runs whole
+    micro-batches on every replica (Megatron asserts the multiple; DeepSpeed and torchtitan
+    define the global batch as micro * accumulation * dp), so the step ends when the replica
+    with the most, ceil(global / (dp * micro)), is done: that many are simulated."""
+    per_step = plan.dp * plan.micro_batch_size
+    batch = workload.global_batch_size
+    if batch % per_step == 0:
+        return workload
+    padded = -(-batch // per_step) * per_step
+    notes.append(
+        f"global_batch {batch} is not a multiple of dp * micro_batch ({per_step}): simulated "
+        f"{padded // per_step} micro-batches per replica ({padded} sequences), the slowest replica's"
+    )
+    return revalidate(workload, global_batch_size=padded)
+
+
+def default_etp(tp: int, cp_dp: int, ep: int, notes: list[str]) -> int | None:
+    """etp of a MoE row that leaves it empty: None (= tp, Megatron's default) when ep * tp
+    divides the dense ranks tp * cp * dp of a stage (``Plan``'s rule); otherwise the run
+    cannot have used it, and the largest divisor of tp that fits is taken (Megatron-Bridge's
+    Qwen3-235B-A22B H100 configuration runs tp 2, ep 32 with etp 1). None fits: None, and
+    ``Plan`` names the rule."""
+    ranks = tp * cp_dp
+    if ranks % (ep * tp) == 0:
+        notes.append(f"etp empty: = tp ({tp}), Megatron's default")
+        return None
+    fits = [d for d in range(tp, 0, -1) if tp % d == 0 and ranks % (ep * d) == 0]
+    if not fits:
+        return None
+    notes.append(f"etp empty: {fits[0]}, the largest divisor of tp ({tp}) with ep * etp | tp * cp * dp")
+    return fits[0]
+
+
+def schedule_of(cells: Row, model: ModelSpec, pp: int, notes: list[str]) -> tuple[PipelineSchedule, int]:
+    text = (cells.text("pp_schedule") or "").lower() or None
+    vpp = cells.int("vpp")
+    if pp == 1:
+        if text not in (None, "none"):
+            notes.append(f"pp_schedule {text} ignored: pp = 1")
+        return PipelineSchedule.ONE_F_ONE_B, 1
+    if text is None:
+        schedule = PipelineSchedule.INTERLEAVED if (vpp or 1) > 1 else PipelineSchedule.ONE_F_ONE_B
+        notes.append(f"pp_schedule empty: {schedule.value}")
+    elif text == "none":
+        schedule = PipelineSchedule.INTERLEAVED if (vpp or 1) > 1 else PipelineSchedule.ONE_F_ONE_B
+        notes.append(f"pp_schedule none with pp = {pp}: taken as empty, {schedule.value}")
+    else:
+        schedule = cells.choice("pp_schedule", PipelineSchedule)
+        schedule, vpp = reconciled_schedule(schedule, vpp, notes)
+    if vpp is None:
+        vpp = 1
+        if schedule is PipelineSchedule.INTERLEAVED:
+            per_stage = model.num_layers // pp
+            vpp = next((d for d in range(2, per_stage + 1) if per_stage % d == 0), 0)
+            if not vpp:
+                raise SpecError("vpp", None, f"interleaving needs >= 2 layers per stage ({per_stage})")
+            notes.append(f"vpp empty: {vpp}, the smallest even split of the {per_stage} layers per stage")
+    return schedule, vpp
+
+
+def reconciled_schedule(
+    schedule: PipelineSchedule, vpp: int | None, notes: list[str]
+) -> tuple[PipelineSchedule, int | None]:
+    """A published schedule and vpp that disagree (vpp > 1 means interleaving, vpp 1 none):
+    Megatron names its interleaved schedule "1F1B with virtual stages", so 1f1b with
+    vpp > 1 is interleaved; ``interleaved`` with vpp 1 keeps the published vpp (1f1b); the
+    DualPipe family and zero-bubble keep their own chunking and ignore a vpp."""
+    if vpp is None or (vpp > 1) == (schedule is PipelineSchedule.INTERLEAVED):
+        return schedule, vpp
+    if schedule is PipelineSchedule.ONE_F_ONE_B:
+        notes.append(f"pp_schedule 1f1b with vpp {vpp}: interleaved (1F1B with virtual stages)")
+        return PipelineSchedule.INTERLEAVED, vpp
+    if schedule is PipelineSchedule.INTERLEAVED:
+        notes.append("pp_schedule interleaved with vpp 1: 1f1b (vpp 1 = no interleaving)")
+        return PipelineSchedule.ONE_F_ONE_B, vpp
+    notes.append(f"vpp {vpp} ignored: pp_schedule {schedule.value} has its own chunking")
+    return schedule, 1
+
+
+__all__ = ["default_etp", "reconciled_schedule", "schedule_of", "whole_micro_batches"]

@@ -39,6 +39,7 @@ FROZEN = {
     ),
     "plan": (
         "--adam-moments", "--moe-dispatch",
+        "--workers",
         "--cluster", "--context-parallel-size", "--cp", "--emit", "--ep", "--exhaustive",
         "--expert-model-parallel-size", "--format", "--global-batch", "--global-batch-size", "--gpus", "--max-memory-frac",
         "--micro-batch", "--micro-batch-size", "--model", "--out", "--pipeline-model-parallel-size", "--pp",
@@ -48,6 +49,7 @@ FROZEN = {
     ),
     "report": (
         "--adam-moments", "--moe-dispatch",
+        "--workers",
         "--cluster", "--context-parallel-size", "--cp", "--ep", "--exhaustive", "--expert-model-parallel-size",
         "--format", "--from", "--global-batch", "--global-batch-size", "--gpus", "--max-memory-frac",
         "--micro-batch", "--micro-batch-size", "--model", "--no-what-if", "--out", "--pipeline-model-parallel-size",

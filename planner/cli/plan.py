@@ -90,6 +90,7 @@ def plan_command(
     max_memory_frac: float = options.max_memory_fraction(),
     top_k: int = typer.Option(5, "--top-k", help="How many plans to list."),
     exhaustive: bool = options.exhaustive(),
+    workers: int = options.workers(),
     tokens: float = options.tokens(budget=True),
     price: float = options.price(),
     emit: Path = typer.Option(
@@ -104,11 +105,12 @@ def plan_command(
     model_spec = load_model(model)
     cluster_spec = load_cluster(cluster, num_gpus=gpus)
     check_budget(tokens, price)
-    workload, budget = resolve_workload(model_spec, cluster_spec.num_gpus, global_batch, tokens, seq_len, precision, adam_moments, moe_dispatch)
+    workload, budget = resolve_workload(model_spec, cluster_spec.num_gpus, global_batch, tokens, seq_len, precision,
+                                        adam_moments, moe_dispatch)
     constraints = constraints_from_options(tp, pp, vpp, cp, ep, micro_batch, zero, sp, recompute, schedule,
                                            max_memory_frac)
     result = run_search(model_spec, cluster_spec, workload, constraints, top_k, exhaustive,
-                        show_progress=fmt is Format.TABLE)
+                        show_progress=fmt is Format.TABLE, workers=workers)
     costs = [cost_of(r.report, workload, cluster_spec.num_gpus, tokens, price) for r in result.ranked]
     emitted = []
     if emit is not None:

@@ -72,6 +72,7 @@ def report_command(
     max_memory_frac: float = options.max_memory_fraction(),
     top_k: int = typer.Option(5, "--top-k", help="How many plans to rank and draw."),
     exhaustive: bool = options.exhaustive(),
+    workers: int = options.workers(),
     saved: Path = typer.Option(None, "--from", metavar="RESULT.json",
                                help="Rank the plans of a saved 'planner plan --format json' result (re-simulated) "
                                     "instead of searching; its workload is used unless --global-batch is given."),
@@ -110,7 +111,7 @@ def report_command(
                                             precision, adam_moments, moe_dispatch)
         constraints = constraints_from_options(tp, pp, vpp, cp, ep, micro_batch, zero, sp, recompute, schedule,
                                                max_memory_frac)
-        result = run_search(model_spec, cluster_spec, workload, constraints, top_k, exhaustive)
+        result = run_search(model_spec, cluster_spec, workload, constraints, top_k, exhaustive, workers=workers)
         ranked = [(r.plan, r.report) for r in result.ranked]
         mode = "exhaustive" if result.exhaustive else "pruned"
         line, limit = f"search ({mode}): {result.counts.line()}", result.memory_limit_bytes

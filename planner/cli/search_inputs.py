@@ -49,7 +49,7 @@ def constraints_from_options(tp, pp, vpp, cp, ep, micro_batch, zero, sp, recompu
 
 
 def run_search(model_spec, cluster_spec, workload, constraints, top_k: int, exhaustive: bool,
-               show_progress: bool = True) -> SearchResult:
+               show_progress: bool = True, workers: int | None = None) -> SearchResult:
     """``planner.search.plan`` with a transient progress bar on stderr: candidates decided
     out of the valid ones. Off when stderr is not a terminal or ``show_progress`` is False
     (machine-readable output)."""
@@ -57,4 +57,4 @@ def run_search(model_spec, cluster_spec, workload, constraints, top_k: int, exha
         raise SpecError("--top-k", top_k, "must be >= 1")
     with progress_bar("searching plans", "candidates", show_progress) as update:
         return plan(model_spec, cluster_spec, workload, constraints, top_k=top_k, exhaustive=exhaustive,
-                    progress=update)
+                    progress=update, workers=workers)

@@ -131,7 +131,8 @@ def simulate_command(
     model_spec = load_model(model)
     cluster_spec = load_cluster(cluster, num_gpus=gpus)
     check_budget(tokens, price)
-    workload, budget = resolve_workload(model_spec, cluster_spec.num_gpus, global_batch, tokens, seq_len, precision, adam_moments, moe_dispatch)
+    workload, budget = resolve_workload(model_spec, cluster_spec.num_gpus, global_batch, tokens, seq_len, precision,
+                                        adam_moments, moe_dispatch)
     knobs = {
         "tp": tp, "pp": pp, "vpp": vpp, "cp": cp, "ep": ep, "etp": etp, "dp": dp, "zero_stage": zero,
         "sequence_parallel": sp, "recompute": recompute, "micro_batch_size": micro_batch,

@@ -156,7 +156,8 @@ def sweep_command(
             raise SpecError("--plot", str(plot), "a heatmap needs exactly two --grid axes with numeric values")
     model_spec = load_model(model)
     cluster_spec = load_cluster(cluster, num_gpus=gpus)
-    workload, _ = resolve_workload(model_spec, cluster_spec.num_gpus, global_batch, tokens, seq_len, precision, adam_moments, moe_dispatch)
+    workload, _ = resolve_workload(model_spec, cluster_spec.num_gpus, global_batch, tokens, seq_len, precision,
+                                   adam_moments, moe_dispatch)
     knobs = {"tp": tp, "pp": pp, "vpp": vpp, "cp": cp, "ep": ep, "etp": etp, "dp": dp, "zero_stage": zero,
              "sequence_parallel": sp, "recompute": recompute, "micro_batch_size": micro_batch,
              "pipeline_schedule": schedule}

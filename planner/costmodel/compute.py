@@ -432,11 +432,16 @@ def _op_device_s(op: Op, gpu: GPUSpec, precision: Precision, compute_share: floa
     eff = _efficiency(gpu)
     compute_share *= compute_constants()["sustained_kernel_fraction"]
     if op.kind is OpKind.MEMORY:
-        return op.bytes / (gpu.hbm_bandwidth_bytes_per_s * eff.hbm_fraction)
+        return _memory_s(op.bytes, gpu)
     if op.kind is OpKind.ATTENTION:
         return op.flops / (gpu.peak(Dtype.BF16) * eff.attention_forward_fraction * compute_share)
     dtype = Dtype.FP8 if (op.fp8 and precision is Precision.FP8) else Dtype(_gemm_dtype(precision))
     return op.flops / (gpu.peak(dtype) * gemm_efficiency(gpu, dtype, op.shape) * compute_share)
+
+
+def _memory_s(nbytes: float, gpu: GPUSpec) -> float:
+    """Seconds a memory-bound kernel takes to move ``nbytes`` through HBM."""
+    return nbytes / (gpu.hbm_bandwidth_bytes_per_s * _efficiency(gpu).hbm_fraction)
 
 
 def op_forward_s(op: Op, gpu: GPUSpec, precision: Precision, compute_share: float) -> float:
@@ -459,10 +464,10 @@ def piece_time(
     for op in ops:
         t = _op_device_s(op, gpu, precision, compute_share)
         f_launches, b_launches, w_launches = op_launches(op)
-        # Memory-bound: its backward bytes; activation-by-activation GEMM: both operands' gradients.
+        # Activation-by-activation GEMM: both operands' gradients.
         b_device_s, w_device_s = 2 * t, 0.0
-        if op.kind is OpKind.MEMORY and op.backward_bytes is not None:
-            b_device_s = op.backward_bytes / (gpu.hbm_bandwidth_bytes_per_s * eff.hbm_fraction)
+        if op.kind is OpKind.MEMORY:
+            b_device_s = _memory_s(op.backward_traffic(), gpu)
         elif op.kind is OpKind.GEMM and op.weight_grad:
             b_device_s, w_device_s = t, t  # dgrad and wgrad: same (m, n, k) up to a permutation
         elif op.kind is OpKind.ATTENTION:

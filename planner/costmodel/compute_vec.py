@@ -52,9 +52,7 @@ class OpArrays:
     attention_backward_rate: np.ndarray
     """``peak * attention_backward_fraction`` (1 elsewhere)."""
     memory_backward: np.ndarray
-    """A memory-bound op's explicit backward bytes (:attr:`compute.Op.backward_bytes`)."""
-    explicit_backward: np.ndarray
-    """1 where :attr:`compute.Op.backward_bytes` is set (else backward = 2x forward)."""
+    """A memory-bound op's backward bytes (:meth:`compute.Op.backward_traffic`; 0 elsewhere)."""
     weight_gemm: np.ndarray
     """1 for a GEMM against a weight (B and W cost its forward time each)."""
     launches: np.ndarray
@@ -71,8 +69,8 @@ class OpArrays:
         ratio = C.compute_constants()["attention_backward_flops_ratio"]
         memory_rate = gpu.hbm_bandwidth_bytes_per_s * eff.hbm_fraction
         rows = []  # per op: numerator, rate, shared, attention, attention B, its rate, weight GEMM, selective
-        explicit = [op.kind is C.OpKind.MEMORY and op.backward_bytes is not None for op in ops]
-        memory_backward = np.array([op.backward_bytes if e else 0.0 for op, e in zip(ops, explicit)], dtype=float)
+        memory_backward = np.array([op.backward_traffic() if op.kind is C.OpKind.MEMORY else 0.0 for op in ops],
+                                   dtype=float)
         for op in ops:
             if op.kind is C.OpKind.MEMORY:
                 rows.append((op.bytes, memory_rate, 0.0, 0.0, 0.0, 1.0, 0.0, op.recompute_selective))
@@ -91,7 +89,7 @@ class OpArrays:
         host = np.array([C.expert_host_s(op, gpu, precision) for op in ops], dtype=float)
         numerator, rate, shared, attention, attn_b, attn_rate, weight, selective = cols
         return cls(numerator, rate, shared, attention, attn_b, attn_rate, memory_backward,
-                   np.array(explicit, dtype=float), weight, launches, host.reshape(len(ops), 3).T, selective, gpu)
+                   weight, launches, host.reshape(len(ops), 3).T, selective, gpu)
 
     def _with_launches(self, device_s: np.ndarray, launches: np.ndarray) -> np.ndarray:
         """:func:`compute.with_launches_s` elementwise."""
@@ -112,8 +110,8 @@ class OpArrays:
         b_device = np.where(self.weight_gemm > 0, t, 2 * t)
         attention_b = self.attention_backward / (self.attention_backward_rate * compute_share)
         b_device = np.where(self.attention > 0, attention_b, b_device)
-        # compute.piece_time: a memory-bound op's explicit backward bytes at the HBM rate
-        b_device = np.where(self.explicit_backward > 0, self.memory_backward / self.rate, b_device)
+        # compute.piece_time: a memory-bound op's backward bytes at the HBM rate
+        b_device = np.where(self.shared > 0, b_device, self.memory_backward / self.rate)
         w_device = np.where(self.weight_gemm > 0, t, 0.0)
         # compute.piece_time's max(device, host floor), per phase
         t = np.maximum(t, self.host[0])

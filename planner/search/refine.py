@@ -211,12 +211,7 @@ class Refiner:
         search's cheaper first refinement (:meth:`time_bounds`)."""
         if not data_parallel:
             return self.time_bounds([plan])[0]
-        hit = self._time.get(plan)
-        if hit is None:
-            sharded = int(plan.zero_stage >= ZeroStage.OPTIMIZER)
-            hit = self._time[plan] = ROUNDING * min(
-                float(self._split_bounds([plan], s, True)[0, sharded]) for s in self.splits_of(plan))
-        return hit
+        return self.time_bound_variants([plan])[0]
 
     def time_bound_variants(self, plans: list[Plan]) -> list[float]:
         """:meth:`time_bound` of plans that differ only in recompute (one ZeRO stage),

@@ -105,14 +105,12 @@ def best_first(search, survivors: np.ndarray, pruned: Counter, workers: int | No
         if not finished:
             os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
-    if isinstance(half, BaseException):
         search.share(None, slot=0)
+    if isinstance(half, BaseException):
         raise half
     if half is None:  # do the child's half here, against this process's k best
-        search.share(None, slot=0)
         search._best_first(survivors, pruned, part=(1, 2))
         return
-    search.share(None, slot=0)
     _merge(search, half, pruned)
 
 

@@ -116,3 +116,14 @@ def test_command_modules_import_on_their_own(module: str) -> None:
 
     result = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("command", ["simulate", "plan", "launch"])
+def test_help_shows_the_defaults_in_brackets(command: str) -> None:
+    """Help texts name defaults as ``[default: ...]``; rich reads an unescaped bracket as
+    markup and drops it, so ``--seq-len``'s "the model's" default must still be printed."""
+    from typer.testing import CliRunner
+
+    result = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    assert "[default: the model's]" in result.output

@@ -31,7 +31,7 @@ def calibrate_command(
     from_cases: Path = typer.Option(None, "--from-cases", help="Validation CSV (schema of data/validation)."),
     device: Device = typer.Option(None, "--device", help="Measure this machine (cpu or cuda) instead."),
     nproc: int = typer.Option(8, "--nproc", help="Local processes (devices) measured at once with --device."),
-    name: str = typer.Option(None, "--name", help="Cluster name written with --device [default: local-DEVICE-N]."),
+    name: str = typer.Option(None, "--name", help="Cluster name written with --device \\[default: local-DEVICE-N]."),
     grid: str = typer.Option(",".join(f"{v:g}" for v in DEFAULT_GRID), "--grid",
                              help="Comma-separated sustained_kernel_fraction values to try (0 < v <= 1)."),
     out: Path = typer.Option(None, "--out", help="Write the fitted constant as YAML here."),

@@ -129,7 +129,7 @@ def describe(
     gpus: int = options.gpus(),
     seq_len: int = typer.Option(
         None, "--seq-len", "--seq-length", min=1,
-        help="Sequence length in tokens for attention FLOPs [default: the model's]."
+        help="Sequence length in tokens for attention FLOPs \\[default: the model's]."
     ),
     fmt: Format = options.fmt(),
     out: Path = options.out(),

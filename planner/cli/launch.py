@@ -131,16 +131,16 @@ def launch_command(
     plan_file: Path = typer.Option(None, "--plan", help="Plan YAML (Megatron names or tp/pp/...)."),
     steps: int = typer.Option(..., "--steps", min=1, help="Optimizer steps."),
     nproc: int = typer.Option(
-        None, "--nproc", help="Processes; must equal the plan's world size [default: it]."
+        None, "--nproc", help="Processes; must equal the plan's world size \\[default: it]."
     ),
     nnodes: int = typer.Option(1, "--nnodes", min=1, help="Nodes of the emitted torchrun command (--emit)."),
     backend: str = typer.Option(
         None, "--backend", help="gloo (runs; the default) or nccl (--emit's default)."
     ),
     global_batch: int = typer.Option(
-        None, "--global-batch", help="Sequences per optimizer step [default: 4]."
+        None, "--global-batch", help="Sequences per optimizer step \\[default: 4]."
     ),
-    seq_len: int = typer.Option(None, "--seq-len", help="Tokens per sequence [default: the model's]."),
+    seq_len: int = typer.Option(None, "--seq-len", help="Tokens per sequence \\[default: the model's]."),
     seed: int = typer.Option(0, "--seed", help="Seed of the model initialisation and the synthetic data."),
     precision: str = typer.Option(
         "bf16", "--precision", help="bf16, fp16 or fp8 (emitted configs; runs are float32)."
@@ -157,7 +157,7 @@ def launch_command(
     cp: int = typer.Option(None, "--cp", "--context-parallel-size", help="Context-parallel degree."),
     ep: int = typer.Option(None, "--ep", "--expert-model-parallel-size", help="Expert-parallel degree."),
     etp: int = typer.Option(None, "--etp", "--expert-tensor-parallel-size", help="Expert TP degree."),
-    dp: int = typer.Option(None, "--dp", help="Data-parallel degree [default: 1]."),
+    dp: int = typer.Option(None, "--dp", help="Data-parallel degree \\[default: 1]."),
     zero: int = options.zero(),
     sp: bool = options.sequence_parallel(),
     cluster: str = typer.Option(

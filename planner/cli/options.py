@@ -31,7 +31,7 @@ KNOB_HELP = {
     "vpp": "Virtual pipeline stages: model chunks per rank (interleaved schedule)",
     "cp": "Context-parallel degree (GPUs splitting each sequence)",
     "ep": "Expert-parallel degree (GPUs sharing the routed experts of a layer)",
-    "etp": "Expert tensor-parallel degree [default: tp]",
+    "etp": "Expert tensor-parallel degree \\[default: tp]",
 }
 
 
@@ -47,7 +47,7 @@ def cluster(required: bool = True) -> Any:
 
 def gpus() -> Any:
     return typer.Option(None, "--gpus",
-                        help="Resize the cluster to this many GPUs (whole nodes) [default: the preset's].")
+                        help="Resize the cluster to this many GPUs (whole nodes) \\[default: the preset's].")
 
 
 def global_batch(required: bool = True, budget: bool = False) -> Any:
@@ -58,7 +58,7 @@ def global_batch(required: bool = True, budget: bool = False) -> Any:
 
 def seq_len() -> Any:
     return typer.Option(None, "--seq-len", "--seq-length", min=1,
-                        help="Sequence length in tokens [default: the model's].")
+                        help="Sequence length in tokens \\[default: the model's].")
 
 
 def precision() -> Any:
@@ -83,7 +83,7 @@ def knob(name: str, *, many: bool = False) -> Any:
     of allowed values (search commands), else one degree."""
     names = [f"--{name}"] + ([MEGATRON[name]] if name in MEGATRON else [])
     text = KNOB_HELP[name]
-    text += ": allowed values, comma-separated, e.g. 1,2,4 [default: the search's range]." if many else "."
+    text += ": allowed values, comma-separated, e.g. 1,2,4 \\[default: the search's range]." if many else "."
     return typer.Option(None, *names, help=text)
 
 
@@ -98,7 +98,7 @@ def out(what: str = "the result") -> Any:
 
 
 def tokens(budget: bool = False) -> Any:
-    text = "Token budget to price, e.g. 1e12 [default: costs per trillion tokens]."
+    text = "Token budget to price, e.g. 1e12 \\[default: costs per trillion tokens]."
     if budget:
         text += (" Without --global-batch it also sets the global batch (DeepSeek LLM's B_opt law, rounded "
                  "to a multiple of the GPU count) and reports the peak learning rate.")
@@ -108,7 +108,7 @@ def tokens(budget: bool = False) -> Any:
 def price() -> Any:
     return typer.Option(
         None, "--price-per-gpu-hour",
-        help=f"US dollars per GPU-hour for the cost [default: {DEFAULT_PRICE_PER_GPU_HOUR:g}, the rental price "
+        help=f"US dollars per GPU-hour for the cost \\[default: {DEFAULT_PRICE_PER_GPU_HOUR:g}, the rental price "
              "DeepSeek-V3 assumes, arXiv 2412.19437 §1].",
     )
 
@@ -147,7 +147,7 @@ def exhaustive() -> Any:
 
 def workers() -> Any:
     return typer.Option(None, "--workers", min=1, max=2,
-                        help="Processes for the search's best-first stage, 1 or 2 [default: 2 on Linux with 2+ CPUs "
+                        help="Processes for the search's best-first stage, 1 or 2 \\[default: 2 on Linux with 2+ CPUs "
                              "for 20,000+ candidates]. Same ranking either way; with 2 the pruning counts vary "
                              "from run to run.")
 

@@ -16,9 +16,10 @@ from planner.specs import Plan, Workload
 
 V3_PLAN = Plan(pp=16, ep=64, dp=128, zero_stage=1, recompute="selective", pipeline_schedule="dualpipe")
 # DeepSeek-V3's recipe: AdamW moments in BF16 (V3 report §3.3.3, "Low-Precision Optimizer
-# States") and the MoE dispatch in FP8 (§3.3.3, "Low-Precision Communication").
+# States"), the MoE dispatch in FP8 (§3.3.3, "Low-Precision Communication"), and of the ZeRO-1
+# traffic only the reduce-scatter overlapped, with the last backward (DeepSeek LLM §2.4).
 V3_WORKLOAD = Workload(global_batch_size=15360, seq_length=4096, precision="fp8", adam_moment_dtype="bf16",
-                       moe_dispatch_dtype="fp8")
+                       moe_dispatch_dtype="fp8", overlap_param_gather=False)
 
 
 @pytest.fixture(scope="module")

@@ -38,7 +38,7 @@ from planner.hwmodels.collectives import CollectiveOp, collective_cost, groups_d
 from planner.hwmodels.placement import RankLayout, rank_layout
 from planner.specs.hardware import ClusterSpec
 from planner.specs.model import ModelSpec
-from planner.specs.plan import DispatchDtype, PipelineSchedule, Plan, Precision, Workload, ZeroStage
+from planner.specs.plan import DispatchDtype, GradReduceDtype, PipelineSchedule, Plan, Precision, Workload, ZeroStage
 
 
 def stage_groups(layout: RankLayout, dims: str, stage: int, experts: bool = False) -> np.ndarray:
@@ -229,18 +229,27 @@ def pp_p2p_s(cluster: ClusterSpec, plan: Plan, workload: Workload, layout: RankL
 class DPComm:
     """Data-parallel communication of one pipeline rank per step."""
 
-    step_s: float
-    """Once per step: gradient reduction (+ parameter all-gather for ZeRO-1/2)."""
+    reduce_s: float
+    """Once per step: the gradient reduction (all-reduce, or reduce-scatter under ZeRO-1/2)."""
+    gather_s: float
+    """Once per step, ZeRO-1/2: the all-gather of the updated parameters."""
     per_microbatch_gather_s: float
     """ZeRO-3: one all-gather of the parameters (done before forward and before backward)."""
     per_microbatch_scatter_s: float
     """ZeRO-3: the gradient reduce-scatter after each micro-batch's backward."""
 
+    @property
+    def step_s(self) -> float:
+        """Once per step: the reduction and, under ZeRO-1/2, the parameter all-gather."""
+        return self.reduce_s + self.gather_s
+
 
 def grad_reduce_bytes_per_param(workload: Workload) -> float:
-    """Megatron-LM reduces gradients in FP32 under BF16 (``accumulate_allreduce_grads_in_fp32``
-    is forced on for bf16 in megatron/training/arguments.py) and in FP16 under FP16."""
-    return 2.0 if workload.precision is Precision.FP16 else 4.0
+    """Bytes per gradient element reduced: the workload's ``grad_reduce_dtype`` (FP32, as
+    Megatron-LM forces under BF16, or BF16), and FP16 under FP16."""
+    if workload.precision is Precision.FP16 or workload.grad_reduce_dtype is GradReduceDtype.BF16:
+        return 2.0
+    return 4.0
 
 
 def dp_step_comm(
@@ -263,7 +272,7 @@ def dp_step_comm(
     ``k - 1`` hops) while the bytes are priced once."""
     grad = grad_reduce_bytes_per_param(workload)
     zero = plan.zero_stage
-    step = gather = scatter = 0.0
+    reduce = step_gather = gather = scatter = 0.0
     mirror = plan.pp - 1 - stage if plan.pipeline_schedule is PipelineSchedule.DUALPIPE else None
     for params, dims, experts in ((dense_params, "cp-dp" if plan.cp > 1 else "dp", False),
                                   (expert_params, "edp", True)):
@@ -275,14 +284,14 @@ def dp_step_comm(
         if groups.shape[1] == 1:
             continue
         if zero is ZeroStage.NONE:
-            step += collective_cost(cluster, CollectiveOp.ALL_REDUCE, groups, params * grad).time_s
+            reduce += collective_cost(cluster, CollectiveOp.ALL_REDUCE, groups, params * grad).time_s
         elif zero in (ZeroStage.OPTIMIZER, ZeroStage.GRADIENTS):
-            step += collective_cost(cluster, CollectiveOp.REDUCE_SCATTER, groups, params * grad).time_s
-            step += collective_cost(cluster, CollectiveOp.ALL_GATHER, groups, params * BF16_BYTES).time_s
+            reduce += collective_cost(cluster, CollectiveOp.REDUCE_SCATTER, groups, params * grad).time_s
+            step_gather += collective_cost(cluster, CollectiveOp.ALL_GATHER, groups, params * BF16_BYTES).time_s
         else:
             extra = max(0, zero3_units - 1)
             ag = collective_cost(cluster, CollectiveOp.ALL_GATHER, groups, params * BF16_BYTES)
             rs = collective_cost(cluster, CollectiveOp.REDUCE_SCATTER, groups, params * grad)
             gather += ag.time_s + extra * ag.latency_s
             scatter += rs.time_s + extra * rs.latency_s
-    return DPComm(step, gather, scatter)
+    return DPComm(reduce, step_gather, gather, scatter)

@@ -76,6 +76,7 @@ import numpy as np
 
 from planner.costmodel import compute as C
 from planner.costmodel import fast_pipeline
+from planner.costmodel.dp_overlap import dp_exposure
 from planner.costmodel.fast_memory import stage_memory
 from planner.costmodel.fast_refusals import REFUSALS, Refusals
 from planner.costmodel.fast_shapes import (
@@ -395,6 +396,8 @@ def _group(ctx: _Context, col: dict, shared: np.ndarray, plans: np.ndarray, pids
     combo, where = unique_rows(inv, pids)
     held = _part_stack(sh, combo[:, 1], "rank_counts")
     rank_params = np.einsum("urk,ukj->urj", held, params[combo[:, 0]])[where]  # (g, pp, 2)
+    chunk_params = np.einsum("unk,uk->un", _part_stack(sh, combo[:, 1], "counts"),
+                             params[combo[:, 0]].sum(axis=2))[where]  # (g, chunks)
     # ZeRO-3 units: pieces with parameters on the rank (each gathered by its own collective).
     units = np.einsum("urk,uk->ur", held, (params[combo[:, 0]].sum(axis=2) > 0).astype(float))[where]
     uniq, inv = unique_rows(c["tp"], c["cp"], c["ep"], c["etp"], c["dp"], c["order"], c["zero"], pids)
@@ -406,14 +409,14 @@ def _group(ctx: _Context, col: dict, shared: np.ndarray, plans: np.ndarray, pids
                               rank_params[first_row], units[first_row])
     for u, error in errors.items():
         refused.mark(plans[inv == u], error)
-    dpc = dpc[inv]  # (g, pp, 3)
+    dpc = dpc[inv]  # (g, pp, 4)
 
     # Chunk times as simulate's _RankCosts.chunk_times builds them.
     attn = comp[:, :, 3]
     cp_f = np.maximum(0.0, comm[:, :, 2] - attn)
     cp_b = np.maximum(0.0, comm[:, :, 3] - 2 * attn)
-    gather = (dpc[:, :, 1] / num_own)[rows, chunk_rank]
-    scatter = (dpc[:, :, 2] / num_own)[rows, chunk_rank]
+    gather = (dpc[:, :, 2] / num_own)[rows, chunk_rank]
+    scatter = (dpc[:, :, 3] / num_own)[rows, chunk_rank]
     fwd = np.maximum(comp[:, :, 0] + cp_f, gather) + comm[:, :, 0] + comm[:, :, 4]
     bwd = np.maximum(comp[:, :, 1] + cp_b, gather) + comm[:, :, 1] + comm[:, :, 5]
     wgt = np.maximum(comp[:, :, 2], scatter)
@@ -424,14 +427,25 @@ def _group(ctx: _Context, col: dict, shared: np.ndarray, plans: np.ndarray, pids
         serial = fwd + bwd + wgt
         overlap = np.where(serial > 0, pair / np.where(serial > 0, serial, 1.0), 1.0)
     # Exposed DP gradient sync (beyond the rank's last backward) and the optimizer step.
-    last_bw = (bwd + wgt)[rows, first]
-    exposed = np.maximum(0.0, dpc[:, :, 0] - last_bw)
+    interleaved = schedule is PipelineSchedule.INTERLEAVED
+    if interleaved:  # chunk v * pp + r is rank r's v-th
+        def by_rank(x):
+            return x.reshape(g, vpp, pp).transpose(0, 2, 1)
+        held_total = rank_params.sum(axis=2)
+        share = by_rank(chunk_params) / np.where(held_total > 0, held_total, 1.0)[:, :, None]
+        share = np.where(held_total[:, :, None] > 0, share, 1.0 / vpp)
+        f_own, bw_own = by_rank(fwd), by_rank(bwd + wgt)
+    else:
+        f_own, bw_own = fwd[rows, first][:, :, None], (bwd + wgt)[rows, first][:, :, None]
+        share = np.ones_like(f_own)
+    exposed, delay = dp_exposure(interleaved, f_own, bw_own, share, dpc[:, :, 0], dpc[:, :, 1],
+                                 workload.overlap_param_gather, p2p, staggered=not dual)
     sharded = (c["zero"] >= 1)[:, None]
     local = np.where(sharded, rank_params[:, :, 0] / (c["dp"] * c["cp"])[:, None]
                      + rank_params[:, :, 1] / edp[:, None], rank_params.sum(axis=2))
     gpu = cluster.gpu
     opt = local * _optimizer_bytes_per_param(workload) / (gpu.hbm_bandwidth_bytes_per_s * gpu.efficiency.hbm_fraction)
-    replay = _Replay(schedule, pp, vpp, m, fwd.T, bwd.T, wgt.T, overlap.T, p2p, exposed + opt)
+    replay = _Replay(schedule, pp, vpp, m, fwd.T, bwd.T, wgt.T, overlap.T, p2p, exposed + opt + delay[:, None])
     step, bubble = replay.run(None, exact=False)
     peak = stage_memory(sh, c, pids, rank_counts, m, edp, pp, vpp, schedule, plans, refused).max(axis=1)
     return np.stack([step, peak, bubble], axis=1), replay

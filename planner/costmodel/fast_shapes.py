@@ -364,13 +364,13 @@ class Shapes:
 
     def dp_table(self, degrees: list[tuple], which: np.ndarray, zero: np.ndarray, pids: np.ndarray,
                  dualpipe: bool, params: np.ndarray, units: np.ndarray) -> tuple[np.ndarray, dict]:
-        """(rows, pp, 3): ``dp_step_comm`` of every rank of each row (per step, ZeRO-3 gather
-        and scatter per micro-batch), row u with degrees ``degrees[which[u]]``, ZeRO stage
+        """(rows, pp, 4): ``dp_step_comm`` of every rank of each row (per step the reduction
+        and the ZeRO-1/2 gather, per micro-batch the ZeRO-3 gather and scatter), row u with degrees ``degrees[which[u]]``, ZeRO stage
         ``zero[u]``, split ``pids[u]`` whose ranks hold ``params[u]`` (pp, 2) dense and
         expert parameters and ``units[u]`` (pp,) pieces with parameters; and {row: refusal}
         for rows a rank of which the cost model refuses. Memoised per row (degrees, ZeRO,
         split); new rows are priced by :meth:`_dp_priced`."""
-        out = np.zeros((*units.shape, 3))
+        out = np.zeros((*units.shape, 4))
         errors: dict = {}
         keys = [(degrees[w], z, dualpipe, p) for w, z, p in zip(which.tolist(), zero.tolist(), pids.tolist())]
         todo = []
@@ -404,7 +404,7 @@ class Shapes:
                          np.ascontiguousarray(params[:, :, 1]).view(np.int64),
                          np.where(z == 3, units, 0).astype(np.int64)], axis=2).reshape(rows * pp, 5)
         uniq, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
-        values = np.zeros((len(uniq), 3))
+        values = np.zeros((len(uniq), 4))
         errors: dict = {}
         for k, key in enumerate(map(tuple, uniq.tolist())):
             hit = self._dp.get(key)
@@ -417,17 +417,17 @@ class Shapes:
                     errors.setdefault(u, hit.error)
             else:
                 values[k] = hit
-        return values[inverse.reshape(-1)].reshape(rows, pp, 3), errors
+        return values[inverse.reshape(-1)].reshape(rows, pp, 4), errors
 
     def _dp_step(self, degrees: tuple, zero: int, dualpipe: bool, stage: int, dense: float, expert: float,
-                 units: int) -> tuple[float, float, float]:
+                 units: int) -> tuple[float, float, float, float]:
         tp, cp, ep, etp, dp, pp, order = degrees
         sched = PipelineSchedule.DUALPIPE if dualpipe else PipelineSchedule.ONE_F_ONE_B
         plan = canonical_plan(tp=tp, cp=cp, ep=ep, etp=etp, dp=dp, pp=pp, zero=ZeroStage(zero), sched=sched,
                               order=order)
         d = dp_step_comm(self.cluster, plan, self.workload, rank_layout(plan), stage, dense, expert,
                          zero3_units=units)
-        return d.step_s, d.per_microbatch_gather_s, d.per_microbatch_scatter_s
+        return d.reduce_s, d.gather_s, d.per_microbatch_gather_s, d.per_microbatch_scatter_s
 
     # -- parameters and memory primitives ------------------------------------------------
 

@@ -50,7 +50,7 @@ from planner.presets import data_root
 from planner.specs._base import Spec
 from planner.specs.hardware import GPUSpec
 from planner.specs.model import FFNActivation, ModelSpec
-from planner.specs.plan import MomentDtype, PipelineSchedule, Plan, Precision, Recompute, Workload, ZeroStage
+from planner.specs.plan import GradReduceDtype, MomentDtype, PipelineSchedule, Plan, Precision, Recompute, Workload, ZeroStage
 from planner.units import to_si
 
 # ---------------------------------------------------------------------------------------
@@ -114,8 +114,10 @@ def state_bytes_per_param(workload: Workload) -> StateBytes:
     """Bytes per parameter of each state group for the workload's precision and moments."""
     c = memory_constants()
     base = c.state_bytes_per_param[workload.precision]
+    # A BF16 gradient buffer (grad_reduce_in_fp32=False) holds 2 bytes per parameter.
+    gradients = min(base.gradients, 2.0) if workload.grad_reduce_dtype is GradReduceDtype.BF16 else base.gradients
     return StateBytes(
-        weights=base.weights, gradients=base.gradients,
+        weights=base.weights, gradients=gradients,
         optimizer=base.master + 2 * adam_moment_bytes(workload),
         weights_zero3=c.zero3_weight_shard_bytes_per_param,
     )

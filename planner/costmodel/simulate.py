@@ -9,8 +9,8 @@ One pure function over three frozen inputs (DESIGN.md §3-4):
    one micro-batch (:mod:`~planner.costmodel.compute`) and its TP/CP/EP communication
    (:mod:`~planner.costmodel.comm`), with the overlap rules below;
 4. run the pipeline schedule as an event simulation (:mod:`~planner.costmodel.schedules`);
-5. add each rank's data-parallel gradient sync not hidden by its last backward, and the
-   optimizer step; the slowest rank sets the step time;
+5. add each rank's data-parallel communication not hidden (see below) and the optimizer
+   step; the slowest rank sets the step time;
 6. memory per rank (:mod:`~planner.costmodel.memory`); over capacity = status OOM.
 
 Overlap rules (what hides what):
@@ -22,10 +22,13 @@ Overlap rules (what hides what):
   larger of their summed compute and summed all-to-all (V3 §3.2.1), with the SMs given to
   communication taken from compute (V3 §3.5.1); chunks outside pairs expose it.
 - PP p2p: a dependency delay between chunks; the schedule hides it where there is slack.
-- DP gradient reduction: overlapped with the rank's last backward (Megatron
-  ``overlap_grad_reduce``: buckets go out as soon as their gradients are final), the rest
-  exposed (DualPipe: over both copies of each chunk, :func:`~planner.costmodel.comm.dp_step_comm`);
-  ZeRO-3 gathers and reduce-scatters every micro-batch, one unit at a time, hidden behind
+- DP gradient reduction: each chunk's share starts with that chunk's last backward (Megatron
+  ``overlap_grad_reduce``: buckets go out as soon as their gradients are final), so one chunk
+  per rank hides it behind the last backward and interleaving behind the backward of the
+  earlier chunks too; ZeRO-1/2's parameter all-gather follows it, or runs under the next
+  forwards (``Workload.overlap_param_gather``) and delays them by what it lacks
+  (:mod:`~planner.costmodel.dp_overlap`; DualPipe reduces over both copies of each chunk,
+  :func:`~planner.costmodel.comm.dp_step_comm`); ZeRO-3 gathers and reduce-scatters every micro-batch, one unit at a time, hidden behind
   compute up to its duration; the report counts that traffic under DP, hidden or exposed.
 """
 
@@ -33,8 +36,11 @@ from __future__ import annotations
 
 from collections import Counter
 
+import numpy as np
+
 from planner.costmodel import compute as C
 from planner.costmodel.comm import StageComm, dp_step_comm, pp_p2p_s
+from planner.costmodel.dp_overlap import dp_exposure
 from planner.costmodel.flops import flops_per_token_train
 from planner.costmodel.memory import adam_moment_bytes, inflight_microbatches, piece_params, stage_memory
 from planner.costmodel.partition import Chunk, Partition, Piece, model_pieces, partition
@@ -90,13 +96,17 @@ class _RankCosts:
         self.comm = StageComm(model, cluster, plan, workload, layout, rank)
         self.model, self.plan, self.workload, self.gpu = model, plan, workload, gpu
         self.dense_params = self.expert_params = 0.0
+        self.chunk_params: dict[int, float] = {}
         units = 0
         for chunk in self.chunks:
+            held = 0.0
             for piece in chunk.pieces:
                 params = piece_params(model, plan, piece)
                 self.dense_params += params.dense
                 self.expert_params += params.expert
+                held += params.total
                 units += params.total > 0
+            self.chunk_params[chunk.index] = held
         self.dp = dp_step_comm(cluster, plan, workload, layout, rank, self.dense_params, self.expert_params,
                                zero3_units=units)
         self.zero3_gather_s = self.dp.per_microbatch_gather_s
@@ -144,6 +154,29 @@ class _RankCosts:
             "zero3": (zero3_exposed, 2 * gather + scatter - zero3_exposed),
         }
         return ChunkTimes(fwd, bwd, wgrad, pair), info
+
+
+def _dp_exposure(plan: Plan, workload: Workload, ranks: list[_RankCosts], chunk_times: list[ChunkTimes],
+                 p2p_s: float) -> tuple[np.ndarray, float]:
+    """:func:`~planner.costmodel.dp_overlap.dp_exposure` of one plan: per rank, the
+    once-per-step DP communication exposed after its last operation; the step's delay."""
+    interleaved = plan.pipeline_schedule is PipelineSchedule.INTERLEAVED
+    shape = (1, plan.pp, plan.vpp if interleaved else 1)
+    fwd, bwd, share = np.zeros(shape), np.zeros(shape), np.ones(shape)
+    for rc in ranks:
+        own = sorted(rc.chunks, key=lambda c: c.index) if interleaved else rc.chunks[:1]
+        total = rc.dense_params + rc.expert_params
+        for v, chunk in enumerate(own):
+            t = chunk_times[chunk.index]
+            fwd[0, rc.rank, v] = t.forward_s
+            bwd[0, rc.rank, v] = t.backward_input_s + t.backward_weight_s
+            if interleaved:
+                share[0, rc.rank, v] = rc.chunk_params[chunk.index] / total if total > 0 else 1.0 / len(own)
+    reduce = np.array([[rc.dp.reduce_s for rc in ranks]])
+    gather = np.array([[rc.dp.gather_s for rc in ranks]])
+    exposed, delay = dp_exposure(interleaved, fwd, bwd, share, reduce, gather, workload.overlap_param_gather,
+                                 np.array([p2p_s]), staggered=plan.pipeline_schedule not in DUAL)
+    return exposed[0], float(delay[0])
 
 
 def piece_chunk_times(model: ModelSpec, cluster: ClusterSpec, plan: Plan, workload: Workload) -> dict[Piece, ChunkTimes]:
@@ -201,13 +234,11 @@ def _simulate_partition(
 
     # Data-parallel sync and optimizer per rank; the slowest rank ends the step.
     rank_end = timeline.rank_end_s
+    exposures, delay = _dp_exposure(plan, workload, ranks, chunk_times, p2p)
     ends, tails = [], []
     for rc in ranks:
         dp = rc.dp
-        own = part.chunks_of_rank(rc.rank)
-        last_backward = sum(chunk_times[c.index].backward_input_s + chunk_times[c.index].backward_weight_s
-                            for c in own[:1])
-        exposed = max(0.0, dp.step_s - last_backward)
+        exposed = float(exposures[rc.rank])
         dense_shard = plan.dp * plan.cp if plan.zero_stage >= ZeroStage.OPTIMIZER else 1
         expert_shard = plan.edp if plan.zero_stage >= ZeroStage.OPTIMIZER else 1
         local = rc.dense_params / dense_shard + rc.expert_params / expert_shard
@@ -216,7 +247,7 @@ def _simulate_partition(
         ends.append(rank_end[rc.rank] + exposed + opt)
         tails.append((opt, dp.step_s))
     critical = max(range(plan.pp), key=lambda r: ends[r])
-    step = max(ends)
+    step = max(ends) + delay
     makespan = timeline.makespan_s
     tail = max(0.0, step - makespan)
     opt_s, dp_total = tails[critical]

@@ -46,6 +46,7 @@ import numpy as np
 from planner.costmodel import compute as C
 from planner.costmodel.compute_vec import OpArrays
 from planner.costmodel.comm import StageComm, dp_step_comm, pp_p2p_s
+from planner.costmodel.dp_overlap import dp_exposure
 from planner.costmodel.memory import inflight_microbatches, piece_params, stage_memory
 from planner.costmodel.partition import Piece
 from planner.costmodel.schedules import ChunkTimes, simulate_pipeline
@@ -55,7 +56,7 @@ from planner.search.programs import programs
 from planner.costmodel.splits import DUAL, Split, SplitCache
 from planner.specs.hardware import ClusterSpec
 from planner.specs.model import ModelSpec
-from planner.specs.plan import Plan, Recompute, Workload, ZeroStage
+from planner.specs.plan import PipelineSchedule, Plan, Recompute, Workload, ZeroStage
 
 _ZERO3_UNITS = "zero3_units" in inspect.signature(dp_step_comm).parameters
 """Whether :func:`dp_step_comm` prices ZeRO-3 per unit (the simulator then passes one per
@@ -126,12 +127,14 @@ class Refiner:
             hit = self._piece[key]
         return hit
 
-    def piece_params(self, tp: int, ep: int) -> np.ndarray:
-        """(pieces, 2): dense and expert parameters of each piece on one GPU."""
-        key = (tp, ep)
+    def piece_params(self, tp: int, ep: int, etp: int | None = None) -> np.ndarray:
+        """(pieces, 2): dense and expert parameters of each piece on one GPU (``etp``: the
+        expert tensor-parallel degree, None = tp as in :class:`Plan`)."""
+        etp = tp if etp is None else etp
+        key = (tp, ep, etp)
         hit = self._params.get(key)
         if hit is None:
-            plan = Plan(tp=tp, ep=ep, dp=ep)
+            plan = Plan(tp=tp, ep=ep, etp=etp, dp=ep * etp)
             hit = self._params[key] = np.array(
                 [[piece_params(self.model, plan, p).dense, piece_params(self.model, plan, p).expert]
                  for p in self.pieces])
@@ -165,7 +168,7 @@ class Refiner:
     def _dp_comm(self, plan: Plan, split: Split, stage: int):
         """:func:`dp_step_comm` of ``stage`` as the simulator calls it: the parameters of its
         pieces, one ZeRO-3 unit per piece that has any."""
-        params = self.piece_params(plan.tp, plan.ep)
+        params = self.piece_params(plan.tp, plan.ep, plan.expert_tp)
         dense, expert = (float(x) for x in split.rank_counts[stage] @ params)
         units = int(split.rank_counts[stage] @ (params.sum(axis=1) > 0))
         key = (plan.tp, plan.cp, plan.ep, plan.expert_tp, plan.dp, plan.pp, plan.rank_order, plan.zero_stage,
@@ -176,6 +179,20 @@ class Refiner:
             hit = self._dp[key] = dp_step_comm(self.cluster, plan, self.workload, self._layout(plan), stage,
                                                dense, expert, **extra)
         return hit
+
+    def _dp_floor(self, plan: Plan, split: Split, stage: int) -> float:
+        """What :func:`~planner.costmodel.dp_overlap.dp_exposure` charges ``stage`` at least
+        beyond (b + w) of its first chunk c0: c0's share of the gradient reduction (all of
+        it but interleaved, where c0's last backward is the rank's last), plus the ZeRO-1/2
+        gather unless the next forward hides it. So exposed >= max(0, this - (b + w)_c0)."""
+        dp = self._dp_comm(plan, split, stage)
+        reduce = dp.reduce_s
+        if plan.pipeline_schedule is PipelineSchedule.INTERLEAVED:
+            totals = self.piece_params(plan.tp, plan.ep, plan.expert_tp).sum(axis=1)
+            held = float(split.rank_counts[stage] @ totals)
+            own = split.own[stage]
+            reduce *= float(split.counts[own[0]] @ totals) / held if held > 0 else 1.0 / len(own)
+        return reduce + (0.0 if self.workload.overlap_param_gather else dp.gather_s)
 
     def p2p_s(self, plan: Plan) -> float:
         key = (plan.tp, plan.cp, plan.ep, plan.dp, plan.pp, plan.micro_batch_size,
@@ -287,9 +304,9 @@ class Refiner:
         Every chunk's times are built as the simulator builds them (:meth:`_chunk_times` on
         every chunk's home stage) and run through the simulator's own event simulation
         (:func:`~planner.costmodel.schedules.simulate_pipeline`), which gives each rank's
-        end; the step is then at least ``max_r(end_r + optimizer_r)``, and, for the two
-        ranks that end last, ``end_r + max(0, dp_r - (b + w) of r's first chunk) +
-        optimizer_r``, the simulator's own tail. The min over the simulator's splits.
+        end; the step is then ``max_r(end_r + exposed_r + optimizer_r) + delay`` with the
+        simulator's own data-parallel exposure and delay (:mod:`~planner.costmodel.dp_overlap`).
+        The min over the simulator's splits.
         Unlike :meth:`time_bound` this reads every stage's communication (more collectives
         to price) and runs the event loop, so the search asks for it last."""
         hit = self._replay.get(plan)
@@ -308,16 +325,31 @@ class Refiner:
         if ends is None:
             ends = self._timelines[key] = np.array(
                 simulate_pipeline(plan.pipeline_schedule, times, m, plan.pp, plan.vpp, p2p).rank_end_s)
-        params = split.rank_counts @ self.piece_params(plan.tp, plan.ep)  # (ranks, dense/expert)
+        totals = self.piece_params(plan.tp, plan.ep, plan.expert_tp)
+        params = split.rank_counts @ totals  # (ranks, dense/expert)
         sharded = plan.zero_stage >= ZeroStage.OPTIMIZER
         local = params[:, 0] / (plan.dp * plan.cp if sharded else 1) + params[:, 1] / (plan.edp if sharded else 1)
-        tails = ends + local * self.opt_s_per_param
-        step = float(tails.max())
-        for r in np.argsort(-tails)[:2].tolist():
-            c0 = split.own[r][0]
-            exposed = max(0.0, self._dp_comm(plan, split, r).step_s - durations[1, c0] - durations[2, c0])
-            step = max(step, float(tails[r] + exposed))
-        return step
+        exposed, delay = self._dp_exposure(plan, split, durations, params.sum(axis=1), totals.sum(axis=1), p2p)
+        return float((ends + exposed + local * self.opt_s_per_param).max() + delay)
+
+    def _dp_exposure(self, plan: Plan, split: Split, durations: np.ndarray, held: np.ndarray, piece_totals,
+                     p2p: float) -> tuple[np.ndarray, float]:
+        """The simulator's :func:`~planner.costmodel.dp_overlap.dp_exposure` of ``split``
+        from the replay's chunk ``durations`` (4, chunks): per rank, and the step delay."""
+        interleaved = plan.pipeline_schedule is PipelineSchedule.INTERLEAVED
+        own = [list(o) if interleaved else list(o[:1]) for o in split.own]
+        fwd = np.array([durations[0, o] for o in own])[None]
+        bwd = np.array([durations[1, o] + durations[2, o] for o in own])[None]
+        share = np.ones_like(fwd)
+        if interleaved:
+            chunk_totals = split.counts @ piece_totals
+            share = np.array([[chunk_totals[c] / h if h > 0 else 1.0 / len(o) for c in o]
+                              for o, h in zip(own, held.tolist(), strict=True)])[None]
+        dps = [self._dp_comm(plan, split, r) for r in range(plan.pp)]
+        exposed, delay = dp_exposure(interleaved, fwd, bwd, share, np.array([[d.reduce_s for d in dps]]),
+                                     np.array([[d.gather_s for d in dps]]), self.workload.overlap_param_gather,
+                                     np.array([p2p]), staggered=plan.pipeline_schedule not in DUAL)
+        return exposed[0], float(delay[0])
 
     def memory_bound(self, plan: Plan, ranks: str = "ends") -> float:
         """min over the simulator's splits of the largest
@@ -348,7 +380,7 @@ class Refiner:
         end = np.where(prog.valid, chain + np.einsum("krjn,vkn->vrj", prog.rest, proxy), -np.inf).max(axis=2)
         ranks = set(np.argmax(end + drain, axis=1).tolist()) | set(np.argmax(end, axis=1).tolist())
         if data_parallel and plan.zero_stage is ZeroStage.PARAMETERS:  # and the largest ZeRO-3 gathers
-            ranks.add(int(np.argmax(split.rank_counts @ self.piece_params(plan.tp, plan.ep).sum(axis=1))))
+            ranks.add(int(np.argmax(split.rank_counts @ self.piece_params(plan.tp, plan.ep, plan.expert_tp).sum(axis=1))))
         return np.max([self._rank_bounds(plans, split, prog, r, chain[:, r], drain[:, r], data_parallel)
                        for r in ranks], axis=0)
 
@@ -359,7 +391,7 @@ class Refiner:
         rest = np.einsum("kjn,vkn->vj", prog.rest[:, r], durations)  # what r runs from each position on
         ends = np.where(prog.valid[r], chain + rest, -np.inf)  # (variants, positions)
         end = ends.max(axis=1)
-        dense, expert = (float(x) for x in split.rank_counts[r] @ self.piece_params(plan.tp, plan.ep))
+        dense, expert = (float(x) for x in split.rank_counts[r] @ self.piece_params(plan.tp, plan.ep, plan.expert_tp))
         local = np.array([dense + expert, dense / (plan.dp * plan.cp) + expert / plan.edp])
         exposed = end
         if data_parallel:
@@ -369,7 +401,7 @@ class Refiner:
             whole = (prog.valid[r] & (prog.rest_backward_input[r, :, c0] >= 1)
                      & (prog.rest_backward_weight[r, :, c0] >= 1))
             if whole.any():
-                dp = self._dp_comm(plan, split, r).step_s
+                dp = self._dp_floor(plan, split, r)
                 exposed = np.maximum(end, ends[:, whole].max(axis=1) - durations[:, 1, c0] - durations[:, 2, c0] + dp)
         return np.maximum(exposed[:, None] + local[None, :] * self.opt_s_per_param, (end + drain)[:, None])
 

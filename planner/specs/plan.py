@@ -55,6 +55,20 @@ class DispatchDtype(StrEnum):
     up-projections are dispatched in FP8; the combine stays BF16), as DeepEP does."""
 
 
+class GradReduceDtype(StrEnum):
+    """Format of the gradient buffer and of its data-parallel reduction (Megatron-Core
+    ``DistributedDataParallelConfig.grad_reduce_in_fp32``)."""
+
+    FP32 = "fp32"
+    """Megatron-LM's default under BF16 (``accumulate_allreduce_grads_in_fp32`` is forced on
+    for bf16 in megatron/training/arguments.py); FP16 runs reduce in FP16 regardless."""
+    BF16 = "bf16"
+    """``grad_reduce_in_fp32=False``: NeMo's performance recipes (``performance_mode``, and
+    every FP8 run of NeMo's scripts/performance/llm, which set
+    ``recipe.trainer.plugins.grad_reduce_in_fp32 = False``) and Megatron-Bridge's
+    performance configs (``cfg.ddp.grad_reduce_in_fp32 = False``)."""
+
+
 class ZeroStage(IntEnum):
     """What data-parallel ranks shard (Rajbhandari et al. 2020, arXiv 1910.02054)."""
 
@@ -124,6 +138,15 @@ class Workload(Spec):
     moe_dispatch_dtype: DispatchDtype = DispatchDtype.BF16
     """Format of the MoE dispatch all-to-all, independent of ``precision``: BF16 unless the
     run says otherwise (DeepSeek-V3's recipe: ``fp8``)."""
+    grad_reduce_dtype: GradReduceDtype = GradReduceDtype.FP32
+    """Format of the gradient buffer and its data-parallel reduction (see the enum)."""
+    overlap_param_gather: bool = True
+    """ZeRO-1/2: the parameter all-gather after the optimizer step runs under the next
+    step's forward passes, bucket by bucket, instead of before the step ends (Megatron-Core
+    ``overlap_param_gather``: on in NeMo 2.0's ``MegatronStrategy`` and Megatron-Bridge's
+    distributed-optimizer configs; Megatron-LM's ``--overlap-param-gather``). False: the
+    gather follows the gradient reduction at the end of the step (DeepSpeed ZeRO-1,
+    DeepSeek's HAI-LLM as DeepSeek LLM §2.4 describes it)."""
 
     @property
     def tokens_per_step(self) -> int:

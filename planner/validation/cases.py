@@ -30,9 +30,13 @@ gpus_per_node,         the cluster preset's
 nics_per_node, nic_gbps
 intra_node             the one preset for the GPU (error when there are several)
 precision              ``bf16``
-(no column)            Adam moments fp32 and the MoE dispatch in bf16 (Megatron-Core's
-                       defaults); a ``dualpipe`` row in fp8 takes DeepSeek-V3's recipe
-                       (BF16 moments, FP8 dispatch, V3 §3.3.3)
+(no column)            the recipe (:func:`~planner.validation.reconcile.recipe`): Adam
+                       moments fp32, MoE dispatch bf16, parameter all-gather overlapped
+                       with the next forward from 2024 (Megatron-Core's defaults); fp8
+                       rows but FSDP reduce gradients in bf16 (NeMo and Megatron-Bridge
+                       FP8 recipes); a ``dualpipe`` row in fp8 takes DeepSeek-V3's recipe
+                       (BF16 moments, FP8 dispatch, V3 §3.3.3; FP32 gradients, no gather
+                       overlap)
 tp, pp, cp             1
 dp                     num_gpus / (tp * pp * cp)
 ep                     1
@@ -115,7 +119,7 @@ from planner.specs import (
 )
 from planner.specs.compat import check_plan
 from planner.validation.clusters import case_cluster
-from planner.validation.reconcile import default_etp, schedule_of, whole_micro_batches
+from planner.validation.reconcile import default_etp, recipe, schedule_of, whole_micro_batches
 
 REQUIRED_COLUMNS = (
     "case_id", "layers", "hidden", "heads", "vocab", "seq_len", "gpu", "num_gpus", "global_batch",
@@ -416,12 +420,7 @@ def _workload(cells: Row, notes: list[str]) -> Workload:
         notes.append("precision empty: bf16")
     fields = {"global_batch_size": cells.need("global_batch"), "seq_length": cells.need("seq_len"),
               "precision": precision}
-    if cells.text("pp_schedule") == PipelineSchedule.DUALPIPE.value and precision is Precision.FP8:
-        # DualPipe is DeepSeek's schedule (HAI-LLM; Megatron-Core has none): its FP8 recipe
-        # keeps BF16 Adam moments and dispatches in FP8 (V3 report §3.3.3). Others: the
-        # Workload defaults, Megatron-Core's (FP32 moments, BF16 dispatch).
-        fields.update(adam_moment_dtype="bf16", moe_dispatch_dtype="fp8")
-        notes.append("dualpipe + fp8: DeepSeek-V3's recipe (BF16 Adam moments, FP8 MoE dispatch)")
+    fields.update(recipe(cells, precision, _source_year(cells), notes))
     return validate_spec(Workload, fields, origin=cells.text("case_id"))
 
 

@@ -1,6 +1,7 @@
 """Documented defaults of ``planner validate`` for rows whose cells leave a knob open or
-disagree: the pipeline schedule and vpp, the expert tensor parallelism, and a global batch
-that dp * micro_batch does not divide. Each returns the value taken and appends to
+disagree: the pipeline schedule and vpp, the expert tensor parallelism, a global batch
+that dp * micro_batch does not divide, and the training recipe the schema has no column for
+(optimizer-state and gradient formats, MoE dispatch format, parameter-gather overlap). Each returns the value taken and appends to
 ``notes`` what it took and why (the row's ``message``); :mod:`planner.validation.cases`
 lists every default in its docstring."""
 
@@ -10,10 +11,48 @@ from typing import TYPE_CHECKING
 
 from planner.errors import SpecError
 from planner.presets import revalidate
-from planner.specs import ModelSpec, PipelineSchedule, Plan, Workload
+from planner.specs import ModelSpec, PipelineSchedule, Plan, Precision, Workload
 
 if TYPE_CHECKING:
     from planner.validation.cases import Row
+
+
+PARAM_GATHER_OVERLAP_YEAR = 2024
+"""First year in which a sharded optimizer's parameter all-gather is assumed overlapped with
+the next step's forward (Megatron-Core ``overlap_param_gather``, on in NeMo 2.0's
+``MegatronStrategy`` and Megatron-Bridge's configs). Earlier sharded-optimizer runs (DeepSpeed
+ZeRO-1, Megatron-LM of 2021-2023) gathered after the optimizer step, inside the step."""
+
+
+def recipe(cells: Row, precision: Precision, year: int | None, notes: list[str]) -> dict:
+    """Workload fields of the training recipe, which no column states.
+
+    - A ``dualpipe`` row in fp8 is DeepSeek-V3's recipe (DualPipe is DeepSeek's schedule;
+      Megatron-Core has none): BF16 Adam moments and FP8 dispatch (V3 report §3.3.3), FP32
+      gradients, and only the reduce-scatter overlapped, with the last backward (DeepSeek
+      LLM §2.4; the all-gather is not said to be).
+    - Otherwise, a sharded optimizer's all-gather (zero 1 or 2, or empty: 1) overlaps the
+      next forward from :data:`PARAM_GATHER_OVERLAP_YEAR` (the Workload default) and not
+      before.
+    - An fp8 row that is neither DeepSeek's nor FSDP (zero 3) reduces gradients in BF16:
+      NeMo's performance scripts set ``grad_reduce_in_fp32 = False`` for every FP8 run
+      (scripts/performance/llm/*: ``if args.compute_dtype == "fp8"``) and Megatron-Bridge's
+      performance configs set ``cfg.ddp.grad_reduce_in_fp32 = False``; FSDP2 recipes
+      (torchtitan's ``mixed_precision_reduce = "float32"``) keep FP32."""
+    fields: dict = {}
+    if cells.text("pp_schedule") == PipelineSchedule.DUALPIPE.value and precision is Precision.FP8:
+        fields.update(adam_moment_dtype="bf16", moe_dispatch_dtype="fp8", overlap_param_gather=False)
+        notes.append("dualpipe + fp8: DeepSeek-V3's recipe (BF16 Adam moments, FP8 MoE dispatch, FP32 gradients, "
+                     "reduce-scatter overlapped with the last backward only)")
+        return fields
+    zero = cells.int("zero")
+    if year is not None and year < PARAM_GATHER_OVERLAP_YEAR and zero in (None, 1, 2):
+        fields["overlap_param_gather"] = False
+        notes.append(f"parameter all-gather not overlapped (source year {year} < {PARAM_GATHER_OVERLAP_YEAR})")
+    if precision is Precision.FP8 and zero != 3:
+        fields["grad_reduce_dtype"] = "bf16"
+        notes.append("fp8: gradients reduced in bf16 (Megatron-Core FP8 recipes, grad_reduce_in_fp32=False)")
+    return fields
 
 
 def whole_micro_batches(workload: Workload, plan: Plan, notes: list[str]) -> Workload:

@@ -1,0 +1,63 @@
+"""How much of each pipeline rank's once-per-step data-parallel communication the step
+exposes: the gradient reduction after the rank's last operation, and the delay an overlapped
+ZeRO-1/2 parameter all-gather adds to the first forwards. One vectorised function, used by
+the simulator (one row) and the fast estimate (many rows), so both agree exactly.
+
+Gradient reduction (Megatron-Core ``overlap_grad_reduce``; DeepSeek LLM §2.4: "the backward
+of the last micro-batch overlaps the ZeRO-1 reduce-scatter"). A model chunk's gradient
+buckets go out as its last backward produces them, so the chunk's share of the reduction
+(its share of the rank's parameters) starts when that backward starts and the shares run one
+after another on one stream:
+
+- one chunk per rank (1F1B, zero-bubble; DualPipe and DualPipeV, whose two chunks are taken
+  as one, reduced behind the backward of the rank's first chunk as DeepSeek describes):
+  ``max(0, reduction - (b + w))`` of that chunk;
+- interleaved 1F1B: in the last group of ``pp`` micro-batches the rank runs the backward of
+  chunk v (its v-th, in model order) for ``pp`` micro-batches, then of v - 1, ..., then of 0
+  (Megatron-LM's ``microbatch_group_size_per_vp_stage = pp``), so chunk v's last backward
+  starts ``b_v + w_v + pp * sum_{u < v} (b_u + w_u)`` before the rank ends, counting no idle
+  time in that cool-down (which would only hide more).
+
+ZeRO-1/2's parameter all-gather follows the reduction unless ``overlap_param_gather``: the
+next step then gathers chunk by chunk in model order, each chunk needed by the end of its
+first forward. Rank r's first forward of chunk v ends ``t0_r + pp * sum_{u < v} f_u + f_v``
+after the step starts, with ``t0_r`` the first forwards of the ranks before it (and their
+p2p sends; DualPipe: 0, both ends start at once); what the gather of chunks 0..v has not
+finished by then delays the step.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def dp_exposure(
+    interleaved: bool, fwd: np.ndarray, bwd: np.ndarray, share: np.ndarray, reduce_s: np.ndarray,
+    gather_s: np.ndarray, overlap_gather: bool, p2p_s: np.ndarray, staggered: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(exposed after each rank's last operation (rows, pp), step delay (rows,)).
+
+    ``fwd``, ``bwd`` (b + w) and ``share`` (of the rank's parameters) are (rows, pp, V): the
+    rank's chunks in model order (V = vpp when ``interleaved``, else 1: the rank's first
+    chunk with share 1); ``reduce_s``, ``gather_s`` (rows, pp); ``p2p_s`` (rows,).
+    ``staggered``: rank r starts after the first forwards of ranks < r (False: DualPipe)."""
+    rows, pp, chunks = fwd.shape
+    if interleaved:
+        before = np.cumsum(bwd, axis=2) - bwd  # sum over u < v of (b + w)_u
+        ready = -bwd - pp * before
+        stream = np.full((rows, pp), -np.inf)
+        for v in range(chunks - 1, -1, -1):
+            stream = np.maximum(stream, ready[:, :, v]) + reduce_s * share[:, :, v]
+    else:
+        stream = reduce_s - bwd[:, :, 0]
+    delay = np.zeros(rows)
+    if overlap_gather:
+        start = np.zeros((rows, pp))
+        if staggered and pp > 1:
+            start[:, 1:] = np.cumsum(fwd[:, :-1, 0] + p2p_s[:, None], axis=1)
+        first_end = start[:, :, None] + (pp if interleaved else 1) * (np.cumsum(fwd, axis=2) - fwd) + fwd
+        done = gather_s[:, :, None] * np.cumsum(share, axis=2)
+        delay = np.maximum(0.0, (done - first_end).max(axis=(1, 2)))
+    else:
+        stream = stream + gather_s
+    return np.maximum(0.0, stream), delay

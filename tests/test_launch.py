@@ -295,6 +295,21 @@ def test_megatron_args_gpt3_interleaved():
     assert not any("DualPipe" in line for line in lines)
 
 
+def test_megatron_args_carry_the_data_parallel_overlap():
+    """The overlap the cost model assumes (planner.costmodel.dp_overlap) as Megatron-LM flags:
+    gradient reduction always overlapped, the ZeRO-1/2 gather per Workload, BF16 reduction."""
+    model = load_model("gpt3-175b")
+    plan = Plan(tp=8, pp=8, dp=16, zero_stage=1)
+    default = megatron_args(model, plan, Workload(global_batch_size=1536, seq_length=2048))
+    assert "--overlap-grad-reduce" in default and "--overlap-param-gather" in default
+    assert "--grad-reduce-in-bf16" not in default
+    off = megatron_args(model, plan, Workload(global_batch_size=1536, seq_length=2048, overlap_param_gather=False,
+                                              grad_reduce_dtype="bf16"))
+    assert "--overlap-param-gather" not in off and "--grad-reduce-in-bf16" in off
+    ddp = megatron_args(model, plan.model_copy(update={"zero_stage": 0}), Workload(global_batch_size=1536, seq_length=2048))
+    assert "--overlap-param-gather" not in ddp  # nothing to gather without a sharded optimizer
+
+
 def test_torchrun_command_rejects_a_wrong_world():
     from planner.errors import SpecError
 

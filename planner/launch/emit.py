@@ -25,6 +25,7 @@ from planner.specs.model import FFNActivation, ModelSpec, Normalization, Positio
 from planner.specs.plan import (
     DEFAULT_RANK_ORDER,
     AttentionKernel,
+    GradReduceDtype,
     PipelineSchedule,
     Plan,
     Precision,
@@ -216,6 +217,12 @@ def _workload_args(plan: Plan, workload: Workload) -> list[str]:
             "--bf16",
             "--fp8-format e4m3",
         ]
+    # The overlap the cost model assumes (planner.costmodel.dp_overlap).
+    lines.append("--overlap-grad-reduce")
+    if plan.zero_stage in (ZeroStage.OPTIMIZER, ZeroStage.GRADIENTS) and workload.overlap_param_gather:
+        lines.append("--overlap-param-gather")
+    if workload.grad_reduce_dtype is GradReduceDtype.BF16 and workload.precision is not Precision.FP16:
+        lines.append("--grad-reduce-in-bf16")
     return lines
 
 

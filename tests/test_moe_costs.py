@@ -36,10 +36,12 @@ def _experts(name: str, plan: Plan, precision: Precision, seq: int = 4096):
 
 
 def test_host_floor_counts_calls_per_expert_and_phase() -> None:
-    """Forward and dgrad: a GEMM call plus, under FP8, one quantisation (9 calls) per local
-    expert; wgrad: the GEMM call only; nothing for other ops or BF16 quantisation."""
+    """Forward and dgrad: a GEMM (TE multi-stream cuBLASLt, moe_expert_gemm_host_us) plus,
+    under FP8, one quantisation (9 calls) per local expert; wgrad: the GEMM only; nothing for
+    other ops or BF16 quantisation."""
     c = compute_constants()
     call_s = c["moe_expert_host_call_us"] * 1e-6
+    gemm_call_s = c["moe_expert_gemm_host_us"] * 1e-6
     gpu = load_gpu("b200")
     plan = Plan(ep=8, dp=8)
     _, _, ops = _experts("qwen3-235b-a22b", plan, Precision.FP8)
@@ -47,7 +49,7 @@ def test_host_floor_counts_calls_per_expert_and_phase() -> None:
     assert [op.name for op in experts] == ["experts_up_gate", "experts_down"]
     for op in experts:
         assert op.count == 128 / 8
-        gemm = op.count * c["moe_expert_gemm_calls"] * call_s
+        gemm = op.count * c["moe_expert_gemm_calls"] * gemm_call_s
         quant = op.count * c["moe_expert_fp8_quantize_calls"] * call_s
         expected = (gemm + quant, gemm + quant, gemm)
         assert expert_host_s(op, gpu, Precision.FP8) == pytest.approx(expected, rel=1e-12)
@@ -63,7 +65,7 @@ def test_host_floor_counts_calls_per_expert_and_phase() -> None:
 def test_floor_binds_for_small_expert_gemms_only() -> None:
     """Qwen3-30B-A3B at EP8 (16 local experts of 2048 rows, FFN 768) under FP8 on B200: the
     host calls outlast the GEMMs, so the expert ops take the floor; DeepSeek-V3 at EP64 (4
-    experts of 8192 rows, FFN 2048) on H800: the GEMMs are far longer, nothing changes."""
+    experts of 8192 rows, FFN 2048) on H800: the GEMMs are longer, the floor does not bind."""
     small_gpu, plan = load_gpu("b200"), Plan(ep=8, dp=8)
     qwen = load_model("qwen3-235b-a22b").model_copy(update={"hidden_size": 2048})
     qwen = qwen.model_copy(update={"moe": qwen.moe.model_copy(update={"expert_ffn_hidden_size": 768})})
@@ -81,7 +83,7 @@ def test_floor_binds_for_small_expert_gemms_only() -> None:
     _, _, ops = _experts("deepseek-v3", plan, Precision.FP8)
     for op in ops:
         if op.per_expert:
-            assert expert_host_s(op, big_gpu, Precision.FP8)[0] < 0.2 * piece_time(
+            assert expert_host_s(op, big_gpu, Precision.FP8)[0] < 0.5 * piece_time(
                 (op,), big_gpu, Precision.FP8, Recompute.NONE).forward_s
 
 

@@ -31,9 +31,9 @@ Korthikanti et al. 2022 §4.2) or, for MLA models, the norms and the MLA up-proj
 MoE routed experts (:func:`moe_ops`): the permutes move the rows of Megatron-Core's
 all-to-all dispatcher (:func:`permute_rows`); the expert GEMMs are issued one per local expert
 after the layer's tokens-per-expert device-to-host sync, so each phase takes at least the
-host's calls for them, GEMM launches and, under FP8, per-expert quantisation
-(:func:`expert_host_s`, counts in data/costmodel/compute.yaml): a floor that binds for many
-small experts per GPU.
+host's work for them: per expert one GEMM through TE's multi-stream cuBLASLt path (about
+33 us, measured) and, under FP8, the per-expert quantisation calls (:func:`expert_host_s`,
+constants in data/costmodel/compute.yaml): a floor that binds for many small experts per GPU.
 
 Host overhead: a GPU preset with a ``launch`` block charges its host seconds per kernel
 launch (:func:`op_launches`: one per op in forward, dgrad + wgrad per weight GEMM, one per
@@ -387,8 +387,10 @@ def _efficiency(gpu: GPUSpec):
 
 def expert_host_s(op: Op, gpu: GPUSpec, precision: Precision) -> tuple[float, float, float]:
     """Host seconds a routed-expert GEMM op needs in forward, backward-input (B) and
-    backward-weight (W): per local expert its GEMM call and, under FP8, the quantisation of
-    its operand (forward: the input; B: the output gradient; W reuses both), counts in
+    backward-weight (W): per local expert its GEMM through Transformer Engine's multi-stream
+    cuBLASLt path (``moe_expert_gemm_host_us``, measured) and, under FP8, the quantisation
+    of its operand (forward: the input; B: the output gradient; W reuses both;
+    ``moe_expert_fp8_quantize_calls`` host calls of ``moe_expert_host_call_us``), all in
     data/costmodel/compute.yaml. After the MoE layer's tokens-per-expert sync the host cannot
     run ahead, so the phase takes at least this long (a floor, as an asynchronous launch).
     Zero for other ops, and on a GPU with a ``launch`` block, whose per-op host time already
@@ -396,11 +398,10 @@ def expert_host_s(op: Op, gpu: GPUSpec, precision: Precision) -> tuple[float, fl
     if not op.per_expert or gpu.launch is not None:
         return (0.0, 0.0, 0.0)
     c = compute_constants()
-    call_s = c["moe_expert_host_call_us"] * 1e-6
-    gemm_s = op.count * c["moe_expert_gemm_calls"] * call_s
+    gemm_s = op.count * c["moe_expert_gemm_calls"] * c["moe_expert_gemm_host_us"] * 1e-6
     quantise_s = 0.0
     if op.fp8 and precision is Precision.FP8:
-        quantise_s = op.count * c["moe_expert_fp8_quantize_calls"] * call_s
+        quantise_s = op.count * c["moe_expert_fp8_quantize_calls"] * c["moe_expert_host_call_us"] * 1e-6
     return (gemm_s + quantise_s, gemm_s + quantise_s, gemm_s)
 
 

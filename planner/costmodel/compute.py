@@ -367,12 +367,15 @@ ZERO_TIME = PieceTime(0.0, 0.0, 0.0, 0.0)
 
 
 def gemm_efficiency(gpu: GPUSpec, dtype: Dtype, shape: tuple[float, float, float]) -> float:
+    """Share of ``gpu``'s ``dtype`` peak a GEMM of ``shape`` reaches: the format's plateau
+    times ``x / (x + h)`` per dimension, ``h`` the format's half dimension
+    (:meth:`~planner.specs.hardware.GPUEfficiency.half_dim`; FP8 has its own on Hopper)."""
     eff = _efficiency(gpu)
     try:
         plateau = eff.gemm_max_fraction[dtype]
     except KeyError:
         raise UnsupportedError(f"{gpu.name} has no GEMM efficiency for {dtype}") from None
-    half = eff.gemm_half_dim
+    half = eff.half_dim(dtype)
     scale = 1.0
     for x in shape:
         scale *= x / (x + half)

@@ -38,15 +38,20 @@ class GPUEfficiency(Spec):
 
     The compute model prices a GEMM of shape (m, n, k) at
     ``peak(dtype) * gemm_max_fraction[dtype] * f(m) * f(n) * f(k)`` with
-    ``f(x) = x / (x + gemm_half_dim)``: large GEMMs run at the measured plateau, thin ones
-    (few tokens per expert, narrow TP shards) lose tiles and waves.
+    ``f(x) = x / (x + h)``, ``h`` = :meth:`half_dim` of the format: large GEMMs run at the
+    measured plateau, thin ones (few tokens per expert, narrow TP shards) lose tiles and waves.
     """
 
     source: str
     gemm_max_fraction: dict[Dtype, float]
     """Large-GEMM plateau as a fraction of the dense peak, per input format."""
     gemm_half_dim: NonNegativeFloat
-    """GEMM dimension at which that dimension alone halves efficiency."""
+    """GEMM dimension at which that dimension alone halves efficiency (every format
+    without an entry in :attr:`gemm_half_dim_by_dtype`)."""
+    gemm_half_dim_by_dtype: dict[Dtype, NonNegativeFloat] = {}
+    """Per-format half dimensions where a format's own size sweep sets one: a faster
+    format reaches its plateau only at larger sizes (the per-tile fixed costs stay while
+    the math per tile shrinks)."""
     attention_forward_fraction: float = Fraction
     """Flash-attention forward FLOP/s as a fraction of the BF16 peak (long sequences)."""
     attention_backward_fraction: float = Fraction
@@ -59,7 +64,15 @@ class GPUEfficiency(Spec):
         for dtype, value in self.gemm_max_fraction.items():
             if not 0.0 < value <= 1.0:
                 raise rule_error(f"gemm_max_fraction.{dtype}", value, "must be in (0, 1]")
+        for dtype in self.gemm_half_dim_by_dtype:
+            if dtype not in self.gemm_max_fraction:
+                raise rule_error(f"gemm_half_dim_by_dtype.{dtype}", self.gemm_half_dim_by_dtype[dtype],
+                                 "needs a gemm_max_fraction for the same format")
         return self
+
+    def half_dim(self, dtype: Dtype) -> float:
+        """GEMM half dimension of ``dtype``: its own entry, else :attr:`gemm_half_dim`."""
+        return self.gemm_half_dim_by_dtype.get(dtype, self.gemm_half_dim)
 
 
 class LaunchMode(StrEnum):

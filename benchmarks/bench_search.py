@@ -41,8 +41,9 @@ def _show(label: str, result: SearchResult) -> None:
     best = result.best
     p = best.plan
     print(f"  {label}: {result.elapsed_s:.1f} s, {result.counts.line()}")
-    print(f"    best: tp{p.tp} pp{p.pp} vpp{p.vpp} cp{p.cp} ep{p.ep} dp{p.dp} mb{p.micro_batch_size} "
-          f"zero{int(p.zero_stage)} sp={p.sequence_parallel} {p.recompute.value} {p.pipeline_schedule.value}: "
+    print(f"    best: tp{p.tp} pp{p.pp} vpp{p.vpp} cp{p.cp} ep{p.ep} etp{p.expert_tp} dp{p.dp} mb{p.micro_batch_size} "
+          f"zero{int(p.zero_stage)} sp={p.sequence_parallel} {p.recompute.value} {p.pipeline_schedule.value} "
+          f"order {p.rank_order}: "
           f"{best.report.step_time_s:.3f} s, MFU {best.report.mfu_causal:.1%}")
 
 

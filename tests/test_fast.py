@@ -362,3 +362,23 @@ def test_groups_across_nodes_equal_simulate():
             break
     assert len({p.rank_order for p in sample}) > 2
     assert_equals_simulate(model, cluster, workload, sample)
+
+
+def test_table_path_reads_etp_and_rank_order():
+    """A candidate table with etp < tp and non-default rank orders (the search's, when the
+    user lists them) is estimated as the same plans are."""
+    from planner.search.space import RANK_ORDERS, Constraints, candidate_table
+    model, cluster = load_model("tiny-moe-mla"), load_cluster("dgx-h100", num_gpus=16)
+    workload = Workload(global_batch_size=64, seq_length=64)
+    table = candidate_table(model, 16, workload, Constraints(tp=(2, 4), etp=(1, 2), cp=(1,), rank_order=RANK_ORDERS[:3],
+                                                             micro_batch_size=(1,), recompute=("none",)))
+    rows = np.random.default_rng(3).choice(len(table), size=40, replace=False)
+    sub = table.take(rows)
+    plans = [sub.plan(i) for i in range(len(sub))]
+    assert any(p.expert_tp != p.tp for p in plans) and len({p.rank_order for p in plans}) >= 2
+    clear_caches()
+    by_plans = estimate(model, cluster, workload, plans, exact_top=None)
+    clear_caches()
+    by_table = estimate_table(model, cluster, workload, sub, exact_top=None)
+    np.testing.assert_array_equal(by_table.step_time_s, by_plans.step_time_s)
+    np.testing.assert_array_equal(by_table.memory_peak_bytes, by_plans.memory_peak_bytes)

@@ -66,7 +66,7 @@ def _pruned_and_exhaustive(model, cluster, workload, constraints):
     assert _key(two) == _key(exhaustive)
     c = two.counts
     assert c.simulated + c.pruned["memory_lower_bound"] + c.pruned["time_lower_bound"] == c.enumerated
-    assert [r.bounds.step_time_s <= r.report.step_time_s for r in two.ranked] == [True] * len(two.ranked)
+    assert all(r.bounds.step_time_s <= (r.simulator_split_step_s or r.report.step_time_s) for r in two.ranked)
     return pruned, exhaustive
 
 
@@ -165,6 +165,10 @@ def test_cli_json_and_infeasible_exit_code():
     assert len(lines) == 1 and "no plan fits" in lines[0] and "Traceback" not in bad.stderr
 
 
+def _nontrivial_dims(order: str, sizes: dict[str, int]) -> tuple[str, ...]:
+    return tuple(d for d in order.split("-") if sizes[d] > 1)
+
+
 def _reference_candidates(model, num_gpus, workload, c, stats):
     """The space as it was enumerated one Plan at a time (Plan validators, check_plan,
     check_schedule, num_chunks): the vectorised rules must give the same plans and counts."""
@@ -175,7 +179,9 @@ def _reference_candidates(model, num_gpus, workload, c, stats):
     from planner.costmodel.partition import num_chunks
     from planner.costmodel.schedules import check_schedule
     from planner.errors import SpecError
-    from planner.search.space import DEFAULT_CPS, DEFAULT_MICRO_BATCH_SIZES, DEFAULT_VPPS, _allowed, _divisors
+    from planner.search.space import (
+        DEFAULT_CPS, DEFAULT_MICRO_BATCH_SIZES, DEFAULT_RANK_ORDERS, DEFAULT_VPPS, _allowed, _divisors,
+    )
     from planner.specs import Plan
     from planner.specs.compat import check_plan
 
@@ -184,17 +190,21 @@ def _reference_candidates(model, num_gpus, workload, c, stats):
     cps = [x for x in _allowed(c.cp, DEFAULT_CPS) if x in divisors]
     pps = [p for p in _allowed(c.pp, divisors) if p in divisors]
     eps = _allowed(c.ep, _divisors(model.moe.num_experts) if model.moe else (1,))
+    orders = _allowed(c.rank_order, DEFAULT_RANK_ORDERS)
     for tp, cp, pp in itertools.product(tps, cps, pps):
         if num_gpus % (tp * cp * pp):
             continue
         dp = num_gpus // (tp * cp * pp)
         per_replica = workload.global_batch_size // dp if workload.global_batch_size % dp == 0 else 0
         mbs = _allowed(c.micro_batch_size, [m for m in DEFAULT_MICRO_BATCH_SIZES if m <= max(per_replica, 1)])
+        # etp: tp unless listed, else the listed divisors of tp, tp first (dense models: tp only)
+        etps = [tp] if model.moe is None or c.etp is None else [
+            e for e in [tp] + [d for d in _divisors(tp) if d != tp] if e in c.etp]
         for schedule in _allowed(c.pipeline_schedule, PipelineSchedule):
             for vpp in (_allowed(c.vpp, DEFAULT_VPPS) if schedule is PipelineSchedule.INTERLEAVED else [1]):
-                for ep, mb, zero, sp, rec in itertools.product(
-                        eps, mbs, _allowed(c.zero_stage, ZeroStage), _allowed(c.sequence_parallel, (False, True)),
-                        _allowed(c.recompute, Recompute)):
+                for ep, etp, k, mb, sp, zero, rec in itertools.product(
+                        eps, etps, range(len(orders)), mbs, _allowed(c.sequence_parallel, (False, True)),
+                        _allowed(c.zero_stage, ZeroStage), _allowed(c.recompute, Recompute)):
                     stats.generated += 1
                     if sp and tp == 1:
                         stats.rejected["sequence_parallel_without_tp"] += 1
@@ -202,9 +212,21 @@ def _reference_candidates(model, num_gpus, workload, c, stats):
                     if pp == 1 and schedule is not PipelineSchedule.ONE_F_ONE_B:
                         stats.rejected["schedule_without_pp"] += 1
                         continue
+                    edp = tp * cp * dp // (ep * etp)
+                    dense = {"tp": tp, "cp": cp, "ep": 1, "dp": dp, "pp": pp}
+                    expert = {"tp": etp, "cp": 1, "ep": ep, "dp": edp, "pp": pp}
+
+                    def layout(order):
+                        return (_nontrivial_dims(order, dense),
+                                _nontrivial_dims(order, expert) if model.moe is not None else ())
+
+                    if any(layout(orders[i]) == layout(orders[k]) for i in range(k)):
+                        stats.rejected["rank_order_same_layout"] += 1
+                        continue
                     try:
-                        plan = Plan(tp=tp, cp=cp, pp=pp, dp=dp, vpp=vpp, ep=ep, micro_batch_size=mb, zero_stage=zero,
-                                    sequence_parallel=sp, recompute=rec, pipeline_schedule=schedule)
+                        plan = Plan(tp=tp, cp=cp, pp=pp, dp=dp, vpp=vpp, ep=ep, etp=None if etp == tp else etp,
+                                    micro_batch_size=mb, zero_stage=zero, sequence_parallel=sp, recompute=rec,
+                                    pipeline_schedule=schedule, rank_order=orders[k])
                     except ValidationError as exc:
                         error = exc.errors()[0]
                         stats.rejected[f"plan.{(error.get('ctx') or {}).get('field')}"] += 1
@@ -224,6 +246,8 @@ def _reference_candidates(model, num_gpus, workload, c, stats):
     ("tiny-dense", 16, 64, 2048, {}), ("tiny-moe-mla", 16, 48, 2048, {}), ("llama3-8b", 64, 96, 4096, {}),
     ("deepseek-v3", 2048, 15360, 4096, {"cp": (1, 2), "tp": (1, 8), "vpp": (1, 3), "zero_stage": (1,)}),
     ("gpt3-175b", 1024, 1536, 2048, {"pp": (8, 16, 32, 96, 128)}),
+    ("tiny-moe-mla", 16, 48, 2048, {"etp": (1, 2), "rank_order": ("tp-cp-ep-pp-dp", "tp-dp-ep-cp-pp",
+                                                                  "tp-cp-ep-dp-pp")}),
 ])
 def test_vectorised_space_equals_the_plan_by_plan_rules(name, gpus, batch, seq, pins):
     model = load_model(name)
@@ -468,7 +492,7 @@ def test_two_process_search_ranks_like_one_on_a_real_space():
     one = plan(model, cluster, workload, top_k=5, workers=1)
     two = plan(model, cluster, workload, top_k=5, workers=2)
     assert _key(two) == _key(one)
-    assert all(r.bounds.step_time_s <= r.report.step_time_s for r in two.ranked)
+    assert all(r.bounds.step_time_s <= (r.simulator_split_step_s or r.report.step_time_s) for r in two.ranked)
     assert two.counts.enumerated == one.counts.enumerated
 
 
@@ -494,3 +518,163 @@ def test_a_dead_worker_is_replaced_by_the_parent(monkeypatch):
     assert _key(two) == _key(one)
     c = two.counts
     assert c.simulated + c.pruned["memory_lower_bound"] + c.pruned["time_lower_bound"] == c.enumerated
+
+
+# --- expert tensor parallelism (etp) and the rank order as searched knobs -------------------
+
+
+def _knob_instance(seed: int):
+    """A small MoE search with tp > 1, where etp (every divisor of tp) and the rank order
+    (the two default orders and a random third) vary."""
+    import itertools
+
+    from planner.search.space import RANK_ORDERS
+    rng = random.Random(seed)
+    model = load_model("tiny-moe-mla")
+    cluster = load_cluster("dgx-h100", num_gpus=16)
+    workload = Workload(global_batch_size=rng.choice([32, 64]), seq_length=model.default_seq_length)
+    others = ["-".join(p) for p in itertools.permutations(("tp", "cp", "ep", "dp", "pp"))]
+    third = rng.choice([o for o in others if o not in RANK_ORDERS[:2]])
+    constraints = Constraints(
+        tp=(2, 4), etp=(1, 2, 4), cp=(1,), zero_stage=(rng.choice([ZeroStage.NONE, ZeroStage.OPTIMIZER]),),
+        recompute=(rng.choice(RECOMPUTES),), micro_batch_size=(1, 2),
+        pipeline_schedule=tuple(rng.sample(SCHEDULES, 2)), rank_order=RANK_ORDERS[:2] + (third,),
+        max_memory_fraction=TIGHT["tiny-moe-mla"] if rng.random() < 0.3 else 1.0,
+    )
+    return model, cluster, workload, constraints
+
+
+@pytest.mark.parametrize("seed", range(200, 206))
+def test_pruned_search_equals_exhaustive_with_etp_and_rank_order(seed):
+    model, cluster, workload, constraints = _knob_instance(seed)
+    plans = list(candidates(model, cluster.num_gpus, workload, constraints))
+    assert any(p.expert_tp != p.tp for p in plans)
+    assert len({p.rank_order for p in plans}) >= 2
+    _pruned_and_exhaustive(model, cluster, workload, constraints)
+
+
+def test_bounds_never_exceed_the_simulation_with_etp_and_rank_order():
+    """Every bound level of plans with etp < tp and a non-default rank order is below the
+    simulated step, and the memory bounds below the simulated peak."""
+    from planner.specs.plan import DEFAULT_RANK_ORDER
+    model, cluster = load_model("tiny-moe-mla"), load_cluster("dgx-h100", num_gpus=16)
+    workload = Workload(global_batch_size=64, seq_length=64)
+    from planner.search.space import RANK_ORDERS
+    plans = [p for p in candidates(model, 16, workload, Constraints(etp=(1, 2, 4, 8, 16), rank_order=RANK_ORDERS[:3]))
+             if p.expert_tp != p.tp or p.rank_order != DEFAULT_RANK_ORDER]
+    calc = BoundCalculator(model, cluster, workload)
+    sample = random.Random(11).sample(plans, 60)
+    assert any(p.expert_tp != p.tp for p in sample) and any(p.rank_order != DEFAULT_RANK_ORDER for p in sample)
+    for p in sample:
+        report = simulate(model, cluster, p, workload)
+        for level, value in calc.levels(p).items():
+            assert 0 < value <= report.step_time_s * (1 + 1e-12), (level, p)
+        assert 0 < calc.bounds(p).memory_bytes <= report.memory_peak_bytes * (1 + 1e-9), p
+
+
+def test_etp_and_rank_order_pins_are_honoured():
+    """Unlisted, etp = tp and the order is Megatron's default; listed values are searched."""
+    from planner.search.space import ALTERNATE_RANK_ORDER, DEFAULT_RANK_ORDERS
+    model, cluster = load_model("tiny-moe-mla"), load_cluster("dgx-h100", num_gpus=16)
+    workload = Workload(global_batch_size=64, seq_length=64)
+    base = dict(tp=(2, 4), cp=(1,), zero_stage=(ZeroStage.OPTIMIZER,), recompute=(Recompute.NONE,),
+                micro_batch_size=(1,))
+    default = list(candidates(model, 16, workload, Constraints(**base)))
+    assert all(p.expert_tp == p.tp for p in default) and {p.rank_order for p in default} == set(DEFAULT_RANK_ORDERS)
+    free = list(candidates(model, 16, workload, Constraints(**base, etp=(1, 2, 4))))
+    assert {p.expert_tp for p in free} == {1, 2, 4}
+    assert len(free) > len(default)
+    one = list(candidates(model, 16, workload, Constraints(**base, etp=(1,))))
+    assert one and all(p.expert_tp == 1 for p in one)
+    assert len(one) == sum(p.expert_tp == 1 for p in free)
+    alt = list(candidates(model, 16, workload, Constraints(**base, rank_order=(ALTERNATE_RANK_ORDER,))))
+    assert alt and all(p.rank_order == ALTERNATE_RANK_ORDER for p in alt)
+    result = plan(model, cluster, workload, Constraints(**base, etp=(1,), rank_order=(ALTERNATE_RANK_ORDER,)),
+                  top_k=3)
+    assert all(r["etp"] == 1 and r["rank_order"] == ALTERNATE_RANK_ORDER for r in result.to_records())
+    # A dense model has no experts: etp is tp whatever the pin.
+    dense = list(candidates(load_model("tiny-dense"), 16, workload, Constraints(**base, etp=(1,))))
+    assert dense and all(p.expert_tp == p.tp and p.etp is None for p in dense)
+    with pytest.raises(SpecError, match="rank_order"):
+        Constraints(rank_order=("tp-pp",))
+    with pytest.raises(SpecError, match="etp"):
+        Constraints(etp=(0,))
+
+
+def test_rank_order_equivalence_drops_exactly_the_same_layouts():
+    """``rank_order_same_layout`` drops a row's second order exactly when the rank layout
+    (every dense and expert group) is the first order's; and on dense models, with the two
+    default orders, exactly when pp == 1 or dp == 1."""
+    import numpy as np
+
+    from planner.hwmodels.placement import rank_layout
+    from planner.search.space import RANK_ORDERS, candidate_table
+    pairs = [(RANK_ORDERS[0], RANK_ORDERS[1]), (RANK_ORDERS[0], "tp-ep-cp-dp-pp"), ("pp-dp-ep-cp-tp", RANK_ORDERS[0])]
+    for name in ("tiny-moe-mla", "tiny-dense"):
+        model = load_model(name)
+        workload = Workload(global_batch_size=64, seq_length=64)
+        for first, second in pairs:
+            base = dict(cp=(1, 2), zero_stage=(ZeroStage.NONE,), recompute=(Recompute.NONE,), micro_batch_size=(1,),
+                        pipeline_schedule=(PipelineSchedule.ONE_F_ONE_B,))
+            kept = set(candidates(model, 16, workload, Constraints(**base, rank_order=(first, second))))
+            alone = list(candidates(model, 16, workload, Constraints(**base, rank_order=(second,))))
+            firsts = set(candidates(model, 16, workload, Constraints(**base, rank_order=(first,))))
+            dropped = 0
+            for p in alone:
+                twin = p.model_copy(update={"rank_order": first})
+                a, b = rank_layout(twin), rank_layout(p)
+                views = [(d, False) for d in ("tp", "cp", "dp", "pp")]
+                if model.moe is not None:
+                    views += [(d, True) for d in ("etp", "ep", "edp", "pp")]
+                same = all(np.array_equal(a.groups(d, experts=e), b.groups(d, experts=e)) for d, e in views)
+                assert (p not in kept) == same, p
+                if same:
+                    dropped += 1
+                    assert twin in firsts  # the same plan under the first order is kept
+                if model.moe is None and first == RANK_ORDERS[0] and second == RANK_ORDERS[1]:
+                    assert same == (p.pp == 1 or p.dp == 1), p
+            assert dropped > 0
+            stats = SpaceStats()
+            candidate_table(model, 16, workload, Constraints(**base, rank_order=(first, second)), stats)
+            assert stats.rejected["rank_order_same_layout"] >= dropped
+
+
+def test_candidate_table_round_trips_plans():
+    """from_plans(table's plans) is the table, and its plans are the plans (etp=None where it
+    is tp; non-default etp and orders included)."""
+    import numpy as np
+
+    from planner.search.space import RANK_ORDERS, CandidateTable, candidate_table
+    model = load_model("tiny-moe-mla")
+    workload = Workload(global_batch_size=64, seq_length=64)
+    table = candidate_table(model, 16, workload, Constraints(etp=(1, 2, 4, 8, 16), rank_order=RANK_ORDERS[:3], cp=(1,)))
+    rows = random.Random(5).sample(range(len(table)), 300)
+    plans = [table.plan(i) for i in rows]
+    assert any(p.etp is not None for p in plans) and len({p.rank_order for p in plans}) == 3
+    back = CandidateTable.from_plans(plans)
+    for col in CandidateTable.COLUMNS:
+        np.testing.assert_array_equal(getattr(back, col), getattr(table, col)[rows], err_msg=col)
+    assert [back.plan(k) for k in range(len(back))] == plans
+
+
+@pytest.mark.parametrize(("args", "option"), [
+    (["--etp", "0"], "--etp"), (["--etp", "one"], "--etp"), (["--rank-order", "tp-pp-dp"], "--rank-order"),
+    (["--rank-order", "tp-cp-ep-dp-pp,tp-tp-ep-dp-pp"], "--rank-order"),
+])
+@pytest.mark.parametrize("command", ["plan", "report"])
+def test_cli_rejects_bad_etp_and_rank_order(command, args, option, tmp_path):
+    out = subprocess.run([sys.executable, "-m", "planner", command, "-m", "tiny-moe-mla", "-c", "dgx-h100", "--gpus",
+                          "8", "--global-batch", "16", *args, "--out", str(tmp_path / "x")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and option in lines[0] and args[1] in lines[0] and "Traceback" not in out.stderr
+
+
+def test_cli_pins_etp_and_rank_order():
+    base = ["-m", "tiny-moe-mla", "-c", "dgx-h100", "--gpus", "16", "--global-batch", "32", "--tp", "2,4", "--cp", "1",
+            "--zero", "1", "--recompute", "none", "--micro-batch", "1", "--schedule", "1f1b"]
+    out = _cli(*base, "--etp", "1", "--rank-order", "tp-cp-ep-pp-dp", "--top-k", "3", "--format", "json")
+    assert out.returncode == 0, out.stderr
+    plans = json.loads(out.stdout)["plans"]
+    assert plans and all(p["etp"] == 1 and p["rank_order"] == "tp-cp-ep-pp-dp" for p in plans)

@@ -92,6 +92,8 @@ def explain_command(
     precision: str = options.precision(),
     adam_moments: str = options.adam_moments(),
     moe_dispatch: str = options.moe_dispatch(),
+    grad_reduce: str = options.grad_reduce(),
+    overlap_param_gather: bool = options.overlap_param_gather(),
     plan_a: Path = typer.Option(..., "--plan-a", help="Plan A YAML (Megatron names or tp/pp/...)."),
     plan_b: Path = typer.Option(..., "--plan-b", help="Plan B YAML (Megatron names or tp/pp/...)."),
     with_sensitivity: bool = typer.Option(
@@ -104,7 +106,8 @@ def explain_command(
     memory per GPU (GiB) and, optionally, the sensitivity of the ranking."""
     model_spec = load_model(model)
     cluster_spec = load_cluster(cluster, num_gpus=gpus)
-    workload = build_workload(model_spec, global_batch, seq_len, precision, adam_moments, moe_dispatch)
+    workload = build_workload(model_spec, global_batch, seq_len, precision, adam_moments, moe_dispatch,
+                              grad_reduce, overlap_param_gather)
     pa = build_plan(plan_a, cluster_spec.num_gpus, {})
     pb = build_plan(plan_b, cluster_spec.num_gpus, {})
     ra = simulate(model_spec, cluster_spec, pa, workload)

@@ -38,12 +38,14 @@ def build_plan(plan_file: Path | None, gpus: int, knobs: dict) -> Plan:
 
 
 def build_workload(model: ModelSpec, global_batch: int, seq_len: int | None, precision: str,
-                   adam_moments: str = "fp32", moe_dispatch: str = "bf16") -> Workload:
+                   adam_moments: str = "fp32", moe_dispatch: str = "bf16", grad_reduce: str = "fp32",
+                   overlap_param_gather: bool = True) -> Workload:
     """The Workload of the CLI options; the sequence length defaults to the model's."""
     return validate_spec(
         Workload,
         {"global_batch_size": global_batch, "seq_length": seq_len or model.default_seq_length,
-         "precision": precision, "adam_moment_dtype": adam_moments, "moe_dispatch_dtype": moe_dispatch},
+         "precision": precision, "adam_moment_dtype": adam_moments, "moe_dispatch_dtype": moe_dispatch,
+         "grad_reduce_dtype": grad_reduce, "overlap_param_gather": overlap_param_gather},
         "workload",
     )
 
@@ -60,7 +62,8 @@ def _short_names(fields: dict) -> dict:
 
 def resolve_workload(model: ModelSpec, num_gpus: int, global_batch: int | None, tokens: float | None,
                      seq_len: int | None, precision: str, adam_moments: str = "fp32",
-                     moe_dispatch: str = "bf16") -> tuple[Workload, BudgetWorkload | None]:
+                     moe_dispatch: str = "bf16", grad_reduce: str = "fp32",
+                     overlap_param_gather: bool = True) -> tuple[Workload, BudgetWorkload | None]:
     """The Workload of ``--global-batch``, or, without it, of the token budget ``--tokens``
     (DeepSeek LLM's B_opt law, :func:`planner.budget.budget_workload`); the second value is
     that derivation (None when the batch was given)."""
@@ -71,8 +74,10 @@ def resolve_workload(model: ModelSpec, num_gpus: int, global_batch: int | None, 
         seq = seq_len or model.default_seq_length
         m = describe_model(model, seq).flops_per_token_nonembedding
         budget = budget_workload(m, tokens, seq, num_gpus)
-        return build_workload(model, budget.global_batch_size, seq, precision, adam_moments, moe_dispatch), budget
-    return build_workload(model, global_batch, seq_len, precision, adam_moments, moe_dispatch), None
+        return build_workload(model, budget.global_batch_size, seq, precision, adam_moments, moe_dispatch,
+                              grad_reduce, overlap_param_gather), budget
+    return build_workload(model, global_batch, seq_len, precision, adam_moments, moe_dispatch, grad_reduce,
+                          overlap_param_gather), None
 
 
 def cost_of(report, workload: Workload, num_gpus: int, tokens: float | None, price: float | None) -> TrainingCost:

@@ -78,6 +78,19 @@ def moe_dispatch() -> Any:
                              "DeepEP); the combine is BF16.")
 
 
+def grad_reduce() -> Any:
+    return typer.Option("fp32", "--grad-reduce",
+                        help="Format of the gradient buffer and its data-parallel reduction: fp32 (Megatron-LM's "
+                             "default under BF16) or bf16 (NeMo and Megatron-Bridge FP8 recipes, "
+                             "--grad-reduce-in-bf16).")
+
+
+def overlap_param_gather() -> Any:
+    return typer.Option(True, "--overlap-param-gather/--no-overlap-param-gather",
+                        help="ZeRO-1/2: gather the updated parameters under the next step's forwards (Megatron-Core "
+                             "--overlap-param-gather, NeMo's default) or at the end of the step.")
+
+
 def knob(name: str, *, many: bool = False) -> Any:
     """``--tp`` (and ``--tensor-model-parallel-size``) ...; ``many``: a comma-separated list
     of allowed values (search commands), else one degree."""

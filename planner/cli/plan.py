@@ -18,7 +18,7 @@ from planner.cli import options
 from planner.cli.inputs import cost_of, resolve_workload
 from planner.cli.main import app, reports_errors
 from planner.cli.output import Format, write_result
-from planner.cli.search_inputs import constraints_from_options, run_search
+from planner.cli.search_inputs import constraints_from_options, etp_option, rank_order_option, run_search
 from planner.costmodel.report import StepReport
 from planner.errors import SpecError
 from planner.presets import load_cluster, load_model
@@ -37,14 +37,14 @@ def _with_split(plan: Plan, report: StepReport) -> Plan:
 def print_result(result: SearchResult, console: Console) -> None:
     """The top-k table and the counts line."""
     table = Table(title="Recommended plans (fastest first)", title_justify="left")
-    for col in ("#", "tp", "pp", "vpp", "cp", "ep", "dp", "mb", "zero", "sp", "recompute", "schedule",
+    for col in ("#", "tp", "pp", "vpp", "cp", "ep", "etp", "dp", "mb", "zero", "sp", "recompute", "schedule", "order",
                 "step s", "tokens/s/GPU", "MFU", "memory GiB"):
-        table.add_column(col, justify="left" if col in ("recompute", "schedule") else "right")
+        table.add_column(col, justify="left" if col in ("recompute", "schedule", "order") else "right")
     for row in result.to_records():
         table.add_row(
             str(row["rank"]), str(row["tp"]), str(row["pp"]), str(row["vpp"]), str(row["cp"]), str(row["ep"]),
-            str(row["dp"]), str(row["micro_batch_size"]), str(row["zero_stage"]),
-            "on" if row["sequence_parallel"] else "off", row["recompute"], row["pipeline_schedule"],
+            str(row["etp"]), str(row["dp"]), str(row["micro_batch_size"]), str(row["zero_stage"]),
+            "on" if row["sequence_parallel"] else "off", row["recompute"], row["pipeline_schedule"], row["rank_order"],
             f"{row['step_time_s']:.4g}", f"{row['tokens_per_s_per_gpu']:,.0f}", f"{row['mfu_causal']:.1%}",
             f"{row['memory_peak_bytes'] / 2**30:,.1f} / {row['memory_capacity_bytes'] / 2**30:,.1f}",
         )
@@ -52,6 +52,11 @@ def print_result(result: SearchResult, console: Console) -> None:
     if len(result.ranked) > 1:
         gap = result.ranked[1].report.step_time_s / result.best.report.step_time_s - 1
         console.print(f"runner-up is {gap:.1%} slower")
+    for r in result.ranked:
+        if r.simulator_split_step_s is not None:
+            layers = ",".join(str(n) for n in r.report.pipeline_layers)
+            console.print(f"#{r.rank}: layers per chunk {layers} fitted by CP-SAT "
+                          f"({r.simulator_split_step_s:.4g} s on the simulator's split)", markup=False)
     mode = "exhaustive" if result.exhaustive else "pruned"
     console.print(f"search ({mode}): {result.counts.line()}; {result.elapsed_s:.2f} s, "
                   f"{result.candidates_per_s:,.0f} candidates/s")
@@ -77,11 +82,15 @@ def plan_command(
     precision: str = options.precision(),
     adam_moments: str = options.adam_moments(),
     moe_dispatch: str = options.moe_dispatch(),
+    grad_reduce: str = options.grad_reduce(),
+    overlap_param_gather: bool = options.overlap_param_gather(),
     tp: str = options.knob("tp", many=True),
     pp: str = options.knob("pp", many=True),
     vpp: str = options.knob("vpp", many=True),
     cp: str = options.knob("cp", many=True),
     ep: str = options.knob("ep", many=True),
+    etp: str = etp_option(),
+    rank_order: str = rank_order_option(),
     micro_batch: str = options.allowed_micro_batch(),
     zero: str = options.allowed_zero(),
     sp: str = options.allowed_sequence_parallel(),
@@ -106,9 +115,10 @@ def plan_command(
     cluster_spec = load_cluster(cluster, num_gpus=gpus)
     check_budget(tokens, price)
     workload, budget = resolve_workload(model_spec, cluster_spec.num_gpus, global_batch, tokens, seq_len, precision,
-                                        adam_moments, moe_dispatch)
+                                        adam_moments, moe_dispatch, grad_reduce,
+                                        overlap_param_gather)
     constraints = constraints_from_options(tp, pp, vpp, cp, ep, micro_batch, zero, sp, recompute, schedule,
-                                           max_memory_frac)
+                                           max_memory_frac, etp, rank_order)
     result = run_search(model_spec, cluster_spec, workload, constraints, top_k, exhaustive,
                         show_progress=fmt is Format.TABLE, workers=workers)
     costs = [cost_of(r.report, workload, cluster_spec.num_gpus, tokens, price) for r in result.ranked]

@@ -16,7 +16,7 @@ from planner.cli import options
 from planner.cli.inputs import cost_of, resolve_workload
 from planner.cli.main import app, reports_errors
 from planner.cli.output import Format, write_result
-from planner.cli.search_inputs import constraints_from_options, run_search
+from planner.cli.search_inputs import constraints_from_options, etp_option, rank_order_option, run_search
 from planner.costmodel.simulate import simulate
 from planner.errors import SpecError
 from planner.presets import load_cluster, load_model, validate_spec
@@ -31,7 +31,7 @@ EXAMPLE = (
     "planner report -m deepseek-v3 -c deepseek-v3-h800 --from plan.json --out report/"
 )
 _PLAN_FIELDS = ("tp", "pp", "vpp", "cp", "ep", "etp", "dp", "micro_batch_size", "zero_stage", "sequence_parallel",
-                "recompute", "pipeline_schedule")
+                "recompute", "pipeline_schedule", "rank_order")
 
 
 def _load_saved(path: Path) -> tuple[list[dict], dict | None]:
@@ -59,11 +59,15 @@ def report_command(
     precision: str = options.precision(),
     adam_moments: str = options.adam_moments(),
     moe_dispatch: str = options.moe_dispatch(),
+    grad_reduce: str = options.grad_reduce(),
+    overlap_param_gather: bool = options.overlap_param_gather(),
     tp: str = options.knob("tp", many=True),
     pp: str = options.knob("pp", many=True),
     vpp: str = options.knob("vpp", many=True),
     cp: str = options.knob("cp", many=True),
     ep: str = options.knob("ep", many=True),
+    etp: str = etp_option(),
+    rank_order: str = rank_order_option(),
     micro_batch: str = options.allowed_micro_batch(),
     zero: str = options.allowed_zero(),
     sp: str = options.allowed_sequence_parallel(),
@@ -100,7 +104,8 @@ def report_command(
             workload = validate_spec(Workload, saved_workload, f"{saved}: workload")
         else:
             workload, budget = resolve_workload(model_spec, cluster_spec.num_gpus, global_batch, tokens, seq_len,
-                                                precision, adam_moments, moe_dispatch)
+                                                precision, adam_moments, moe_dispatch, grad_reduce,
+                                                overlap_param_gather)
         plans = [validate_spec(Plan, {k: r[k] for k in _PLAN_FIELDS if r.get(k) is not None}, f"{saved}: plan {i + 1}")
                  for i, r in enumerate(records[:top_k])]
         ranked = [(p, simulate(model_spec, cluster_spec, p, workload)) for p in plans]
@@ -108,9 +113,10 @@ def report_command(
         line, limit = f"the plans of {saved}, re-simulated", None
     else:
         workload, budget = resolve_workload(model_spec, cluster_spec.num_gpus, global_batch, tokens, seq_len,
-                                            precision, adam_moments, moe_dispatch)
+                                            precision, adam_moments, moe_dispatch, grad_reduce,
+                                            overlap_param_gather)
         constraints = constraints_from_options(tp, pp, vpp, cp, ep, micro_batch, zero, sp, recompute, schedule,
-                                               max_memory_frac)
+                                               max_memory_frac, etp, rank_order)
         result = run_search(model_spec, cluster_spec, workload, constraints, top_k, exhaustive, workers=workers)
         ranked = [(r.plan, r.report) for r in result.ranked]
         mode = "exhaustive" if result.exhaustive else "pruned"

@@ -4,10 +4,13 @@
 
 from __future__ import annotations
 
+import typer
+
 from planner.cli.inputs import parse_ints
 from planner.cli.output import progress_bar
 from planner.errors import SpecError
 from planner.search import Constraints, SearchResult, plan
+from planner.search.space import ORDER_DIMS, RANK_ORDERS
 from planner.specs.plan import PipelineSchedule, Recompute, ZeroStage
 
 _ints = parse_ints
@@ -33,19 +36,47 @@ def _bools(option: str, text: str | None) -> tuple[bool, ...] | None:
         raise SpecError(option, text, "must be a comma-separated list of on/off") from None
 
 
+def _orders(option: str, text: str | None) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    values = tuple(v.strip().lower() for v in text.split(",") if v.strip())
+    if not values or any(v not in RANK_ORDERS for v in values):
+        raise SpecError(option, text, f"must be a comma-separated list of '-'-separated permutations of "
+                                      f"{', '.join(ORDER_DIMS)} (e.g. {RANK_ORDERS[0]},{RANK_ORDERS[1]})")
+    return values
+
+
 def constraints_from_options(tp, pp, vpp, cp, ep, micro_batch, zero, sp, recompute, schedule,
-                             max_memory_frac) -> Constraints:
+                             max_memory_frac, etp=None, rank_order=None) -> Constraints:
     """Search constraints from the comma-separated knob options (None = the default range)."""
     zeros = _ints("--zero", zero, minimum=0)
     if zeros is not None and max(zeros) > 3:
         raise SpecError("--zero", zero, "ZeRO stages are 0-3")
     return Constraints(
         tp=_ints("--tp", tp), pp=_ints("--pp", pp), vpp=_ints("--vpp", vpp), cp=_ints("--cp", cp),
-        ep=_ints("--ep", ep), micro_batch_size=_ints("--micro-batch", micro_batch),
+        ep=_ints("--ep", ep), etp=_ints("--etp", etp), rank_order=_orders("--rank-order", rank_order),
+        micro_batch_size=_ints("--micro-batch", micro_batch),
         zero_stage=tuple(ZeroStage(z) for z in zeros) if zeros is not None else None,
         sequence_parallel=_bools("--sequence-parallel", sp), recompute=_enums("--recompute", recompute, Recompute),
         pipeline_schedule=_enums("--schedule", schedule, PipelineSchedule), max_memory_fraction=max_memory_frac,
     )
+
+
+def etp_option():
+    """``--etp``: the expert tensor-parallel degrees the search may use."""
+    return typer.Option(
+        None, "--etp", "--expert-tensor-parallel-size",
+        help="Expert tensor-parallel degrees (MoE models; ignored for dense ones), comma-separated, each a "
+             "divisor of tp, e.g. 1,8 \\[default: every divisor of tp].")
+
+
+def rank_order_option():
+    """``--rank-order``: the rank orders the search may use."""
+    return typer.Option(
+        None, "--rank-order", metavar="ORDER[,ORDER]",
+        help="Rank orders (Megatron order, fastest dimension first), comma-separated, e.g. "
+             "tp-cp-ep-dp-pp,tp-cp-ep-pp-dp \\[default: those two: Megatron's default and its "
+             "--use-tp-pp-dp-mapping layout].")
 
 
 def run_search(model_spec, cluster_spec, workload, constraints, top_k: int, exhaustive: bool,

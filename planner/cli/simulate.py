@@ -98,6 +98,8 @@ def simulate_command(
     precision: str = options.precision(),
     adam_moments: str = options.adam_moments(),
     moe_dispatch: str = options.moe_dispatch(),
+    grad_reduce: str = options.grad_reduce(),
+    overlap_param_gather: bool = options.overlap_param_gather(),
     tp: int = options.knob("tp"),
     pp: int = options.knob("pp"),
     vpp: int = options.knob("vpp"),
@@ -132,7 +134,8 @@ def simulate_command(
     cluster_spec = load_cluster(cluster, num_gpus=gpus)
     check_budget(tokens, price)
     workload, budget = resolve_workload(model_spec, cluster_spec.num_gpus, global_batch, tokens, seq_len, precision,
-                                        adam_moments, moe_dispatch)
+                                        adam_moments, moe_dispatch,
+                                        grad_reduce, overlap_param_gather)
     knobs = {
         "tp": tp, "pp": pp, "vpp": vpp, "cp": cp, "ep": ep, "etp": etp, "dp": dp, "zero_stage": zero,
         "sequence_parallel": sp, "recompute": recompute, "micro_batch_size": micro_batch,

@@ -198,11 +198,21 @@ def estimate(model: ModelSpec, cluster: ClusterSpec, workload: Workload, plans: 
 
 def estimate_table(model: ModelSpec, cluster: ClusterSpec, workload: Workload, table,
                    exact_top: int | None = EXACT_TOP) -> FastEstimates:
-    """:func:`estimate` for a :class:`~planner.search.space.CandidateTable` (etp = tp, the
-    default rank order, flash attention), without building Plan objects."""
+    """:func:`estimate` for a :class:`~planner.search.space.CandidateTable` (flash
+    attention), without building Plan objects: its ``order`` column indexes
+    :data:`~planner.search.space.RANK_ORDERS`, mapped to this context's orders."""
+    from planner.search.space import RANK_ORDERS  # here: the estimate alone needs no search package
+
     ctx = _context(model, cluster, workload)
     n = len(table)
-    cols = {"etp": table.tp, "kernel": np.zeros(n, dtype=np.int64), "order": np.zeros(n, dtype=np.int64)}
+    codes = np.unique(table.order)
+    for code in codes.tolist():
+        if RANK_ORDERS[code] not in ctx.orders:
+            ctx.orders.append(RANK_ORDERS[code])
+    remap = np.zeros(int(codes.max()) + 1 if n else 1, dtype=np.int64)
+    for code in codes.tolist():
+        remap[code] = ctx.orders.index(RANK_ORDERS[code])
+    cols = {"kernel": np.zeros(n, dtype=np.int64), "order": remap[np.asarray(table.order, dtype=np.int64)]}
     return _estimate(ctx, np.stack([np.asarray(cols[c] if c in cols else getattr(table, c), dtype=np.int64)
                                     for c in COLUMNS], axis=1).reshape(n, len(COLUMNS)), exact_top)
 

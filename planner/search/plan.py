@@ -21,8 +21,10 @@
 
    Stop once the smallest bound left exceeds the k-th best feasible step simulated (ties:
    strictly greater, so equal plans are still simulated).
+4. Re-split each of the k best by CP-SAT (:mod:`planner.search.fit`): a plan takes the
+   fitted layer split where its simulated step is shorter and it still fits; re-rank.
 
-Why this is lossless: every bound is a proven lower bound of what ``simulate`` reports for
+Why steps 1-3 are lossless: every bound is a proven lower bound of what ``simulate`` reports for
 that plan (prune.py says why for each), so a plan never simulated has a step time above the
 k-th best simulated one, or memory over the limit; the ranking is by ``simulate``'s step
 time alone, ties by enumeration order, exactly as ``exhaustive=True`` (simulate every valid
@@ -52,6 +54,7 @@ from planner.costmodel.report import StepReport
 from planner.costmodel.simulate import simulate
 from planner.errors import InfeasibleError, PlannerError, SpecError, UnsupportedError
 from planner.search import parallel
+from planner.search.fit import Refit, refit_split
 from planner.search.prune import BoundCalculator, PlanBounds, PruneRule
 from planner.search.space import Constraints, SpaceStats, candidate_table
 from planner.specs.hardware import ClusterSpec
@@ -75,6 +78,10 @@ class RankedPlan:
     bounds: PlanBounds
     memory_limit_bytes: float
     """capacity * max_memory_fraction."""
+    simulator_split_step_s: float | None = None
+    """When CP-SAT's layer split replaced the simulator's (:mod:`planner.search.fit`; the
+    plan then names it in ``pipeline_layers``): the step on the simulator's split, which
+    the bounds are for; None otherwise."""
 
     @property
     def memory_headroom_bytes(self) -> float:
@@ -85,15 +92,19 @@ class RankedPlan:
         p, r = self.plan, self.report
         return {
             "rank": self.rank, "tp": p.tp, "pp": p.pp, "vpp": p.vpp, "cp": p.cp, "ep": p.ep, "etp": p.expert_tp,
-            "dp": p.dp, "micro_batch_size": p.micro_batch_size, "num_microbatches": r.num_microbatches,
+            "dp": p.dp, "rank_order": p.rank_order, "micro_batch_size": p.micro_batch_size,
+            "num_microbatches": r.num_microbatches,
             "zero_stage": int(p.zero_stage), "sequence_parallel": p.sequence_parallel,
             "recompute": p.recompute.value, "pipeline_schedule": p.pipeline_schedule.value,
             "pipeline_layers": ",".join(str(n) for n in r.pipeline_layers),
+            "layer_split": "simulator" if self.simulator_split_step_s is None else "cp-sat",
             "step_time_s": r.step_time_s, "tokens_per_s_per_gpu": r.tokens_per_s_per_gpu,
             "mfu_causal": r.mfu_causal, "mfu_noncausal": r.mfu_noncausal,
             "memory_peak_bytes": r.memory_peak_bytes, "memory_capacity_bytes": r.memory_capacity_bytes,
             "memory_headroom_bytes": self.memory_headroom_bytes,
             "step_time_lower_bound_s": self.bounds.step_time_s,
+            "step_time_simulator_split_s": (r.step_time_s if self.simulator_split_step_s is None
+                                            else self.simulator_split_step_s),
         }
 
 
@@ -172,7 +183,7 @@ class _Shortfall:
 def plan(
     model: ModelSpec, cluster: ClusterSpec, workload: Workload, constraints: Constraints | None = None,
     top_k: int = 5, exhaustive: bool = False, progress: Callable[[int, int], None] | None = None,
-    workers: int | None = None,
+    workers: int | None = None, fit_splits: bool = True,
 ) -> SearchResult:
     """The ``top_k`` fastest feasible plans for ``model`` on all of ``cluster``'s GPUs.
 
@@ -183,6 +194,10 @@ def plan(
     ``workers``: processes for the best-first stage, 1 or 2 (:mod:`planner.search.parallel`;
     default: 2 on a large space where fork and two CPUs are available). The ranking is the
     same either way.
+
+    ``fit_splits``: re-split each of the ``top_k`` by CP-SAT and keep the faster split
+    (:mod:`planner.search.fit`); the ranking of the simulator's splits before it is exactly
+    the exhaustive one.
 
     Raises :class:`~planner.errors.InfeasibleError` when no candidate fits, naming the
     smallest memory shortfall seen and what would close it.
@@ -213,11 +228,18 @@ def plan(
     if not search.feasible:
         raise InfeasibleError(_infeasible_message(model, cluster, constraints, counts.enumerated, search.shortfall,
                                                   limit))
+    # Deliver 4: each of the top_k re-split by CP-SAT where that is faster (planner.search.fit).
+    rows = []
+    for _, i, report in search.feasible[:top_k]:
+        p = search.plan_of(i)
+        rows.append((refit_split(model, cluster, workload, p, report, limit) if fit_splits else Refit(p, report, False),
+                     i, report))
+    rows.sort(key=lambda row: (row[0].report.step_time_s, row[1]))
     ranked = tuple(
-        RankedPlan(rank=k + 1, plan=search.plan_of(i), report=report,
+        RankedPlan(rank=k + 1, plan=fit.plan, report=fit.report,
                    bounds=PlanBounds(step_time_s=float(search.bound[i]), memory_bytes=float(search.memory[i])),
-                   memory_limit_bytes=limit)
-        for k, (_, i, report) in enumerate(search.feasible[:top_k])
+                   memory_limit_bytes=limit, simulator_split_step_s=report.step_time_s if fit.fitted else None)
+        for k, (fit, i, report) in enumerate(rows)
     )
     return SearchResult(ranked=ranked, counts=counts, elapsed_s=time.perf_counter() - start,
                         exhaustive=exhaustive, memory_limit_bytes=limit)
@@ -430,14 +452,14 @@ def _collector_paused():
 
 
 def _groups(table, rows: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Per candidate, its group among ``rows`` (same knobs but recompute and ZeRO stage),
-    and each group's rows."""
+    """Per candidate, its group among ``rows`` (same knobs, etp and rank order included,
+    but recompute and ZeRO stage), and each group's rows."""
     group = np.full(len(table), -1, dtype=np.int64)
     if len(rows) == 0:
         return group, []
     # Mixed-radix code of the key columns' ranks: the lexicographic order of the columns.
     code = np.zeros(len(rows), dtype=np.int64)
-    for c in ("tp", "cp", "pp", "vpp", "sched", "ep", "dp", "mb", "sp"):
+    for c in ("tp", "cp", "pp", "vpp", "sched", "ep", "etp", "order", "dp", "mb", "sp"):
         values, rank = np.unique(getattr(table, c)[rows], return_inverse=True)
         code = code * len(values) + rank.reshape(-1)
     _, inverse = np.unique(code, return_inverse=True)
@@ -455,7 +477,7 @@ def _infeasible_message(model, cluster, constraints: Constraints, num_plans: int
         return f"no structurally valid plan for {where} within the constraints; relax the pinned knobs"
     best = shortfall.plan
     amount = f"{shortfall.bytes / GIB:,.1f} GiB" if shortfall.exact else f"at least {shortfall.bytes / GIB:,.1f} GiB"
-    knobs = (f"tp={best.tp} pp={best.pp} ep={best.ep} zero={int(best.zero_stage)} "
+    knobs = (f"tp={best.tp} pp={best.pp} ep={best.ep} etp={best.expert_tp} zero={int(best.zero_stage)} "
              f"recompute={best.recompute.value} mb={best.micro_batch_size}")
     fixes = ["more GPUs (or GPUs with more HBM)"]
     if constraints.pp is not None:

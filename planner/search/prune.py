@@ -8,8 +8,9 @@ holds. From cheap to tight:
 
 ``memory_bounds`` / ``time_bounds`` (level 0, vectorised over a :class:`CandidateTable`)
     per-rank parameters and compute from per-shape tables (piece compute per (tp, cp, ep,
-    micro-batch, recompute, sp), pieces per rank per (pp, vpp, schedule)), gathered by
-    index: a few numpy operations for the whole space.
+    etp, micro-batch, recompute, sp), pieces per rank per (pp, vpp, schedule)), gathered by
+    index: a few numpy operations for the whole space. Neither reads the rank order (no
+    communication at this level), so the orders of a plan share one value.
 :meth:`BoundCalculator.refined_rows`, :meth:`~BoundCalculator.refined`,
 :meth:`~BoundCalculator.replayed`, :meth:`~BoundCalculator.refined_memory` (memoised per
     shape): :mod:`planner.search.refine`, pipeline ranks priced as the simulator prices
@@ -87,8 +88,8 @@ class BoundCalculator:
             self._counts[key] = hit
         return hit
 
-    def _piece_params(self, tp: int, ep: int) -> np.ndarray:
-        return self.refiner.piece_params(tp, ep)
+    def _piece_params(self, tp: int, ep: int, etp: int) -> np.ndarray:
+        return self.refiner.piece_params(tp, ep, etp)
 
     # -----------------------------------------------------------------------------------
     # Level 0: the whole table at once
@@ -127,9 +128,9 @@ class BoundCalculator:
             return np.zeros(0)
         c = memory_constants()
         per = state_bytes_per_param(self.workload)
-        params = self._gathered(table, ("tp", "ep"), self._piece_params)
+        params = self._gathered(table, ("tp", "ep", "etp"), self._piece_params)
         shard_dense = 1.0 / (table.dp * table.cp)
-        shard_expert = table.ep / (table.cp * table.dp)  # 1 / edp
+        shard_expert = table.ep * table.etp / (table.tp * table.cp * table.dp)  # 1 / edp
 
         def reduce(rows, rank):
             dense, expert = rank[..., 0], rank[..., 1]
@@ -171,18 +172,18 @@ class BoundCalculator:
         if len(table) == 0:
             return np.zeros(0)
 
-        def compute(tp, cp, ep, mb, rec, sp):
-            plan = Plan(tp=tp, cp=cp, ep=ep, dp=ep, micro_batch_size=mb, recompute=RECOMPUTES[rec],
-                        sequence_parallel=bool(sp))
+        def compute(tp, cp, ep, etp, mb, rec, sp):  # what piece_times reads (not the rank order)
+            plan = Plan(tp=tp, cp=cp, ep=ep, etp=etp, dp=ep * etp, micro_batch_size=mb,
+                        recompute=RECOMPUTES[rec], sequence_parallel=bool(sp))
             return self.refiner.piece_times(plan)[:, :3]
 
-        fbw = self._gathered(table, ("tp", "cp", "ep", "mb", "rec", "sp"), compute)  # (n, pieces, F B W)
-        params = self._gathered(table, ("tp", "ep"), self._piece_params)  # (n, pieces, 2)
+        fbw = self._gathered(table, ("tp", "cp", "ep", "etp", "mb", "rec", "sp"), compute)  # (n, pieces, F B W)
+        params = self._gathered(table, ("tp", "ep", "etp"), self._piece_params)  # (n, pieces, 2)
         m = table.microbatches(self.workload).astype(float)
         runs = np.where(table.sched == S_DUALPIPE, m / 2, m)
         sharded = table.zero >= ZeroStage.OPTIMIZER
         shard_dense = np.where(sharded, 1.0 / (table.dp * table.cp), 1.0)
-        shard_expert = np.where(sharded, table.ep / (table.cp * table.dp), 1.0)
+        shard_expert = np.where(sharded, table.ep * table.etp / (table.tp * table.cp * table.dp), 1.0)  # 1 / edp
         # Per piece: runs * work, and optimizer seconds of its local parameters (linear, so
         # the per-rank sums are matrix products); the fill and drain chains per piece.
         busy = runs[:, None] * fbw.sum(axis=2)
@@ -251,7 +252,7 @@ class BoundCalculator:
 
     def refined_rows(self, table: CandidateTable, rows: np.ndarray, quick: bool = False) -> np.ndarray:
         """Refined bounds without the data-parallel terms of the candidates ``rows``, which
-        differ at most in recompute and ZeRO stage
+        differ at most in recompute and ZeRO stage (same etp and rank order)
         (:meth:`planner.search.refine.Refiner.variant_bounds`, one plan per recompute)."""
         which, variants = _variants(table, rows)
         values = self.refiner.variant_bounds(variants, quick)

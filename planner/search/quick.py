@@ -89,7 +89,7 @@ def _collect(refiner: Refiner, g: int, variants: list[Plan], values: np.ndarray,
     program = (plan.pipeline_schedule, plan.num_microbatches(refiner.workload), plan.pp, plan.vpp)
     p2p = refiner.p2p_s(plan)
     comm = refiner.stage_comm(plan, 0)
-    params = refiner.piece_params(plan.tp, plan.ep)
+    params = refiner.piece_params(plan.tp, plan.ep, plan.expert_tp)
     share = refiner.ep_share if plan.pipeline_schedule in DUAL and plan.ep > 1 else 1.0
     for v in todo:
         p = variants[v]

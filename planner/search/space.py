@@ -2,21 +2,48 @@
 and a workload, within the user's :class:`Constraints`.
 
 Knobs enumerated: tp, cp, pp (dp = GPUs / (tp * cp * pp)), the pipeline schedule with vpp
-(interleaved only), ep (MoE models), micro-batch size, ZeRO stage, sequence parallelism and
-recomputation. ``etp`` stays at Megatron's default (= tp) and the rank order at the default;
-the layer-to-stage split is the simulator's (balanced) choice, not a knob.
+(interleaved only), ep and etp (MoE models), micro-batch size, ZeRO stage, sequence
+parallelism, recomputation and the rank order; the layer-to-stage split is the simulator's
+(balanced) choice, not a knob.
+
+``etp`` (expert tensor parallelism) takes the divisors of tp that the user lists
+(``Constraints.etp``, ``--etp 1,2``); unlisted, it stays at Megatron's default, etp = tp.
+The expert fold re-splits a stage's tp * cp * dp ranks as etp * ep * edp, and an expert-TP
+group inside a TP group keeps an expert's shards on the GPUs that already share its tokens.
+Dense models have no experts: there etp = tp and an ``etp`` list is ignored.
+
+Rank orders (:data:`RANK_ORDERS`, Megatron ``order``, fastest dimension first): the ones the
+user lists (``--rank-order``), else Megatron's default ``tp-cp-ep-dp-pp`` alone
+(:data:`DEFAULT_RANK_ORDERS`). The useful alternative is ``tp-cp-ep-pp-dp``
+(:data:`ALTERNATE_RANK_ORDER`), the layout of Megatron's ``--use-tp-pp-dp-mapping``
+(pipeline stages on neighbouring GPUs, inside a node when tp * cp * pp fits one, and
+data-parallel replicas outermost, across nodes): it can win where the DP traffic (and
+ZeRO's gathers) outweighs the p2p activations. Moving tp, cp or ep outward only takes their
+per-layer collectives off NVLink.
+
+Why both default to Megatron's value: each multiplies the space (DeepSeek-V3 on 2048 GPUs:
+380k valid candidates with the defaults, 2.4 M with every etp and both orders, a search
+3.7 times longer) for little: on the shipped cases the best plan changes by at most 113 us
+with the second order, and etp < tp wins only where TP's expert shards cost memory (e.g.
+Qwen3-235B on 256 H100s: tp2 etp1), which ``--etp 1,2`` finds.
 
 The space is built as integer numpy columns (:class:`CandidateTable`, :func:`candidate_table`:
-about a second for DeepSeek-V3's 1.26 M combinations on 2048 GPUs); :func:`candidates`
+about a second for DeepSeek-V3's 10.7 M combinations on 2048 GPUs); :func:`candidates`
 yields the same rows as :class:`Plan` objects. Validity is decided by the same rules as the
 simulator, applied as masks: :class:`~planner.specs.plan.Plan`'s validators,
 :func:`~planner.specs.compat.check_plan` and the schedule's micro-batch rules
 (:func:`~planner.costmodel.schedules.check_schedule`), and a chunk per pipeline stage needs
 a block (DualPipeV has 2 * pp chunks); tests/test_search.py keeps the plan-by-plan reference
 and checks both give the same plans and counts. Every rejection is counted under the
-rule's name (the plan field it names). Two *equivalence* rules drop exact duplicates before
-validation, also counted: sequence parallelism with tp == 1 (no effect: nothing to split)
-and a schedule other than 1F1B with pp == 1 (no pipeline to schedule).
+rule's name (the plan field it names). Three *equivalence* rules drop exact duplicates
+before validation, also counted: sequence parallelism with tp == 1 (no effect: nothing to
+split), a schedule other than 1F1B with pp == 1 (no pipeline to schedule), and a rank
+order that lays the row's ranks out exactly as an earlier allowed order does
+(``rank_order_same_layout``; e.g. the two default orders when pp == 1 or dp == 1): the
+layout (:func:`~planner.hwmodels.placement.rank_layout`) only reads the order of the
+dimensions of size > 1, in the dense view (tp, cp, dp, pp) and the expert view (etp, ep,
+edp, pp), so two orders that list those alike give the same groups, hence the same plan to
+the simulator and the same answer to the expert-fold rule (:func:`_same_layout_codes`).
 """
 
 from __future__ import annotations
@@ -31,6 +58,19 @@ import numpy as np
 from planner.errors import SpecError
 from planner.specs.model import ModelSpec
 from planner.specs.plan import DEFAULT_RANK_ORDER, PipelineSchedule, Plan, Recompute, Workload, ZeroStage
+
+ORDER_DIMS = ("tp", "cp", "ep", "dp", "pp")
+"""The dimensions a rank order permutes (:attr:`Plan.rank_order`)."""
+ALTERNATE_RANK_ORDER = "tp-cp-ep-pp-dp"
+"""Megatron's ``--use-tp-pp-dp-mapping`` layout (module docstring)."""
+RANK_ORDERS = (DEFAULT_RANK_ORDER, ALTERNATE_RANK_ORDER) + tuple(
+    o for o in ("-".join(p) for p in itertools.permutations(ORDER_DIMS))
+    if o not in (DEFAULT_RANK_ORDER, ALTERNATE_RANK_ORDER))
+"""Every rank order, the default first: the ``order`` column of a :class:`CandidateTable`
+indexes it."""
+DEFAULT_RANK_ORDERS = RANK_ORDERS[:1]
+"""Rank orders tried unless listed (module docstring): Megatron's default."""
+_ORDER_CODE = {o: k for k, o in enumerate(RANK_ORDERS)}
 
 DEFAULT_MICRO_BATCH_SIZES = (1, 2, 4, 8)
 """Micro-batch sizes tried unless pinned (those that divide the per-replica batch)."""
@@ -53,6 +93,11 @@ class Constraints:
     vpp: tuple[int, ...] | None = None
     cp: tuple[int, ...] | None = None
     ep: tuple[int, ...] | None = None
+    etp: tuple[int, ...] | None = None
+    """Expert tensor-parallel degrees (MoE models; those dividing tp are tried; None = tp,
+    Megatron's default; ignored for dense models)."""
+    rank_order: tuple[str, ...] | None = None
+    """Rank orders (:data:`RANK_ORDERS`); None = :data:`DEFAULT_RANK_ORDERS`."""
     micro_batch_size: tuple[int, ...] | None = None
     zero_stage: tuple[ZeroStage, ...] | None = None
     sequence_parallel: tuple[bool, ...] | None = None
@@ -63,10 +108,14 @@ class Constraints:
     def __post_init__(self) -> None:
         if not 0.0 < self.max_memory_fraction <= 1.0:
             raise SpecError("max_memory_fraction", self.max_memory_fraction, "must be in (0, 1]")
-        for name in ("tp", "pp", "vpp", "cp", "ep", "micro_batch_size"):
+        for name in ("tp", "pp", "vpp", "cp", "ep", "etp", "micro_batch_size"):
             values = getattr(self, name)
             if values is not None and (not values or any(int(v) < 1 for v in values)):
                 raise SpecError(name, values, "must be a non-empty list of integers >= 1")
+        if self.rank_order is not None and (not self.rank_order or any(o not in _ORDER_CODE for o in self.rank_order)):
+            raise SpecError("rank_order", self.rank_order,
+                            f"must be a non-empty list of '-'-separated permutations of {', '.join(ORDER_DIMS)} "
+                            f"(e.g. {DEFAULT_RANK_ORDER})")
 
 
 @dataclass
@@ -95,22 +144,25 @@ def _allowed(pinned: tuple | None, default) -> list:
 class CandidateTable:
     """Candidates as integer columns (one row per plan, enumeration order).
 
-    ``sched`` and ``rec`` index :data:`SCHEDULES` and :data:`RECOMPUTES`; ``zero`` is the
-    ZeRO stage; ``sp`` is 0/1. ``etp`` is tp, ``rank_order`` the default (the space's)."""
+    ``sched``, ``rec`` and ``order`` index :data:`SCHEDULES`, :data:`RECOMPUTES` and
+    :data:`RANK_ORDERS`; ``zero`` is the ZeRO stage; ``sp`` is 0/1; ``etp`` is the resolved
+    expert tensor-parallel degree (tp for dense models)."""
 
     tp: np.ndarray
     cp: np.ndarray
     pp: np.ndarray
     vpp: np.ndarray
     ep: np.ndarray
+    etp: np.ndarray
     dp: np.ndarray
     mb: np.ndarray
     zero: np.ndarray
     sp: np.ndarray
     rec: np.ndarray
     sched: np.ndarray
+    order: np.ndarray
 
-    COLUMNS = ("tp", "cp", "pp", "vpp", "ep", "dp", "mb", "zero", "sp", "rec", "sched")
+    COLUMNS = ("tp", "cp", "pp", "vpp", "ep", "etp", "dp", "mb", "zero", "sp", "rec", "sched", "order")
 
     def __len__(self) -> int:
         return len(self.tp)
@@ -120,11 +172,14 @@ class CandidateTable:
         return CandidateTable(*(getattr(self, c)[index] for c in self.COLUMNS))
 
     def plan(self, i: int) -> Plan:
-        """Row ``i`` as a validated :class:`Plan`."""
-        return Plan(tp=int(self.tp[i]), cp=int(self.cp[i]), pp=int(self.pp[i]), vpp=int(self.vpp[i]),
-                    ep=int(self.ep[i]), dp=int(self.dp[i]), micro_batch_size=int(self.mb[i]),
+        """Row ``i`` as a validated :class:`Plan` (``etp=None`` where it equals tp, Megatron's
+        default, so that a row is the Plan one writes without naming it)."""
+        tp, etp = int(self.tp[i]), int(self.etp[i])
+        return Plan(tp=tp, cp=int(self.cp[i]), pp=int(self.pp[i]), vpp=int(self.vpp[i]), ep=int(self.ep[i]),
+                    etp=None if etp == tp else etp, dp=int(self.dp[i]), micro_batch_size=int(self.mb[i]),
                     zero_stage=ZeroStage(int(self.zero[i])), sequence_parallel=bool(self.sp[i]),
-                    recompute=RECOMPUTES[int(self.rec[i])], pipeline_schedule=SCHEDULES[int(self.sched[i])])
+                    recompute=RECOMPUTES[int(self.rec[i])], pipeline_schedule=SCHEDULES[int(self.sched[i])],
+                    rank_order=RANK_ORDERS[int(self.order[i])])
 
     def microbatches(self, workload: Workload) -> np.ndarray:
         """``Plan.num_microbatches`` per row."""
@@ -132,14 +187,14 @@ class CandidateTable:
 
     @classmethod
     def from_plans(cls, plans: Sequence[Plan]) -> CandidateTable:
-        """Columns of ``plans`` (each with etp = tp and the default rank order)."""
-        for p in plans:
-            if p.expert_tp != p.tp or p.rank_order != DEFAULT_RANK_ORDER:
-                raise SpecError("plan.etp", p.etp, "the array path needs etp = tp and the default rank order")
-        rows = [(p.tp, p.cp, p.pp, p.vpp, p.ep, p.dp, p.micro_batch_size, int(p.zero_stage), int(p.sequence_parallel),
-                 _REC_CODE[p.recompute], _SCHED_CODE[p.pipeline_schedule]) for p in plans]
-        arr = np.array(rows, dtype=np.int64).reshape(len(rows), 11)
-        return cls(*(arr[:, k].copy() for k in range(11)))
+        """Columns of ``plans``; :meth:`plan` gives them back (with ``etp=None`` where it is tp;
+        ``pipeline_layers`` and the attention kernel have no column)."""
+        rows = [(p.tp, p.cp, p.pp, p.vpp, p.ep, p.expert_tp, p.dp, p.micro_batch_size, int(p.zero_stage),
+                 int(p.sequence_parallel), _REC_CODE[p.recompute], _SCHED_CODE[p.pipeline_schedule],
+                 _ORDER_CODE[p.rank_order]) for p in plans]
+        width = len(cls.COLUMNS)
+        arr = np.array(rows, dtype=np.int64).reshape(len(rows), width)
+        return cls(*(arr[:, k].copy() for k in range(width)))
 
 
 SCHEDULES = tuple(PipelineSchedule)
@@ -158,8 +213,8 @@ def candidate_table(
     """Every structurally valid plan as integer columns, in :func:`candidates`' order.
 
     Knob combinations are generated block by block (one block per tp, cp, pp, schedule,
-    vpp: the product of ep, micro-batch, ZeRO, sp, recompute) and the rules below are
-    applied as masks, each rejection counted under the first rule it breaks."""
+    vpp: the product of ep, etp, rank order, micro-batch, sp, ZeRO, recompute) and the rules
+    below are applied as masks, each rejection counted under the first rule it breaks."""
     c = constraints or Constraints()
     stats = stats if stats is not None else SpaceStats()
     divisors = _divisors(num_gpus)
@@ -167,6 +222,7 @@ def candidate_table(
     cps = [x for x in _allowed(c.cp, DEFAULT_CPS) if x in divisors]
     pps = [p for p in _allowed(c.pp, divisors) if p in divisors]
     eps = _allowed(c.ep, _divisors(model.moe.num_experts) if model.moe else (1,))
+    orders = [_ORDER_CODE[o] for o in _allowed(c.rank_order, DEFAULT_RANK_ORDERS)]
     schedules = _allowed(c.pipeline_schedule, PipelineSchedule)
     vpps = _allowed(c.vpp, DEFAULT_VPPS)
     zeros = [int(z) for z in _allowed(c.zero_stage, ZeroStage)]
@@ -179,44 +235,102 @@ def candidate_table(
         dp = num_gpus // (tp * cp * pp)
         per_replica = workload.global_batch_size // dp if workload.global_batch_size % dp == 0 else 0
         mbs = _allowed(c.micro_batch_size, [m for m in DEFAULT_MICRO_BATCH_SIZES if m <= max(per_replica, 1)])
-        inner = np.array(list(itertools.product(eps, mbs, zeros, sps, recs)), dtype=np.int64).reshape(-1, 5)
+        inner = np.array(list(itertools.product(eps, expert_tps(model, tp, c.etp), orders, mbs, sps)),
+                         dtype=np.int64).reshape(-1, 5)
         for schedule in schedules:
             for vpp in (vpps if schedule is PipelineSchedule.INTERLEAVED else [1]):
                 head = np.array([tp, cp, pp, vpp, dp, _SCHED_CODE[PipelineSchedule(schedule)]], dtype=np.int64)
                 blocks.append(np.hstack([np.broadcast_to(head, (len(inner), 6)), inner]))
+    # The rules read neither the ZeRO stage nor recompute: they run on the other columns
+    # and each verdict counts for every (ZeRO stage, recompute) pair, innermost.
     rows = np.vstack(blocks) if blocks else np.zeros((0, 11), dtype=np.int64)
-    tp, cp, pp, vpp, dp, sched, ep, mb, zero, sp, rec = (rows[:, k] for k in range(11))
-    stats.generated += len(rows)
-    keep = _rules(model, workload, stats, tp, cp, pp, vpp, dp, sched, ep, mb, sp)
-    return CandidateTable(tp=tp[keep], cp=cp[keep], pp=pp[keep], vpp=vpp[keep], ep=ep[keep], dp=dp[keep],
-                          mb=mb[keep], zero=zero[keep], sp=sp[keep], rec=rec[keep], sched=sched[keep])
+    pairs = len(zeros) * len(recs)
+    stats.generated += len(rows) * pairs
+    keep = _rules(model, workload, stats, orders, pairs, *(rows[:, k] for k in range(11)))
+    rows = np.repeat(rows[keep], pairs, axis=0)
+    inner = np.array(list(itertools.product(zeros, recs)), dtype=np.int64).reshape(-1, 2)
+    zero, rec = np.tile(inner, (len(rows) // max(pairs, 1), 1)).T
+    tp, cp, pp, vpp, dp, sched, ep, etp, order, mb, sp = (np.ascontiguousarray(rows[:, k]) for k in range(11))
+    return CandidateTable(tp=tp, cp=cp, pp=pp, vpp=vpp, ep=ep, etp=etp, dp=dp, mb=mb, zero=zero.copy(), sp=sp,
+                          rec=rec.copy(), sched=sched, order=order)
 
 
-def _rules(model, workload, stats, tp, cp, pp, vpp, dp, sched, ep, mb, sp) -> np.ndarray:
-    """The validity mask; rejections counted per rule. The rules and their order are those
+def expert_tps(model: ModelSpec, tp: int, pinned: tuple[int, ...] | None) -> list[int]:
+    """The etp values tried with ``tp`` (module docstring): [tp] (Megatron's default) unless
+    listed, else the listed divisors of tp, tp first; [tp] for a dense model."""
+    if model.moe is None or pinned is None:
+        return [tp]
+    return [e for e in [tp] + [d for d in _divisors(tp) if d != tp] if e in pinned]
+
+
+def _same_layout_codes(order: int, experts: bool, tp, cp, ep, etp, dp, pp) -> np.ndarray:
+    """Per row, a code of the dimensions of size > 1 in the order ``RANK_ORDERS[order]``
+    lists them, in the dense view (tp, cp, dp, pp) and, if ``experts`` (a MoE model: the
+    simulator reads that view only then), the expert view (etp, ep, edp, pp):
+    :class:`~planner.hwmodels.placement.RankLayout` lays the ranks out as an array with one
+    axis per dimension, which a size-1 axis does not change, so two orders with the same
+    code give a row the same groups (tests/test_search.py checks it)."""
+    edp = (tp * cp * dp) // np.maximum(ep * etp, 1)
+    sizes = {"tp": (tp, etp), "cp": (cp, 1), "ep": (1, ep), "dp": (dp, edp), "pp": (pp, pp)}
+    code = np.zeros(len(tp), dtype=np.int64)
+    for view in ((0, 1) if experts else (0,)):
+        for dim in RANK_ORDERS[order].split("-"):
+            digit = ORDER_DIMS.index(dim) + 1
+            big = np.asarray(sizes[dim][view]) > 1
+            code = np.where(big, code * 6 + digit, code)
+        code = code * 6  # separates the views
+    return code
+
+
+def _fold_keeps_stages(order: np.ndarray, tp, cp, ep, etp, dp, pp) -> np.ndarray:
+    """:meth:`Plan.expert_fold_keeps_stages` per row: pp == 1, or the dimensions before pp
+    in the row's order cover as many ranks in the dense view as in the expert view."""
+    edp = (tp * cp * dp) // np.maximum(ep * etp, 1)
+    ok = pp == 1
+    for k in np.unique(order).tolist():
+        dims = RANK_ORDERS[k].split("-")
+        before = dims[: dims.index("pp")]
+        dense = {"tp": tp, "cp": cp, "ep": 1, "dp": dp}
+        expert = {"tp": etp, "cp": 1, "ep": ep, "dp": edp}
+        dense_ranks = np.prod([np.broadcast_to(dense[d], tp.shape) for d in before], axis=0) if before else 1
+        expert_ranks = np.prod([np.broadcast_to(expert[d], tp.shape) for d in before], axis=0) if before else 1
+        ok = ok | ((order == k) & (dense_ranks == expert_ranks))
+    return ok
+
+
+def _rules(model, workload, stats, orders, weight, tp, cp, pp, vpp, dp, sched, ep, etp, order, mb, sp) -> np.ndarray:
+    """The validity mask; rejections counted per rule (``weight`` combinations per row). The rules and their order are those
     :func:`candidates` used to apply one plan at a time (tests/test_search.py keeps that
-    reference and checks the two agree): the space's two equivalence rules, Plan's
+    reference and checks the two agree): the space's three equivalence rules, Plan's
     validators, :func:`~planner.specs.compat.check_plan`, :func:`check_schedule`, and a
-    block per DualPipeV chunk. The expert-fold rule (``plan.rank_order``) always holds here:
-    with the default order tp-cp-ep-dp-pp and etp = tp both views put tp*cp*dp ranks before pp."""
+    block per DualPipeV chunk. ``orders``: the allowed rank orders, in the order tried."""
     alive = np.ones(len(tp), dtype=bool)
 
     def rule(name: str, broken: np.ndarray) -> None:
         nonlocal alive
         hit = alive & broken
         if hit.any():
-            stats.rejected[name] += int(hit.sum())
+            stats.rejected[name] += int(hit.sum()) * weight
         alive &= ~broken
 
     dual = (sched == S_DUALPIPE) | (sched == S_DUALPIPEV)
     rule("sequence_parallel_without_tp", (sp == 1) & (tp == 1))
     rule("schedule_without_pp", (pp == 1) & (sched != S_1F1B))
+    if len(orders) > 1:  # an order that lays the row out as an earlier allowed one does
+        codes = [_same_layout_codes(o, model.moe is not None, tp, cp, ep, etp, dp, pp) for o in orders]
+        same = np.zeros(len(tp), dtype=bool)
+        for j in range(1, len(orders)):
+            earlier = np.zeros(len(tp), dtype=bool)
+            for i in range(j):
+                earlier |= codes[i] == codes[j]
+            same |= (order == orders[j]) & earlier
+        rule("rank_order_same_layout", same)
     # Plan._check
     rule("plan.vpp", (vpp > 1) & (sched != S_INTERLEAVED))
     rule("plan.vpp", (sched == S_INTERLEAVED) & (vpp < 2))
     rule("plan.pp", dual & (pp < 2))
     rule("plan.pp", (sched == S_DUALPIPE) & (pp % 2 == 1))
-    rule("plan.ep", (tp * cp * dp) % (ep * tp) != 0)
+    rule("plan.ep", (tp * cp * dp) % (ep * etp) != 0)
     # check_plan
     rule("plan.tp", model.num_attention_heads % tp != 0)
     if model.mla is None:
@@ -227,7 +341,8 @@ def _rules(model, workload, stats, tp, cp, pp, vpp, dp, sched, ep, mb, sp) -> np
         rule("plan.ep", ep != 1)
     else:
         rule("plan.ep", model.moe.num_experts % ep != 0)
-        rule("plan.etp", model.moe.expert_ffn_hidden_size % tp != 0)
+        rule("plan.etp", model.moe.expert_ffn_hidden_size % etp != 0)
+        rule("plan.rank_order", ~_fold_keeps_stages(order, tp, cp, ep, etp, dp, pp))
     rule("plan.pp", pp * vpp > model.num_layers)
     rule("plan.cp", (cp > 1) & (workload.seq_length % (2 * cp) != 0))
     batch = workload.global_batch_size

@@ -50,14 +50,14 @@ def dp_exposure(
             stream = np.maximum(stream, ready[:, :, v]) + reduce_s * share[:, :, v]
     else:
         stream = reduce_s - bwd[:, :, 0]
-    delay = np.zeros(rows)
-    if overlap_gather:
-        start = np.zeros((rows, pp))
-        if staggered and pp > 1:
-            start[:, 1:] = np.cumsum(fwd[:, :-1, 0] + p2p_s[:, None], axis=1)
-        first_end = start[:, :, None] + (pp if interleaved else 1) * (np.cumsum(fwd, axis=2) - fwd) + fwd
-        done = gather_s[:, :, None] * np.cumsum(share, axis=2)
-        delay = np.maximum(0.0, (done - first_end).max(axis=(1, 2)))
-    else:
-        stream = stream + gather_s
-    return np.maximum(0.0, stream), delay
+    if not overlap_gather:
+        return np.maximum(0.0, stream + gather_s), np.zeros(rows)
+    start = np.zeros((rows, pp))
+    if staggered and pp > 1:
+        start[:, 1:] = np.cumsum(fwd[:, :-1, 0] + p2p_s[:, None], axis=1)
+    if interleaved:
+        first_end = start[:, :, None] + pp * (np.cumsum(fwd, axis=2) - fwd) + fwd
+        lack = (gather_s[:, :, None] * np.cumsum(share, axis=2) - first_end).max(axis=2)
+    else:  # one chunk: all of the gather by the end of its first forward
+        lack = gather_s - start - fwd[:, :, 0]
+    return np.maximum(0.0, stream), np.maximum(0.0, lack.max(axis=1))

@@ -406,8 +406,7 @@ def _group(ctx: _Context, col: dict, shared: np.ndarray, plans: np.ndarray, pids
     combo, where = unique_rows(inv, pids)
     held = _part_stack(sh, combo[:, 1], "rank_counts")
     rank_params = np.einsum("urk,ukj->urj", held, params[combo[:, 0]])[where]  # (g, pp, 2)
-    chunk_params = np.einsum("unk,uk->un", _part_stack(sh, combo[:, 1], "counts"),
-                             params[combo[:, 0]].sum(axis=2))[where]  # (g, chunks)
+    param_rows = (combo, where, params)
     # ZeRO-3 units: pieces with parameters on the rank (each gathered by its own collective).
     units = np.einsum("urk,uk->ur", held, (params[combo[:, 0]].sum(axis=2) > 0).astype(float))[where]
     uniq, inv = unique_rows(c["tp"], c["cp"], c["ep"], c["etp"], c["dp"], c["order"], c["zero"], pids)
@@ -439,6 +438,10 @@ def _group(ctx: _Context, col: dict, shared: np.ndarray, plans: np.ndarray, pids
     # Exposed DP gradient sync (beyond the rank's last backward) and the optimizer step.
     interleaved = schedule is PipelineSchedule.INTERLEAVED
     if interleaved:  # chunk v * pp + r is rank r's v-th
+        combo, where, params = param_rows
+        chunk_params = np.einsum("unk,uk->un", _part_stack(sh, combo[:, 1], "counts"),
+                                 params[combo[:, 0]].sum(axis=2))[where]  # (g, chunks)
+
         def by_rank(x):
             return x.reshape(g, vpp, pp).transpose(0, 2, 1)
         held_total = rank_params.sum(axis=2)

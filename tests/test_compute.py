@@ -196,3 +196,21 @@ def test_expert_gemm_floor_hidden_at_deepseek_v3_ep32_grouped_gemm() -> None:
     device = piece_time((op,), _with_launch(gpu, "asynchronous", 1e-15), Precision.FP8, Recompute.NONE)
     host_f, host_b, host_w = expert_host_s(op, gpu, Precision.FP8)
     assert max(host_f, host_b) < device.forward_s and host_w < device.backward_weight_s
+
+
+@pytest.mark.parametrize("gpu_name", ["h100-sxm-80gb", "h800-sxm-80gb", "h100-sxm-95gb-500w", "b200", "gb200"])
+def test_fp8_gemm_never_slower_than_bf16(gpu_name):
+    """FP8's own size curve (a longer half dimension on Hopper) must not price a small FP8
+    GEMM below the same GEMM in BF16; large FP8 GEMMs keep the FP8 curve (H100: 680^3 is
+    about where the two cross)."""
+    from planner.costmodel.compute import gemm_efficiency, gemm_rate
+    from planner.presets import load_gpu
+    from planner.specs.hardware import Dtype
+    gpu = load_gpu(gpu_name)
+    for n in (64, 128, 256, 512, 1024, 2048, 8192):
+        for shape in ((n, n, n), (n, 4096, 4096), (4096, n, 2048)):
+            fp8, bf16 = gemm_rate(gpu, Dtype.FP8, shape), gemm_rate(gpu, Dtype.BF16, shape)
+            assert fp8 >= bf16
+            assert fp8 == max(gpu.peak(Dtype.FP8) * gemm_efficiency(gpu, Dtype.FP8, shape), bf16)
+    big = (16384, 16384, 16384)
+    assert gemm_rate(gpu, Dtype.FP8, big) == gpu.peak(Dtype.FP8) * gemm_efficiency(gpu, Dtype.FP8, big)

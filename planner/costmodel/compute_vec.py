@@ -13,7 +13,7 @@ product Python evaluates; attention backward ``(ratio * flops) / ((peak * fracti
 share)``), the launch terms are :func:`compute.with_launches_s`'s sum or max, and each
 phase is summed in op order with ``np.add.accumulate`` (a sequential sum, as piece_time's
 ``+=``; an op outside a sum adds an exact 0.0). Efficiencies come from compute.py's own
-:func:`~compute.gemm_efficiency`, so the model is defined once.
+:func:`~compute.gemm_rate`, so the model is defined once.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ class OpArrays:
             else:
                 fp8 = op.fp8 and precision is Precision.FP8
                 dtype = Dtype.FP8 if fp8 else Dtype(C._gemm_dtype(precision))
-                gemm_rate = gpu.peak(dtype) * C.gemm_efficiency(gpu, dtype, op.shape)
+                gemm_rate = C.gemm_rate(gpu, dtype, op.shape)
                 rows.append((op.flops, gemm_rate, 1.0, 0.0, 0.0, 1.0, float(op.weight_grad),
                              op.recompute_selective))
         cols = np.array(rows, dtype=float).reshape(len(ops), 8).T

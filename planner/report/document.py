@@ -284,7 +284,9 @@ def _blocks(data: ReportInput, labels: list[str], costs: list[TrainingCost], fil
         items.append(
             "Kernel efficiencies (share of peak): GEMM plateau " + ", ".join(
                 f"{k.value} {v:.2f}" for k, v in eff.gemm_max_fraction.items())
-            + f" (half-size dimension {eff.gemm_half_dim:g}); attention forward {eff.attention_forward_fraction:.2f}, "
+            + f" (half-size dimension {eff.gemm_half_dim:g}"
+            + "".join(f", {k.value} {v:g}" for k, v in eff.gemm_half_dim_by_dtype.items())
+            + f"); attention forward {eff.attention_forward_fraction:.2f}, "
               f"backward {eff.attention_backward_fraction:.2f}; HBM {eff.hbm_fraction:.2f}. Source: {eff.source}")
     items.append(_calibrated_constant())
     items += [f"Simulator note for #1: {m}" for m in best.messages]

@@ -32,13 +32,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from planner.costmodel.compute import BF16_BYTES, FP32_BYTES
+from planner.costmodel.memory import state_bytes_per_param
 from planner.costmodel.partition import Chunk, Piece
 from planner.hwmodels.alltoall import moe_all_to_all
 from planner.hwmodels.collectives import CollectiveOp, collective_cost, groups_digest
 from planner.hwmodels.placement import RankLayout, rank_layout
 from planner.specs.hardware import ClusterSpec
 from planner.specs.model import ModelSpec
-from planner.specs.plan import DispatchDtype, GradReduceDtype, PipelineSchedule, Plan, Precision, Workload, ZeroStage
+from planner.specs.plan import DispatchDtype, PipelineSchedule, Plan, Workload, ZeroStage
 
 
 def stage_groups(layout: RankLayout, dims: str, stage: int, experts: bool = False) -> np.ndarray:
@@ -245,11 +246,10 @@ class DPComm:
 
 
 def grad_reduce_bytes_per_param(workload: Workload) -> float:
-    """Bytes per gradient element reduced: the workload's ``grad_reduce_dtype`` (FP32, as
-    Megatron-LM forces under BF16, or BF16), and FP16 under FP16."""
-    if workload.precision is Precision.FP16 or workload.grad_reduce_dtype is GradReduceDtype.BF16:
-        return 2.0
-    return 4.0
+    """Bytes per gradient element reduced: the gradient buffer's, which the reduction runs
+    on (:func:`~planner.costmodel.memory.state_bytes_per_param`: FP32 as Megatron-LM forces
+    under BF16, FP16 under FP16, 2 bytes with the workload's ``grad_reduce_dtype`` bf16)."""
+    return state_bytes_per_param(workload).gradients
 
 
 def dp_step_comm(

@@ -28,7 +28,35 @@ finished by then delays the step.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
+
+from planner.specs.plan import PipelineSchedule, Plan, Workload
+
+
+def plan_exposure(
+    plan: Plan, workload: Workload, own: Sequence[Sequence[int]], fwd: Sequence[float], bwd: Sequence[float],
+    chunk_params: Sequence[float], reduce_s: Sequence[float], gather_s: Sequence[float], p2p_s: float,
+) -> tuple[np.ndarray, float]:
+    """:func:`dp_exposure` of one plan (the simulator's and the search's replay, alike):
+    ``own[r]`` rank r's chunks in model order (:meth:`Partition.chunks_of_rank`), ``fwd``,
+    ``bwd`` (b + w) and ``chunk_params`` per chunk index, ``reduce_s`` and ``gather_s`` per
+    rank. Returns the exposure per rank and the step delay."""
+    interleaved = plan.pipeline_schedule is PipelineSchedule.INTERLEAVED
+    own = [list(o) if interleaved else list(o[:1]) for o in own]
+    f = np.array([[fwd[c] for c in o] for o in own])[None]
+    b = np.array([[bwd[c] for c in o] for o in own])[None]
+    share = np.ones_like(f)
+    if interleaved:
+        held = [sum(chunk_params[c] for c in o) for o in own]
+        share = np.array([[chunk_params[c] / h if h > 0 else 1.0 / len(o) for c in o]
+                          for o, h in zip(own, held, strict=True)])[None]
+    dual = plan.pipeline_schedule in (PipelineSchedule.DUALPIPE, PipelineSchedule.DUALPIPEV)
+    exposed, delay = dp_exposure(interleaved, f, b, share, np.array([reduce_s], dtype=float),
+                                 np.array([gather_s], dtype=float), workload.overlap_param_gather,
+                                 np.array([p2p_s]), staggered=not dual)
+    return exposed[0], float(delay[0])
 
 
 def dp_exposure(

@@ -40,7 +40,7 @@ import numpy as np
 
 from planner.costmodel import compute as C
 from planner.costmodel.comm import StageComm, dp_step_comm, pp_p2p_s
-from planner.costmodel.dp_overlap import dp_exposure
+from planner.costmodel.dp_overlap import plan_exposure
 from planner.costmodel.flops import flops_per_token_train
 from planner.costmodel.memory import adam_moment_bytes, inflight_microbatches, piece_params, stage_memory
 from planner.costmodel.partition import Chunk, Partition, Piece, model_pieces, partition
@@ -158,25 +158,16 @@ class _RankCosts:
 
 def _dp_exposure(plan: Plan, workload: Workload, ranks: list[_RankCosts], chunk_times: list[ChunkTimes],
                  p2p_s: float) -> tuple[np.ndarray, float]:
-    """:func:`~planner.costmodel.dp_overlap.dp_exposure` of one plan: per rank, the
-    once-per-step DP communication exposed after its last operation; the step's delay."""
-    interleaved = plan.pipeline_schedule is PipelineSchedule.INTERLEAVED
-    shape = (1, plan.pp, plan.vpp if interleaved else 1)
-    fwd, bwd, share = np.zeros(shape), np.zeros(shape), np.ones(shape)
+    """Per rank, the once-per-step DP communication exposed after its last operation, and
+    the step's delay (:func:`~planner.costmodel.dp_overlap.plan_exposure`)."""
+    chunk_params = [0.0] * len(chunk_times)
     for rc in ranks:
-        own = sorted(rc.chunks, key=lambda c: c.index) if interleaved else rc.chunks[:1]
-        total = rc.dense_params + rc.expert_params
-        for v, chunk in enumerate(own):
-            t = chunk_times[chunk.index]
-            fwd[0, rc.rank, v] = t.forward_s
-            bwd[0, rc.rank, v] = t.backward_input_s + t.backward_weight_s
-            if interleaved:
-                share[0, rc.rank, v] = rc.chunk_params[chunk.index] / total if total > 0 else 1.0 / len(own)
-    reduce = np.array([[rc.dp.reduce_s for rc in ranks]])
-    gather = np.array([[rc.dp.gather_s for rc in ranks]])
-    exposed, delay = dp_exposure(interleaved, fwd, bwd, share, reduce, gather, workload.overlap_param_gather,
-                                 np.array([p2p_s]), staggered=plan.pipeline_schedule not in DUAL)
-    return exposed[0], float(delay[0])
+        for index, held in rc.chunk_params.items():
+            chunk_params[index] = held
+    return plan_exposure(plan, workload, [[c.index for c in rc.chunks] for rc in ranks],
+                         [t.forward_s for t in chunk_times],
+                         [t.backward_input_s + t.backward_weight_s for t in chunk_times], chunk_params,
+                         [rc.dp.reduce_s for rc in ranks], [rc.dp.gather_s for rc in ranks], p2p_s)
 
 
 def piece_chunk_times(model: ModelSpec, cluster: ClusterSpec, plan: Plan, workload: Workload) -> dict[Piece, ChunkTimes]:

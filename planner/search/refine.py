@@ -46,7 +46,7 @@ import numpy as np
 from planner.costmodel import compute as C
 from planner.costmodel.compute_vec import OpArrays
 from planner.costmodel.comm import StageComm, dp_step_comm, pp_p2p_s
-from planner.costmodel.dp_overlap import dp_exposure
+from planner.costmodel.dp_overlap import plan_exposure
 from planner.costmodel.memory import inflight_microbatches, piece_params, stage_memory
 from planner.costmodel.partition import Piece
 from planner.costmodel.schedules import ChunkTimes, simulate_pipeline
@@ -329,27 +329,11 @@ class Refiner:
         params = split.rank_counts @ totals  # (ranks, dense/expert)
         sharded = plan.zero_stage >= ZeroStage.OPTIMIZER
         local = params[:, 0] / (plan.dp * plan.cp if sharded else 1) + params[:, 1] / (plan.edp if sharded else 1)
-        exposed, delay = self._dp_exposure(plan, split, durations, params.sum(axis=1), totals.sum(axis=1), p2p)
-        return float((ends + exposed + local * self.opt_s_per_param).max() + delay)
-
-    def _dp_exposure(self, plan: Plan, split: Split, durations: np.ndarray, held: np.ndarray, piece_totals,
-                     p2p: float) -> tuple[np.ndarray, float]:
-        """The simulator's :func:`~planner.costmodel.dp_overlap.dp_exposure` of ``split``
-        from the replay's chunk ``durations`` (4, chunks): per rank, and the step delay."""
-        interleaved = plan.pipeline_schedule is PipelineSchedule.INTERLEAVED
-        own = [list(o) if interleaved else list(o[:1]) for o in split.own]
-        fwd = np.array([durations[0, o] for o in own])[None]
-        bwd = np.array([durations[1, o] + durations[2, o] for o in own])[None]
-        share = np.ones_like(fwd)
-        if interleaved:
-            chunk_totals = split.counts @ piece_totals
-            share = np.array([[chunk_totals[c] / h if h > 0 else 1.0 / len(o) for c in o]
-                              for o, h in zip(own, held.tolist(), strict=True)])[None]
         dps = [self._dp_comm(plan, split, r) for r in range(plan.pp)]
-        exposed, delay = dp_exposure(interleaved, fwd, bwd, share, np.array([[d.reduce_s for d in dps]]),
-                                     np.array([[d.gather_s for d in dps]]), self.workload.overlap_param_gather,
-                                     np.array([p2p]), staggered=plan.pipeline_schedule not in DUAL)
-        return exposed[0], float(delay[0])
+        exposed, delay = plan_exposure(plan, self.workload, split.own, durations[0], durations[1] + durations[2],
+                                       (split.counts @ totals.sum(axis=1)).tolist(), [d.reduce_s for d in dps],
+                                       [d.gather_s for d in dps], p2p)
+        return float((ends + exposed + local * self.opt_s_per_param).max() + delay)
 
     def memory_bound(self, plan: Plan, ranks: str = "ends") -> float:
         """min over the simulator's splits of the largest

@@ -67,7 +67,7 @@ def etp_option():
     return typer.Option(
         None, "--etp", "--expert-tensor-parallel-size",
         help="Expert tensor-parallel degrees (MoE models; ignored for dense ones), comma-separated, each a "
-             "divisor of tp, e.g. 1,8 \\[default: every divisor of tp].")
+             "divisor of tp, e.g. 1,8 \\[default: tp, Megatron's default].")
 
 
 def rank_order_option():
@@ -75,8 +75,8 @@ def rank_order_option():
     return typer.Option(
         None, "--rank-order", metavar="ORDER[,ORDER]",
         help="Rank orders (Megatron order, fastest dimension first), comma-separated, e.g. "
-             "tp-cp-ep-dp-pp,tp-cp-ep-pp-dp \\[default: those two: Megatron's default and its "
-             "--use-tp-pp-dp-mapping layout].")
+             "tp-cp-ep-dp-pp,tp-cp-ep-pp-dp (Megatron's default and its --use-tp-pp-dp-mapping layout) "
+             "\\[default: tp-cp-ep-dp-pp].")
 
 
 def run_search(model_spec, cluster_spec, workload, constraints, top_k: int, exhaustive: bool,

@@ -64,7 +64,7 @@ FROZEN = {
         "--etp", "--expert-model-parallel-size", "--expert-tensor-parallel-size", "--format", "--global-batch", "--global-batch-size",
         "--gpus", "--micro-batch", "--micro-batch-size", "--model", "--no-sequence-parallel", "--out",
         "--pipeline-layers", "--pipeline-model-parallel-size", "--plan", "--plot-dir", "--pp", "--precision",
-        "--price-per-gpu-hour", "--recompute", "--schedule", "--seq-len", "--seq-length", "--sequence-parallel",
+        "--price-per-gpu-hour", "--recompute", "--recompute-modules", "--schedule", "--seq-len", "--seq-length", "--sequence-parallel",
         "--tensor-model-parallel-size", "--tokens", "--tp", "--trace", "--virtual-pipeline-model-parallel-size",
         "--vpp", "--zero",
         "-c", "-f", "-m", "-o",

@@ -180,6 +180,15 @@ def recompute() -> Any:
     return typer.Option(None, "--recompute", help="none, selective or full.")
 
 
+def recompute_modules() -> Any:
+    return typer.Option(
+        None, "--recompute-modules", metavar="LIST",
+        help="What selective recompute rebuilds (Megatron --recompute-modules), comma-separated: core_attn, "
+             "layernorm, mla_up_proj, moe_act, mlp, moe, shared_experts \\[default: core_attn, + moe_act in fp8; "
+             "MLA models: layernorm, mla_up_proj, moe_act].",
+    )
+
+
 def micro_batch() -> Any:
     return typer.Option(None, "--micro-batch", "--micro-batch-size", help="Sequences per micro-batch.")
 

@@ -110,6 +110,7 @@ def simulate_command(
     zero: int = options.zero(),
     sp: bool = options.sequence_parallel(),
     recompute: str = options.recompute(),
+    recompute_modules: str = options.recompute_modules(),
     micro_batch: int = options.micro_batch(),
     schedule: str = options.schedule(),
     pipeline_layers: str = options.pipeline_layers(),
@@ -140,6 +141,7 @@ def simulate_command(
         "tp": tp, "pp": pp, "vpp": vpp, "cp": cp, "ep": ep, "etp": etp, "dp": dp, "zero_stage": zero,
         "sequence_parallel": sp, "recompute": recompute, "micro_batch_size": micro_batch,
         "pipeline_schedule": schedule, "pipeline_layers": parse_ints("--pipeline-layers", pipeline_layers),
+        "recompute_modules": recompute_modules and [m.strip() for m in recompute_modules.split(",") if m.strip()],
     }
     plan = build_plan(plan_file, cluster_spec.num_gpus, knobs)
     report = simulate(model_spec, cluster_spec, plan, workload)

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from planner.costmodel.compute import BF16_BYTES, FP32_BYTES
+from planner.costmodel.compute import BF16_BYTES, FP32_BYTES, selective_modules
 from planner.costmodel.memory import state_bytes_per_param
 from planner.costmodel.partition import Chunk, Piece
 from planner.hwmodels.alltoall import moe_all_to_all
@@ -39,7 +39,7 @@ from planner.hwmodels.collectives import CollectiveOp, collective_cost, groups_d
 from planner.hwmodels.placement import RankLayout, rank_layout
 from planner.specs.hardware import ClusterSpec
 from planner.specs.model import ModelSpec
-from planner.specs.plan import DispatchDtype, PipelineSchedule, Plan, Workload, ZeroStage
+from planner.specs.plan import DispatchDtype, PipelineSchedule, Plan, Recompute, RecomputeModule, Workload, ZeroStage
 
 
 def stage_groups(layout: RankLayout, dims: str, stage: int, experts: bool = False) -> np.ndarray:
@@ -151,6 +151,8 @@ class StageComm:
             self.cp_forward_s, self.cp_backward_s = _MEMO.get(
                 cluster, ("cp", groups_digest(groups), kv), lambda: _cp_costs(cluster, groups, kv))
         self.ep_dispatch_s = self.ep_combine_s = 0.0
+        self._moe_recomputed = plan.recompute is Recompute.SELECTIVE and (
+            RecomputeModule.MOE in selective_modules(model, plan, workload.precision))
         if model.moe is not None and plan.ep > 1:
             moe = model.moe
             groups = stage_groups(layout, "ep", stage, experts=True)
@@ -178,6 +180,8 @@ class StageComm:
             return PieceComm(tp_forward_s=self.cross_entropy_s, tp_backward_s=tp)
         moe_block = self.model.moe is not None and piece in (Piece.MOE, Piece.MTP)
         ep = self.ep_dispatch_s + self.ep_combine_s if moe_block else 0.0
+        # Recomputing the whole MoE block re-runs its dispatch and combine in backward.
+        ep_again = ep if self._moe_recomputed else 0.0
         extra_head = tp if piece is Piece.MTP else 0.0
         loss = self.cross_entropy_s if piece is Piece.MTP else 0.0
         return PieceComm(
@@ -186,7 +190,7 @@ class StageComm:
             cp_forward_s=self.cp_forward_s,
             cp_backward_s=self.cp_backward_s,
             ep_forward_s=ep,
-            ep_backward_s=ep,
+            ep_backward_s=ep + ep_again,
         )
 
     def chunk(self, chunk: Chunk) -> PieceComm:

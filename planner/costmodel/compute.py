@@ -24,9 +24,9 @@ memory-bound kernels move twice their forward bytes in backward (B) unless they 
 backward bytes (:attr:`Op.backward_bytes`). FP8 Linears add Transformer Engine's
 quantisation kernels (:func:`_cast`: the input in forward, :func:`_grad_cast`: the output
 gradient in backward, each into row-wise and transposed copies). Recomputation adds
-forward work to B: ``full`` the whole piece, ``selective`` the core attention (Megatron,
-Korthikanti et al. 2022 §4.2) or, for MLA models, the norms and the MLA up-projections
-(DeepSeek-V3 §3.2.3) plus the SwiGLU output (§3.3.3).
+forward work to B: ``full`` the whole piece, ``selective`` the ops of the modules
+:func:`selective_modules` names (Megatron-Core ``recompute_modules``: each op states the
+modules it belongs to, :attr:`Op.modules`).
 
 MoE routed experts (:func:`moe_ops`): the permutes move the rows of Megatron-Core's
 all-to-all dispatcher (:func:`permute_rows`); the expert GEMMs are issued one per local expert
@@ -45,7 +45,7 @@ device time.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 import yaml
@@ -55,7 +55,7 @@ from planner.errors import UnsupportedError
 from planner.presets import data_root
 from planner.specs.hardware import Dtype, GPUSpec, LaunchMode
 from planner.specs.model import FFNActivation, ModelSpec
-from planner.specs.plan import AttentionKernel, Plan, Precision, Recompute, Workload
+from planner.specs.plan import AttentionKernel, Plan, Precision, Recompute, RecomputeModule, Workload
 
 BF16_BYTES = 2.0
 FP32_BYTES = 4.0
@@ -91,8 +91,11 @@ class Op:
     """Forward HBM traffic of a memory-bound kernel."""
     fp8: bool = False
     """A Linear GEMM that runs in FP8 when the workload's precision is fp8."""
+    modules: frozenset[RecomputeModule] = frozenset()
+    """The selective-recompute modules any one of which repeats it in backward."""
     recompute_selective: bool = False
-    """Repeated in backward under selective recomputation."""
+    """Repeated in backward under selective recomputation: set by :func:`piece_ops` from
+    :attr:`modules` and :func:`selective_modules`."""
     weight_grad: bool = True
     """A GEMM against a weight (backward = input grad + weight grad); False for the
     activation-by-activation GEMMs of unfused attention (backward = two input grads)."""
@@ -107,14 +110,42 @@ class Op:
         return 2 * self.bytes if self.backward_bytes is None else self.backward_bytes
 
 
-def _gemm(name: str, m: float, n: float, k: float, count: float = 1.0, fp8: bool = True, sel: bool = False,
-          per_expert: bool = False) -> Op:
-    return Op(name, OpKind.GEMM, 2.0 * m * n * k * count, (m, n, k), count, fp8=fp8, recompute_selective=sel,
+_NO_MODULE: frozenset[RecomputeModule] = frozenset()
+_LN = frozenset({RecomputeModule.LAYERNORM})
+_ACT = frozenset({RecomputeModule.MOE_ACT})
+_CORE = frozenset({RecomputeModule.CORE_ATTN})
+_MLA_UP = frozenset({RecomputeModule.MLA_UP_PROJ})
+
+
+def _gemm(name: str, m: float, n: float, k: float, count: float = 1.0, fp8: bool = True,
+          mods: frozenset[RecomputeModule] = _NO_MODULE, per_expert: bool = False) -> Op:
+    return Op(name, OpKind.GEMM, 2.0 * m * n * k * count, (m, n, k), count, fp8=fp8, modules=mods,
               per_expert=per_expert)
 
 
-def _mem(name: str, nbytes: float, sel: bool = False, backward_bytes: float | None = None) -> Op:
-    return Op(name, OpKind.MEMORY, bytes=nbytes, recompute_selective=sel, backward_bytes=backward_bytes)
+def _mem(name: str, nbytes: float, mods: frozenset[RecomputeModule] = _NO_MODULE,
+         backward_bytes: float | None = None) -> Op:
+    return Op(name, OpKind.MEMORY, bytes=nbytes, modules=mods, backward_bytes=backward_bytes)
+
+
+def _within(ops: list[Op], module: RecomputeModule) -> list[Op]:
+    """``ops`` as parts of ``module`` (recomputing it repeats them all)."""
+    return [replace(op, modules=op.modules | {module}) for op in ops]
+
+
+def selective_modules(model: ModelSpec, plan: Plan, precision: Precision) -> frozenset[RecomputeModule]:
+    """What ``selective`` recomputes: the plan's ``recompute_modules``, or by default the
+    attention core (Megatron-Core's default, Korthikanti et al. 2022 §4.2) and, under FP8,
+    the FFN activation rebuilt from its cached FP8 input (V3 §3.3.3; Megatron's
+    ``activation_func_fp8_input_store``); for MLA models DeepSeek-V3's set instead: all
+    norms and the MLA up-projections (§3.2.3) and the SwiGLU output (§3.3.3)."""
+    if plan.recompute_modules is not None:
+        return frozenset(plan.recompute_modules)
+    if model.mla is not None:
+        return frozenset({RecomputeModule.LAYERNORM, RecomputeModule.MLA_UP_PROJ, RecomputeModule.MOE_ACT})
+    if precision is Precision.FP8:
+        return frozenset({RecomputeModule.CORE_ATTN, RecomputeModule.MOE_ACT})
+    return frozenset({RecomputeModule.CORE_ATTN})
 
 
 @dataclass(frozen=True)
@@ -135,9 +166,9 @@ class Shard:
         return cls(tokens, tokens / plan.tp if sp else tokens, plan.tp, workload.seq_length)
 
 
-def _norm_ops(model: ModelSpec, s: Shard, name: str, sel: bool) -> list[Op]:
+def _norm_ops(model: ModelSpec, s: Shard, name: str) -> list[Op]:
     # RMSNorm/LayerNorm reads and writes T x d in BF16.
-    return [_mem(name, 2 * s.elementwise_tokens * model.hidden_size * BF16_BYTES, sel)]
+    return [_mem(name, 2 * s.elementwise_tokens * model.hidden_size * BF16_BYTES, _LN)]
 
 
 # FP8 Linear operands on Hopper (Transformer Engine; data/costmodel/compute.yaml, fp8_*):
@@ -167,8 +198,7 @@ def attention_ops(model: ModelSpec, plan: Plan, s: Shard, precision: Precision) 
     """Input norm, projections, core attention, output projection, residual."""
     d, h, t, T = model.hidden_size, model.num_attention_heads, s.tp, s.tokens
     mla = model.mla
-    mla_selective = mla is not None
-    ops = _norm_ops(model, s, "attn_norm", mla_selective)
+    ops = _norm_ops(model, s, "attn_norm")
     if mla is not None:
         # Megatron-Core's MLA: separate input norm, TELinear down-projections sharing one
         # quantised input; q/kv norms fused into the TELayerNormColumnParallelLinear up-projections.
@@ -177,9 +207,9 @@ def attention_ops(model: ModelSpec, plan: Plan, s: Shard, precision: Precision) 
         if mla.q_lora_rank:
             ops.append(_gemm("q_down", T, mla.q_lora_rank, d))
             ops += _grad_cast("q_down_grad_cast", T * mla.q_lora_rank, precision)
-            ops += _norm_ops(model.model_copy(update={"hidden_size": mla.q_lora_rank}), s, "q_norm", True)
+            ops += _norm_ops(model.model_copy(update={"hidden_size": mla.q_lora_rank}), s, "q_norm")
             ops += _cast("q_up_in_cast", T * mla.q_lora_rank, precision, norm_fused=True)
-            ops.append(_gemm("q_up", T, h * qk / t, mla.q_lora_rank, sel=True))
+            ops.append(_gemm("q_up", T, h * qk / t, mla.q_lora_rank, mods=_MLA_UP))
             ops += _grad_cast("q_up_grad_cast", T * h * qk / t, precision)
         else:
             ops.append(_gemm("q_proj", T, h * qk / t, d))
@@ -187,10 +217,10 @@ def attention_ops(model: ModelSpec, plan: Plan, s: Shard, precision: Precision) 
         kv_down = mla.kv_lora_rank + mla.qk_rope_head_dim
         ops.append(_gemm("kv_down", T, kv_down, d))
         ops += _grad_cast("kv_down_grad_cast", T * kv_down, precision)
-        ops += _norm_ops(model.model_copy(update={"hidden_size": mla.kv_lora_rank}), s, "kv_norm", True)
+        ops += _norm_ops(model.model_copy(update={"hidden_size": mla.kv_lora_rank}), s, "kv_norm")
         ops += _cast("kv_up_in_cast", T * mla.kv_lora_rank, precision, norm_fused=True)
         kv_up = h * (mla.qk_nope_head_dim + mla.v_head_dim) / t
-        ops.append(_gemm("kv_up", T, kv_up, mla.kv_lora_rank, sel=True))
+        ops.append(_gemm("kv_up", T, kv_up, mla.kv_lora_rank, mods=_MLA_UP))
         ops += _grad_cast("kv_up_grad_cast", T * kv_up, precision)
         rope_elems = T * (h / t + 1) * mla.qk_rope_head_dim
         out_in = h * mla.v_head_dim / t
@@ -205,7 +235,7 @@ def attention_ops(model: ModelSpec, plan: Plan, s: Shard, precision: Precision) 
     ops.append(_mem("rope", 2 * rope_elems * BF16_BYTES))
     if plan.attention_kernel is AttentionKernel.FLASH:
         core = 2.0 * T * (h / t) * (model.qk_head_dim + model.v_head_dim) * (s.seq_length / 2)
-        ops.append(Op("core_attention", OpKind.ATTENTION, flops=core, recompute_selective=not mla_selective))
+        ops.append(Op("core_attention", OpKind.ATTENTION, flops=core, modules=_CORE))
     else:
         ops += _unfused_core(model, plan, s)
     ops += _cast("out_in_cast", T * out_in, precision)
@@ -226,17 +256,17 @@ def _unfused_core(model: ModelSpec, plan: Plan, s: Shard) -> list[Op]:
     queries, keys = s.seq_length / plan.cp, s.seq_length
     count = sequences * heads
     scores = count * queries * keys
-    gemm = functools.partial(Op, kind=OpKind.GEMM, count=count, recompute_selective=True, weight_grad=False)
+    gemm = functools.partial(Op, kind=OpKind.GEMM, count=count, modules=_CORE, weight_grad=False)
     return [
         gemm("attn_scores", flops=2.0 * scores * model.qk_head_dim, shape=(queries, keys, model.qk_head_dim)),
-        _mem("attn_softmax", scores * 2 * BF16_BYTES, sel=True),
-        _mem("attn_dropout", scores * (2 * BF16_BYTES + 1), sel=True),
+        _mem("attn_softmax", scores * 2 * BF16_BYTES, _CORE),
+        _mem("attn_dropout", scores * (2 * BF16_BYTES + 1), _CORE),
         gemm("attn_values", flops=2.0 * scores * model.v_head_dim, shape=(queries, model.v_head_dim, keys)),
     ]
 
 
 def _ffn_ops(model: ModelSpec, name: str, rows: float, width: float, count: float, precision: Precision,
-             mla_sel: bool, per_expert: bool = False, norm_fused: bool = False) -> list[Op]:
+             per_expert: bool = False, norm_fused: bool = False) -> list[Op]:
     """One (or ``count``) FFN of intermediate ``width`` per GPU on ``rows`` tokens each;
     ``per_expert``: the routed experts, one GEMM per expert (:attr:`Op.per_expert`);
     ``norm_fused``: the up-projection is a TELayerNormColumnParallelLinear (dense FFN)."""
@@ -246,11 +276,11 @@ def _ffn_ops(model: ModelSpec, name: str, rows: float, width: float, count: floa
         ops.append(_gemm(f"{name}_up_gate", rows, 2 * width, d, count, per_expert=per_expert))
         ops += _grad_cast(f"{name}_up_gate_grad_cast", rows * 2 * width * count, precision)
         # SwiGLU reads gate and up, writes the product (DeepSeek-V3 recomputes it, §3.3.3).
-        ops.append(_mem(f"{name}_swiglu", 3 * rows * width * count * BF16_BYTES, mla_sel))
+        ops.append(_mem(f"{name}_swiglu", 3 * rows * width * count * BF16_BYTES, _ACT))
     else:
         ops.append(_gemm(f"{name}_up", rows, width, d, count, per_expert=per_expert))
         ops += _grad_cast(f"{name}_up_grad_cast", rows * width * count, precision)
-        ops.append(_mem(f"{name}_gelu", 2 * rows * width * count * BF16_BYTES))
+        ops.append(_mem(f"{name}_gelu", 2 * rows * width * count * BF16_BYTES, _ACT))
     ops += _cast(f"{name}_down_cast", rows * width * count, precision)
     ops.append(_gemm(f"{name}_down", rows, d, width, count, per_expert=per_expert))
     ops += _grad_cast(f"{name}_down_grad_cast", rows * d * count, precision)
@@ -258,9 +288,9 @@ def _ffn_ops(model: ModelSpec, name: str, rows: float, width: float, count: floa
 
 
 def dense_ffn_ops(model: ModelSpec, plan: Plan, s: Shard, precision: Precision) -> list[Op]:
-    ops = _norm_ops(model, s, "ffn_norm", model.mla is not None)
-    ops += _ffn_ops(model, "ffn", s.tokens, model.ffn_hidden_size / s.tp, 1, precision, model.mla is not None,
-                    norm_fused=True)
+    ops = _norm_ops(model, s, "ffn_norm")
+    ops += _within(_ffn_ops(model, "ffn", s.tokens, model.ffn_hidden_size / s.tp, 1, precision, norm_fused=True),
+                   RecomputeModule.MLP)
     ops.append(_mem("ffn_residual", 3 * s.elementwise_tokens * model.hidden_size * BF16_BYTES))
     return ops
 
@@ -268,20 +298,19 @@ def dense_ffn_ops(model: ModelSpec, plan: Plan, s: Shard, precision: Precision) 
 def moe_ops(model: ModelSpec, plan: Plan, s: Shard, precision: Precision) -> list[Op]:
     """Router, shared experts, routed experts (balanced routing), permutes."""
     moe, d = model.moe, model.hidden_size
-    mla_sel = model.mla is not None
-    ops = _norm_ops(model, s, "ffn_norm", mla_sel)
     # Router: affinities in BF16/FP32 (V3 keeps gating in higher precision, §3.3.1).
-    ops.append(_gemm("router", s.tokens, moe.num_experts, d, fp8=False))
-    ops.append(_mem("router_topk", 4 * s.tokens * moe.num_experts * FP32_BYTES))
+    block = [_gemm("router", s.tokens, moe.num_experts, d, fp8=False),
+             _mem("router_topk", 4 * s.tokens * moe.num_experts * FP32_BYTES)]
     if moe.num_shared_experts:
         width = moe.shared_ffn_hidden_size * moe.num_shared_experts / s.tp
-        ops += _ffn_ops(model, "shared", s.tokens, width, 1, precision, mla_sel)
+        block += _within(_ffn_ops(model, "shared", s.tokens, width, 1, precision), RecomputeModule.SHARED_EXPERTS)
     etp = plan.expert_tp
     rows_per_gpu = s.tokens * moe.top_k * etp / s.tp
     local_experts = moe.num_experts / plan.ep
-    ops += _ffn_ops(model, "experts", rows_per_gpu / local_experts, moe.expert_ffn_hidden_size / etp,
-                    local_experts, precision, mla_sel, per_expert=True)
-    ops.append(_mem("moe_permute", permute_rows(plan, s, moe.top_k, local_experts) * d * BF16_BYTES))
+    block += _ffn_ops(model, "experts", rows_per_gpu / local_experts, moe.expert_ffn_hidden_size / etp,
+                      local_experts, precision, per_expert=True)
+    block.append(_mem("moe_permute", permute_rows(plan, s, moe.top_k, local_experts) * d * BF16_BYTES))
+    ops = _norm_ops(model, s, "ffn_norm") + _within(block, RecomputeModule.MOE)
     ops.append(_mem("ffn_residual", 3 * s.elementwise_tokens * d * BF16_BYTES))
     return ops
 
@@ -306,7 +335,7 @@ def permute_rows(plan: Plan, s: Shard, top_k: int, local_experts: float) -> floa
 def head_ops(model: ModelSpec, plan: Plan, s: Shard) -> list[Op]:
     """Final norm, LM head (BF16, V3 §3.3.1) and the vocab-parallel cross-entropy."""
     v = model.vocab_size / s.tp
-    ops = _norm_ops(model, s, "final_norm", False)
+    ops = _norm_ops(model, s, "final_norm")
     ops.append(_gemm("lm_head", s.tokens, v, model.hidden_size, fp8=False))
     # Fused cross-entropy: read the BF16 logits, write FP32 softmax/grad in place.
     ops.append(_mem("cross_entropy", s.tokens * v * (BF16_BYTES + 2 * FP32_BYTES)))
@@ -323,15 +352,23 @@ def piece_ops(model: ModelSpec, plan: Plan, workload: Workload, piece: Piece) ->
     s = Shard.of(plan, workload)
     precision = workload.precision
     if piece is Piece.EMBEDDING:
-        return tuple(embedding_ops(model, plan, s))
-    if piece is Piece.HEAD:
-        return tuple(head_ops(model, plan, s))
+        ops = embedding_ops(model, plan, s)
+    elif piece is Piece.HEAD:
+        ops = head_ops(model, plan, s)
+    else:
+        ops = _block_ops(model, plan, s, piece, precision)
+    selected = selective_modules(model, plan, precision)
+    return tuple(replace(op, recompute_selective=bool(op.modules & selected)) if op.modules else op for op in ops)
+
+
+def _block_ops(model: ModelSpec, plan: Plan, s: Shard, piece: Piece, precision: Precision) -> list[Op]:
+    """Kernels of a transformer block (or an MTP module) in forward order."""
     ops: list[Op] = []
     if piece is Piece.MTP:
         # V3 §2.2: norms of the hidden state and the next token's embedding, then M_k
         # (2d -> d); the block and the shared head follow.
         d = model.hidden_size
-        ops += _norm_ops(model, s, "mtp_norms", False) * 2
+        ops += _norm_ops(model, s, "mtp_norms") * 2
         ops.append(_gemm("mtp_proj", s.tokens, d, 2 * d, fp8=False))
     ops += attention_ops(model, plan, s, precision)
     if piece is Piece.DENSE or (piece is Piece.MTP and model.moe is None):
@@ -340,7 +377,7 @@ def piece_ops(model: ModelSpec, plan: Plan, workload: Workload, piece: Piece) ->
         ops += moe_ops(model, plan, s, precision)
     if piece is Piece.MTP:
         ops += head_ops(model, plan, s)
-    return tuple(ops)
+    return ops
 
 
 @dataclass(frozen=True)

@@ -37,20 +37,20 @@ import functools
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from functools import cache
 
 import yaml
 from pydantic import NonNegativeFloat, PositiveFloat
 
 from planner.costmodel import params as P
+from planner.costmodel.compute import selective_modules
 from planner.costmodel.partition import Chunk, Partition, Piece
 from planner.costmodel.report import MemoryBreakdown
 from planner.presets import data_root
 from planner.specs._base import Spec
 from planner.specs.hardware import GPUSpec
 from planner.specs.model import FFNActivation, ModelSpec
-from planner.specs.plan import GradReduceDtype, MomentDtype, PipelineSchedule, Plan, Precision, Recompute, Workload, ZeroStage
+from planner.specs.plan import GradReduceDtype, MomentDtype, PipelineSchedule, Plan, Precision, Recompute, RecomputeModule, Workload, ZeroStage
 from planner.units import to_si
 
 # ---------------------------------------------------------------------------------------
@@ -288,33 +288,23 @@ def rank_params(model: ModelSpec, plan: Plan, partition: Partition, rank: int) -
 # Activations
 
 
-class Recomputed(StrEnum):
-    """What a saved tensor is rebuilt by (Megatron-Core ``recompute_modules`` names)."""
-
-    CORE_ATTN = "core_attn"
-    LAYERNORM = "layernorm"
-    MLA_UP_PROJ = "mla_up_proj"
-    ACTIVATION = "moe_act"
-    """SwiGLU/GELU output, rebuilt from its cached (FP8) inputs: V3 §3.3.3, Megatron's
-    ``moe_act`` with ``activation_func_fp8_input_store`` (applied to every FFN here)."""
-
-
 @dataclass(frozen=True)
 class Saved:
     """One tensor a piece saves for backward: bytes per token of the micro-batch on one GPU."""
 
     name: str
     bytes_per_token: float
-    recomputed_by: Recomputed | None = None
+    recomputed_by: frozenset[RecomputeModule] = frozenset()
+    """The selective-recompute modules any one of which rebuilds it (Megatron checkpoints
+    a recomputed module at its input, so recomputing a whole block drops its inner parts)."""
 
 
-def _selective_set(model: ModelSpec, workload: Workload) -> frozenset[Recomputed]:
-    dropped = {Recomputed.CORE_ATTN}
-    if model.mla is not None:  # V3 §3.2.3: all RMSNorms and the MLA up-projections
-        dropped |= {Recomputed.LAYERNORM, Recomputed.MLA_UP_PROJ}
-    if workload.precision is Precision.FP8:  # V3 §3.3.3: SwiGLU output from FP8 inputs
-        dropped.add(Recomputed.ACTIVATION)
-    return frozenset(dropped)
+def _by(*modules: RecomputeModule) -> frozenset[RecomputeModule]:
+    return frozenset(modules)
+
+
+_LN, _MLA_UP, _ACT = _by(RecomputeModule.LAYERNORM), _by(RecomputeModule.MLA_UP_PROJ), RecomputeModule.MOE_ACT
+_MOE, _MLP, _SHARED = RecomputeModule.MOE, RecomputeModule.MLP, RecomputeModule.SHARED_EXPERTS
 
 
 @dataclass(frozen=True)
@@ -347,7 +337,7 @@ def _seq_div(plan: Plan) -> int:
 
 def _attention_saved(model: ModelSpec, plan: Plan, f: _Formats) -> list[Saved]:
     d, a, tp, sd = model.hidden_size, model.num_attention_heads, plan.tp, _seq_div(plan)
-    L = Recomputed.LAYERNORM
+    L = _LN
     saved = [Saved("block input (norm input)", f.act * d / sd), Saved("norm output", f.cached * d / sd, L)]
     mla = model.mla
     if mla is not None:
@@ -357,9 +347,9 @@ def _attention_saved(model: ModelSpec, plan: Plan, f: _Formats) -> list[Saved]:
         saved += [
             Saved("kv latent c_kv + k_rope", f.act * (mla.kv_lora_rank + mla.qk_rope_head_dim) / sd),
             Saved("kv latent norm output", f.cached * mla.kv_lora_rank / sd, L),
-            Saved("q (up-projected)", f.act * a * mla.qk_head_dim / tp, Recomputed.MLA_UP_PROJ),
-            Saved("k (up-projected)", f.act * a * mla.qk_head_dim / tp, Recomputed.MLA_UP_PROJ),
-            Saved("v (up-projected)", f.act * a * mla.v_head_dim / tp, Recomputed.MLA_UP_PROJ),
+            Saved("q (up-projected)", f.act * a * mla.qk_head_dim / tp, _MLA_UP),
+            Saved("k (up-projected)", f.act * a * mla.qk_head_dim / tp, _MLA_UP),
+            Saved("v (up-projected)", f.act * a * mla.v_head_dim / tp, _MLA_UP),
         ]
     else:
         c, g = model.kv_channels, model.kv_heads
@@ -368,18 +358,20 @@ def _attention_saved(model: ModelSpec, plan: Plan, f: _Formats) -> list[Saved]:
         saved += [Saved("q", f.act * a * c / tp), Saved("k, v", f.act * 2 * g * c / tp)]
     saved += [
         Saved("attention output", f.attn_out * a * model.v_head_dim / tp),
-        Saved("softmax log-sum-exp", f.fp32 * a / tp, Recomputed.CORE_ATTN),
+        Saved("softmax log-sum-exp", f.fp32 * a / tp, _by(RecomputeModule.CORE_ATTN)),
     ]
     return saved
 
 
-def _ffn_saved(model: ModelSpec, size: float, f: _Formats, prefix: str, rows: float = 1.0) -> list[Saved]:
+def _ffn_saved(model: ModelSpec, size: float, f: _Formats, prefix: str, whole: frozenset[RecomputeModule],
+               rows: float = 1.0) -> list[Saved]:
     """One FFN of intermediate ``size`` (already divided by its TP) on ``rows`` per token:
-    the fc1 output (gate and up for SwiGLU) and the activation output (fc2's input)."""
+    the fc1 output (gate and up for SwiGLU) and the activation output (fc2's input);
+    ``whole``: the modules that recompute the whole FFN."""
     gated = model.ffn_activation is FFNActivation.SWIGLU
     return [
-        Saved(f"{prefix} fc1 output", rows * f.cached * (2 if gated else 1) * size),
-        Saved(f"{prefix} activation output", rows * f.cached * size, Recomputed.ACTIVATION),
+        Saved(f"{prefix} fc1 output", rows * f.cached * (2 if gated else 1) * size, whole),
+        Saved(f"{prefix} activation output", rows * f.cached * size, whole | {_ACT}),
     ]
 
 
@@ -387,8 +379,8 @@ def _ffn_side_saved(model: ModelSpec, plan: Plan, moe: bool, f: _Formats) -> lis
     d, tp, sd = model.hidden_size, plan.tp, _seq_div(plan)
     saved = [Saved("FFN norm input", f.act * d / sd)]
     if not moe:
-        saved.append(Saved("FFN norm output", f.cached * d / sd, Recomputed.LAYERNORM))
-        return saved + _ffn_saved(model, model.ffn_hidden_size / tp, f, "FFN")
+        saved.append(Saved("FFN norm output", f.cached * d / sd, _LN))
+        return saved + _ffn_saved(model, model.ffn_hidden_size / tp, f, "FFN", _by(_MLP))
     spec = model.moe
     # The router runs in BF16 (V3 §3.3.1) on the norm output; shared experts need an FP8
     # copy of it when the plan is FP8.
@@ -398,15 +390,15 @@ def _ffn_side_saved(model: ModelSpec, plan: Plan, moe: bool, f: _Formats) -> lis
     # expert-TP group all-gathers them (x etp), each row computing size / etp.
     rows = spec.top_k * plan.expert_tp / tp
     saved += [
-        Saved("FFN norm output", norm_out * d / sd, Recomputed.LAYERNORM),
-        Saved("router scores", (f.fp32 * spec.num_experts) / tp),
-        Saved("expert inputs (dispatched)", rows * f.cached * d),
-        Saved("expert indices and probabilities", rows * memory_constants().token_index_bytes),
+        Saved("FFN norm output", norm_out * d / sd, _LN),
+        Saved("router scores", (f.fp32 * spec.num_experts) / tp, _by(_MOE)),
+        Saved("expert inputs (dispatched)", rows * f.cached * d, _by(_MOE)),
+        Saved("expert indices and probabilities", rows * memory_constants().token_index_bytes, _by(_MOE)),
     ]
-    saved += _ffn_saved(model, spec.expert_ffn_hidden_size / plan.expert_tp, f, "expert", rows)
+    saved += _ffn_saved(model, spec.expert_ffn_hidden_size / plan.expert_tp, f, "expert", _by(_MOE), rows)
     if spec.num_shared_experts:
         size = spec.num_shared_experts * spec.shared_ffn_hidden_size / tp
-        saved += _ffn_saved(model, size, f, "shared expert")
+        saved += _ffn_saved(model, size, f, "shared expert", _by(_MOE, _SHARED))
     return saved
 
 
@@ -414,7 +406,7 @@ def _head_saved(model: ModelSpec, plan: Plan, f: _Formats) -> list[Saved]:
     d, sd, logits = model.hidden_size, _seq_div(plan), model.vocab_size / plan.tp
     return [
         Saved("final norm input", f.act * d / sd),
-        Saved("final norm output (head input, BF16)", f.act * d / sd, Recomputed.LAYERNORM),
+        Saved("final norm output (head input, BF16)", f.act * d / sd, _LN),
         # Megatron's vocab-parallel cross entropy saves the fp32 softmax (see the YAML).
         Saved("softmax of the logits", memory_constants().cross_entropy_saved_bytes * logits),
     ]
@@ -434,7 +426,7 @@ def saved_tensors(model: ModelSpec, plan: Plan, workload: Workload, piece: Piece
     d, sd = model.hidden_size, _seq_div(plan)
     return [
         Saved("MTP enorm/hnorm inputs", f.act * 2 * d / sd),
-        Saved("MTP projection input", f.cached * 2 * d / sd, Recomputed.LAYERNORM),
+        Saved("MTP projection input", f.cached * 2 * d / sd, _LN),
         *block,
         *_head_saved(model, plan, f),
     ]
@@ -453,9 +445,9 @@ def _kept(model: ModelSpec, plan: Plan, workload: Workload, piece: Piece) -> tup
         end = len(saved) - (len(_head_saved(model, plan, _formats(workload))) if piece is Piece.MTP else 0)
         return saved[:1] + saved[end:], saved[1:end]
     if plan.recompute is Recompute.SELECTIVE:
-        dropped = _selective_set(model, workload)
-        kept = [s for s in saved if s.recomputed_by not in dropped]
-        return kept, [s for s in saved if s.recomputed_by in dropped]
+        dropped = selective_modules(model, plan, workload.precision)
+        kept = [s for s in saved if not s.recomputed_by & dropped]
+        return kept, [s for s in saved if s.recomputed_by & dropped]
     return saved, []
 
 

@@ -177,6 +177,8 @@ def _plan_args(model: ModelSpec, plan: Plan) -> list[str]:
         ]
     if plan.recompute is Recompute.SELECTIVE:
         lines.append("--recompute-granularity selective")
+        if plan.recompute_modules is not None:
+            lines.append("--recompute-modules " + " ".join(plan.recompute_modules))
     elif plan.recompute is Recompute.FULL:
         lines += ["--recompute-granularity full", "--recompute-method uniform", "--recompute-num-layers 1"]
     schedule = plan.pipeline_schedule

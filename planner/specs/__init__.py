@@ -39,6 +39,7 @@ from planner.specs.plan import (
     Plan,
     Precision,
     Recompute,
+    RecomputeModule,
     Workload,
     ZeroStage,
 )
@@ -69,6 +70,7 @@ __all__ = [
     "PositionEmbedding",
     "Precision",
     "Recompute",
+    "RecomputeModule",
     "RouterScore",
     "ScaleUpKind",
     "ScaleUpSpec",

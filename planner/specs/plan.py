@@ -92,6 +92,28 @@ class Recompute(StrEnum):
     """Store only each layer's input; recompute the whole forward in backward."""
 
 
+class RecomputeModule(StrEnum):
+    """A part of a block that selective recomputation rebuilds in backward (Megatron-Core
+    ``--recompute-modules`` names, with ``--recompute-granularity selective``)."""
+
+    CORE_ATTN = "core_attn"
+    """The attention core (softmax statistics; Korthikanti et al. 2022 §4.2)."""
+    LAYERNORM = "layernorm"
+    """Every norm's output (input norms, MLA's q/kv latent norms, the final norm)."""
+    MLA_UP_PROJ = "mla_up_proj"
+    """MLA's q and kv up-projections (DeepSeek-V3 §3.2.3)."""
+    MOE_ACT = "moe_act"
+    """The FFN activation output (SwiGLU/GELU), rebuilt from the cached fc1 output (V3
+    §3.3.3); applied to every FFN, dense ones included."""
+    MLP = "mlp"
+    """A dense FFN from its input: fc1 output and activation."""
+    MOE = "moe"
+    """A whole MoE block from its input: router, dispatch (its all-to-all runs again),
+    routed and shared experts, combine."""
+    SHARED_EXPERTS = "shared_experts"
+    """The shared experts of a MoE block."""
+
+
 class PipelineSchedule(StrEnum):
     """Pipeline-parallel schedule; irrelevant when pp == 1."""
 
@@ -188,6 +210,11 @@ class Plan(Spec):
     """Megatron sequence parallelism: TP all-reduce becomes reduce-scatter + all-gather
     and norm/dropout activations are split over tp (no effect when tp == 1)."""
     recompute: Recompute = Recompute.NONE
+    recompute_modules: tuple[RecomputeModule, ...] | None = None
+    """What ``selective`` recomputes (Megatron ``--recompute-modules``); None = the
+    default: ``core_attn``, plus ``moe_act`` under FP8; for MLA models DeepSeek-V3's norms,
+    up-projections and SwiGLU (``layernorm mla_up_proj moe_act``). Only with
+    ``recompute = selective``."""
     micro_batch_size: PositiveInt = 1
     """Sequences per micro-batch (Megatron ``micro_batch_size``)."""
     pipeline_schedule: PipelineSchedule = PipelineSchedule.ONE_F_ONE_B
@@ -213,9 +240,21 @@ class Plan(Spec):
             )
         return value
 
+    @field_validator("recompute_modules")
+    @classmethod
+    def _canonical_modules(cls, value: tuple[RecomputeModule, ...] | None) -> tuple[RecomputeModule, ...] | None:
+        if value is None:
+            return None
+        if not value:
+            raise ValueError("must name at least one module (leave it unset for the default)")
+        return tuple(m for m in RecomputeModule if m in value)  # declaration order, no repeats
+
     @model_validator(mode="after")
     def _check(self) -> Plan:
         schedule = self.pipeline_schedule
+        if self.recompute_modules is not None and self.recompute is not Recompute.SELECTIVE:
+            raise rule_error("recompute_modules", ",".join(self.recompute_modules),
+                             "recompute_modules needs recompute 'selective'")
         if self.vpp > 1 and schedule is not PipelineSchedule.INTERLEAVED:
             raise rule_error("vpp", self.vpp, "vpp > 1 needs pipeline_schedule 'interleaved'")
         if schedule is PipelineSchedule.INTERLEAVED and self.vpp < 2:

@@ -54,6 +54,9 @@ recompute              ``full`` when the ``source`` cites a year before 2023 (be
                        otherwise the least of none, selective, full that fits in memory: every
                        candidate is in ``CaseInputs.recompute_candidates`` and
                        :func:`planner.validation.run.run_cases` keeps the first that is not OOM
+recompute modules      (no column) ``selective`` tries the module sets of
+                       :func:`planner.validation.reconcile.selective_ladder` in order (the
+                       default first) and keeps the first that is not OOM
 attention kernel       (no column) ``unfused`` when the ``source`` cites a year before 2023,
                        else ``flash``: FlashAttention (Dao et al., arXiv 2205.14135, May
                        2022) reached Megatron-LM as ``--use-flash-attn`` in 2023; runs

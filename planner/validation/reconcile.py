@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from planner.errors import SpecError
 from planner.presets import revalidate
-from planner.specs import ModelSpec, PipelineSchedule, Plan, Precision, Workload
+from planner.specs import ModelSpec, PipelineSchedule, Plan, Precision, RecomputeModule, Workload
 
 if TYPE_CHECKING:
     from planner.validation.cases import Row
@@ -53,6 +53,24 @@ def recipe(cells: Row, precision: Precision, year: int | None, notes: list[str])
         fields["grad_reduce_dtype"] = "bf16"
         notes.append("fp8: gradients reduced in bf16 (Megatron-Core FP8 recipes, grad_reduce_in_fp32=False)")
     return fields
+
+
+def selective_ladder(model: ModelSpec) -> tuple[tuple[RecomputeModule, ...] | None, ...]:
+    """The module sets a ``selective`` row may have recomputed, least first: the schema
+    names no modules, and a published run fitted, so ``planner validate`` takes the first
+    that fits. None: the default (:func:`planner.costmodel.compute.selective_modules`);
+    for MoE models then the norms and expert activations (Megatron-MoE-ModelZoo's
+    Qwen3-235B-A22B H100 and GB200 runs: ``--recompute-modules layernorm moe_act``), then
+    the norms and whole MoE blocks (its long-context runs: ``--recompute-modules layernorm
+    moe``); for dense models the norms and whole MLPs (``layernorm mlp``). Megatron-Core's
+    ``recompute_modules`` replace the default ``core_attn`` when given, as here."""
+    if model.moe is None:
+        return None, (RecomputeModule.LAYERNORM, RecomputeModule.MLP)
+    return (
+        None,
+        (RecomputeModule.LAYERNORM, RecomputeModule.MOE_ACT),
+        (RecomputeModule.LAYERNORM, RecomputeModule.MOE),
+    )
 
 
 def whole_micro_batches(workload: Workload, plan: Plan, notes: list[str]) -> Workload:

@@ -29,7 +29,10 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from planner.errors import SpecError, UnsupportedError
+from planner.presets import revalidate
+from planner.specs import Recompute
 from planner.validation.cases import CaseInputs, case_inputs
+from planner.validation.reconcile import selective_ladder
 
 PREDICTION_COLUMNS = ("case_id", "predicted_step_time_s", "status", "message")
 PER_CASE_COLUMNS = ("case_id", "source", "measured", "predicted", "ape", "status", "message")
@@ -112,16 +115,28 @@ def _run_one(row: dict[str, str], simulate: Simulate) -> CaseResult:
 
 
 def _simulate_fitting(inputs: CaseInputs, simulate: Simulate, notes: list[str]):
-    """Simulate each recompute candidate in order; keep the first that is not OOM."""
-    candidates = inputs.recompute_candidates or (inputs.plan.recompute,)
-    report = None
-    for recompute in candidates:
-        plan = inputs.plan.model_copy(update={"recompute": recompute})
+    """Simulate each recompute candidate in order, ``selective`` as each module set of
+    :func:`~planner.validation.reconcile.selective_ladder`; keep the first that is not OOM
+    (all OOM: the first, reported OOM)."""
+    recomputes = inputs.recompute_candidates or (inputs.plan.recompute,)
+    candidates = [
+        (recompute, modules)
+        for recompute in recomputes
+        for modules in (selective_ladder(inputs.model) if recompute is Recompute.SELECTIVE else (None,))
+    ]
+    first = None
+    for recompute, modules in candidates:
+        plan = revalidate(inputs.plan, recompute=recompute, recompute_modules=modules)
         report = simulate(inputs.model, inputs.cluster, plan, inputs.workload)
+        first = first or (report, recompute, modules)
         if getattr(report.status, "value", report.status) != CaseStatus.OOM:
             break
+    else:
+        report, recompute, modules = first
     if len(candidates) > 1:
-        notes.append(f"recompute: took {recompute.value}")
+        took = recompute.value + (f" ({' '.join(modules)})" if modules else "")
+        notes.append(f"recompute: took {took}" + (" (the default modules are out of memory; the run fitted)"
+                                                 if modules else ""))
     return report
 
 

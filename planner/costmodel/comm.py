@@ -18,7 +18,9 @@ activations), and the collective each becomes (Megatron-LM; DeepSeek-V3 §3.2):
 - EP: dispatch and combine of the routed tokens per MoE layer in forward, and again in
   backward, through :func:`planner.hwmodels.collectives.moe_all_to_all` (hierarchical and
   node-limited; BF16 combine, and the dispatch in the workload's ``moe_dispatch_dtype``:
-  BF16 as Megatron-Core sends it, FP8 in DeepSeek-V3's recipe, V3 §3.3.3).
+  BF16 as Megatron-Core sends it, FP8 in DeepSeek-V3's recipe, V3 §3.3.3), deduplicated
+  per node and GPU as DeepEP sends it, or one copy per chosen expert under the workload's
+  ``moe_dispatcher`` ``alltoall`` (Megatron-Core's NCCL all-to-all dispatcher).
 - PP: one activation (forward) or gradient (backward) of T x d per micro-batch between
   consecutive chunks on different ranks.
 - DP/ZeRO: per step, see :func:`dp_step_comm`.
@@ -39,7 +41,9 @@ from planner.hwmodels.collectives import CollectiveOp, collective_cost, groups_d
 from planner.hwmodels.placement import RankLayout, rank_layout
 from planner.specs.hardware import ClusterSpec
 from planner.specs.model import ModelSpec
-from planner.specs.plan import DispatchDtype, PipelineSchedule, Plan, Recompute, RecomputeModule, Workload, ZeroStage
+from planner.specs.plan import (
+    DispatchDtype, MoEDispatcher, PipelineSchedule, Plan, Recompute, RecomputeModule, Workload, ZeroStage,
+)
 
 
 def stage_groups(layout: RankLayout, dims: str, stage: int, experts: bool = False) -> np.ndarray:
@@ -169,6 +173,7 @@ class StageComm:
                 node_limit=moe.num_limited_groups,
                 dispatch_bytes_per_element=1.0 if fp8 else BF16_BYTES,
                 combine_bytes_per_element=BF16_BYTES,
+                deduplicate=workload.moe_dispatcher is MoEDispatcher.DEEPEP,
             )
             self.ep_dispatch_s, self.ep_combine_s = cost.dispatch_s, cost.combine_s
 

@@ -31,6 +31,16 @@ float scales is ``1 + 4/128`` bytes per element, BF16 combine 2):
   warps and buffers. (Charging only the 7/8 that crosses NVLink would predict 183 GB/s for
   intranode EP8 against the measured 153.)
 
+**Megatron-Core's alltoall dispatcher** (``deduplicate=False``): no per-node or per-GPU
+deduplication: the permute writes one row per (token, chosen expert) and one flat NCCL
+all-to-all sends each row to its expert's rank (``MoEAlltoAllTokenDispatcher``: ``permute``
+then ``all_to_all(ep_group, ...)``). Under the same uniform routing a token sends ``top_k``
+copies, ``top_k / islands`` of them to its own island: IB ``T top_k (1 - 1/islands) b`` per
+rank over the rank's NIC, NVLink the own island's ``T top_k / islands b`` (own GPU included,
+the convention above). On ``k`` ranks with ``E/k`` experts each that is ``top_k / R_tok`` times
+DeepEP's NVLink bytes and ``top_k (1 - 1/islands) / (N_tok - N_tok/islands)`` times its IB
+bytes: EP32 over 4 nodes, 128 experts top-8: 6 copies over IB against 2.72.
+
 **Reported bandwidth** (DeepEP's "bottleneck bandwidth", ``docs/legacy.md``): RDMA-counted
 bytes / time across nodes, NVLink bytes / time inside one node.
 
@@ -87,9 +97,11 @@ class MoEAllToAllCost:
     dispatch_bottleneck: LinkClass
     combine_bottleneck: LinkClass
     nodes_per_token: float
-    """Expected distinct destination islands (nodes) per token."""
+    """Expected distinct destination islands (nodes) per token (without deduplication:
+    the copies a token sends, ``top_k``)."""
     ranks_per_token: float
-    """Expected distinct destination GPUs per token."""
+    """Expected distinct destination GPUs per token (without deduplication: the copies
+    that stay in the token's island)."""
     latency_s: float
 
 
@@ -190,15 +202,17 @@ def moe_all_to_all(
     node_limit: int | None,
     dispatch_bytes_per_element: float,
     combine_bytes_per_element: float,
+    deduplicate: bool = True,
 ) -> MoEAllToAllCost:
     """Dispatch and combine times of DeepEP-style node-limited all-to-all on every EP group
-    (cached per cluster, groups and arguments)."""
+    (cached per cluster, groups and arguments); ``deduplicate=False``: Megatron-Core's
+    alltoall dispatcher, one copy per chosen expert (module docstring)."""
     raw = np.ascontiguousarray(groups)
     key = (id(cluster_maps(cluster)), raw.dtype.str, raw.shape, raw.tobytes(), tokens_per_rank, hidden_size,
-           top_k, num_experts, node_limit, dispatch_bytes_per_element, combine_bytes_per_element)
+           top_k, num_experts, node_limit, dispatch_bytes_per_element, combine_bytes_per_element, deduplicate)
     if key not in _RESULTS:
         _RESULTS[key] = _moe_all_to_all(cluster, raw, tokens_per_rank, hidden_size, top_k, num_experts, node_limit,
-                                        dispatch_bytes_per_element, combine_bytes_per_element)
+                                        dispatch_bytes_per_element, combine_bytes_per_element, deduplicate)
         if len(_RESULTS) > 1024:
             _RESULTS.popitem(last=False)
     _RESULTS.move_to_end(key)
@@ -209,7 +223,7 @@ _RESULTS: OrderedDict[tuple, MoEAllToAllCost] = OrderedDict()
 
 
 def _moe_all_to_all(cluster, groups, tokens_per_rank, hidden_size, top_k, num_experts, node_limit,
-                    dispatch_bytes_per_element, combine_bytes_per_element) -> MoEAllToAllCost:
+                    dispatch_bytes_per_element, combine_bytes_per_element, deduplicate) -> MoEAllToAllCost:
     arr = check_groups(cluster, groups)
     for name, value in (("tokens_per_rank", tokens_per_rank), ("hidden_size", hidden_size),
                         ("top_k", top_k), ("num_experts", num_experts)):
@@ -231,6 +245,9 @@ def _moe_all_to_all(cluster, groups, tokens_per_rank, hidden_size, top_k, num_ex
     if limit is not None and limit * num_experts // islands < top_k:
         raise SpecError("node_limit", node_limit, f"{limit} nodes hold fewer than top_k = {top_k} experts")
     stats = routing_stats(islands, per_island, num_experts, top_k, limit)
+    if not deduplicate:
+        # One copy per chosen expert: top_k "destinations", top_k / islands of them local.
+        stats = RoutingStats(float(top_k), top_k / islands, top_k / islands)
     members = arr.ravel()
     inter = islands > 1
     remote = stats.islands_per_token - stats.own_island_probability if inter else 0.0

@@ -26,6 +26,7 @@ from planner.specs.plan import (
     DEFAULT_RANK_ORDER,
     AttentionKernel,
     GradReduceDtype,
+    MoEDispatcher,
     PipelineSchedule,
     Plan,
     Precision,
@@ -104,7 +105,6 @@ def _model_args(model: ModelSpec) -> list[str]:
             f"--num-experts {moe.num_experts}",
             f"--moe-router-topk {moe.top_k}",
             f"--moe-ffn-hidden-size {moe.expert_ffn_hidden_size}",
-            "--moe-token-dispatcher-type alltoall",
         ]
         if moe.num_shared_experts:
             lines.append(
@@ -234,6 +234,11 @@ def megatron_args(
     """Megatron-LM arguments for ``plan``: one per line (``--flag value``), ``#`` comments
     where Megatron-LM has no equivalent. Data-parallel size is implied by the world size."""
     lines = _model_args(model) + _plan_args(model, plan) + _workload_args(plan, workload)
+    if model.moe is not None:  # the dispatcher the cost model priced (Workload.moe_dispatcher)
+        if workload.moe_dispatcher is MoEDispatcher.DEEPEP:
+            lines += ["--moe-token-dispatcher-type flex", "--moe-enable-deepep"]
+        else:
+            lines.append("--moe-token-dispatcher-type alltoall")
     if steps is not None:
         lines.append(f"--train-iters {steps}")
     if seed is not None:

@@ -55,6 +55,21 @@ class DispatchDtype(StrEnum):
     up-projections are dispatched in FP8; the combine stays BF16), as DeepEP does."""
 
 
+class MoEDispatcher(StrEnum):
+    """How the MoE layer's tokens reach their experts' ranks (Megatron-Core
+    ``moe_token_dispatcher_type``; :func:`planner.hwmodels.alltoall.moe_all_to_all`)."""
+
+    DEEPEP = "deepep"
+    """DeepEP (Megatron-Core ``flex`` dispatcher, DeepSeek-V3 §3.2.2): each token goes once
+    to every distinct destination node over IB and once to every distinct destination GPU
+    over NVLink, hierarchically."""
+    ALLTOALL = "alltoall"
+    """Megatron-Core's ``MoEAlltoAllTokenDispatcher``: the tokens are permuted into one row
+    per (token, chosen expert) and the rows exchanged by one NCCL all-to-all over the EP
+    group (``token_dispatcher.py``: ``permute`` then ``all_to_all(ep_group, ...)``), so a
+    token routed to several experts of one rank or node is sent once per expert."""
+
+
 class GradReduceDtype(StrEnum):
     """Format of the gradient buffer and of its data-parallel reduction (Megatron-Core
     ``DistributedDataParallelConfig.grad_reduce_in_fp32``)."""
@@ -160,6 +175,9 @@ class Workload(Spec):
     moe_dispatch_dtype: DispatchDtype = DispatchDtype.BF16
     """Format of the MoE dispatch all-to-all, independent of ``precision``: BF16 unless the
     run says otherwise (DeepSeek-V3's recipe: ``fp8``)."""
+    moe_dispatcher: MoEDispatcher = MoEDispatcher.DEEPEP
+    """MoE token dispatcher (see the enum): DeepEP's deduplicating hierarchical all-to-all
+    unless the run says otherwise."""
     grad_reduce_dtype: GradReduceDtype = GradReduceDtype.FP32
     """Format of the gradient buffer and its data-parallel reduction (see the enum)."""
     overlap_param_gather: bool = True

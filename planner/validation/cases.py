@@ -36,7 +36,10 @@ precision              ``bf16``
                        rows but FSDP reduce gradients in bf16 (NeMo and Megatron-Bridge
                        FP8 recipes); a ``dualpipe`` row in fp8 takes DeepSeek-V3's recipe
                        (BF16 moments, FP8 dispatch, V3 §3.3.3; FP32 gradients, no gather
-                       overlap)
+                       overlap); MoE dispatcher (ep > 1): DeepEP when the notes name
+                       DeepEP/HybridEP, the routing is node-limited, or the GPUs share a
+                       multi-node NVLink domain, else Megatron-Core's ``alltoall``
+                       (:func:`~planner.validation.reconcile.moe_dispatcher`)
 tp, pp, cp             1
 dp                     num_gpus / (tp * pp * cp)
 ep                     1
@@ -122,7 +125,7 @@ from planner.specs import (
 )
 from planner.specs.compat import check_plan
 from planner.validation.clusters import case_cluster
-from planner.validation.reconcile import default_etp, recipe, schedule_of, whole_micro_batches
+from planner.validation.reconcile import default_etp, moe_dispatcher, recipe, schedule_of, whole_micro_batches
 
 REQUIRED_COLUMNS = (
     "case_id", "layers", "hidden", "heads", "vocab", "seq_len", "gpu", "num_gpus", "global_batch",
@@ -234,6 +237,8 @@ def case_inputs(row: dict[str, Any]) -> CaseInputs:
     workload = whole_micro_batches(workload, plan, notes)
     check_plan(model, workload, plan)
     cluster = case_cluster(cells, plan.world_size, notes)
+    if model.moe is not None and plan.ep > 1:
+        workload = revalidate(workload, moe_dispatcher=moe_dispatcher(cells, model, cluster, notes))
     return CaseInputs(model, cluster, plan, workload, notes, candidates)
 
 

@@ -1,17 +1,21 @@
 """Documented defaults of ``planner validate`` for rows whose cells leave a knob open or
 disagree: the pipeline schedule and vpp, the expert tensor parallelism, a global batch
 that dp * micro_batch does not divide, and the training recipe the schema has no column for
-(optimizer-state and gradient formats, MoE dispatch format, parameter-gather overlap). Each returns the value taken and appends to
+(optimizer-state and gradient formats, MoE dispatch format and dispatcher, parameter-gather
+overlap). Each returns the value taken and appends to
 ``notes`` what it took and why (the row's ``message``); :mod:`planner.validation.cases`
 lists every default in its docstring."""
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 from planner.errors import SpecError
 from planner.presets import revalidate
-from planner.specs import ModelSpec, PipelineSchedule, Plan, Precision, RecomputeModule, Workload
+from planner.specs import (
+    ClusterSpec, ModelSpec, MoEDispatcher, PipelineSchedule, Plan, Precision, RecomputeModule, Workload,
+)
 
 if TYPE_CHECKING:
     from planner.validation.cases import Row
@@ -71,6 +75,39 @@ def selective_ladder(model: ModelSpec) -> tuple[tuple[RecomputeModule, ...] | No
         (RecomputeModule.LAYERNORM, RecomputeModule.MOE_ACT),
         (RecomputeModule.LAYERNORM, RecomputeModule.MOE),
     )
+
+
+_DEDUPLICATING_DISPATCHERS = re.compile(r"deepep|hybridep", re.IGNORECASE)
+
+
+def moe_dispatcher(cells: Row, model: ModelSpec, cluster: ClusterSpec, notes: list[str]) -> MoEDispatcher:
+    """Token dispatcher of a MoE row (no column states it):
+
+    - DeepEP when the row's ``notes`` name DeepEP or HybridEP (Megatron-Core's ``flex``
+      dispatcher with either backend; both send a token once per destination GPU/node);
+    - DeepEP for node-limited routing (DeepSeek-V3's recipe, V3 §3.2.2, which DeepEP
+      implements; NeMo's DeepSeek-V3 performance scripts, scripts/performance/llm/
+      *_deepseek_v3.py: "For H100 we use deepEP", ``moe_token_dispatcher_type = "flex"``,
+      ``moe_enable_deepep = True``);
+    - HybridEP on a multi-node NVLink domain (NVL72): Megatron-Bridge's GB200/GB300 MoE
+      performance configs set ``moe_flex_dispatcher_backend="hybridep"``
+      (scripts/performance/configs/qwen/qwen3_workload_base_configs.py), priced as DeepEP;
+    - otherwise Megatron-Core's ``alltoall`` dispatcher: Megatron-Bridge's Qwen3-MoE provider
+      sets ``moe_token_dispatcher_type = "alltoall"`` (src/megatron/bridge/models/qwen/
+      qwen3_moe_bridge.py ``provider_bridge``), and its Qwen3 performance configs name it
+      for H100 and B200 (same qwen3_workload_base_configs.py)."""
+    text = cells.text("notes") or ""
+    if _DEDUPLICATING_DISPATCHERS.search(text):
+        notes.append("moe dispatcher: deepep (named in the row's notes)")
+        return MoEDispatcher.DEEPEP
+    if model.moe is not None and model.moe.num_limited_groups is not None:
+        notes.append("moe dispatcher: deepep (node-limited routing, DeepSeek-V3's recipe)")
+        return MoEDispatcher.DEEPEP
+    if cluster.node.scale_up.domain_gpus > cluster.node.gpus_per_node:
+        notes.append("moe dispatcher: deepep-style (HybridEP on a multi-node NVLink domain)")
+        return MoEDispatcher.DEEPEP
+    notes.append("moe dispatcher: alltoall (Megatron-Core's NCCL all-to-all dispatcher)")
+    return MoEDispatcher.ALLTOALL
 
 
 def whole_micro_batches(workload: Workload, plan: Plan, notes: list[str]) -> Workload:
@@ -153,4 +190,4 @@ def reconciled_schedule(
     return schedule, 1
 
 
-__all__ = ["default_etp", "reconciled_schedule", "schedule_of", "whole_micro_batches"]
+__all__ = ["default_etp", "moe_dispatcher", "reconciled_schedule", "schedule_of", "whole_micro_batches"]

@@ -106,7 +106,8 @@ def test_a100_pcie_vs_sxm_matches_fire_flyer() -> None:
 @pytest.mark.parametrize(
     ("name", "tflops", "source"),
     [
-        ("h100-sxm-80gb", 616.0, "FlashAttention-3 (arXiv 2407.08608) Fig. 5d: causal, head dim 128, 16k"),
+        # Transformer Engine's FusedAttention (cuDNN), the backend TE prefers on Hopper.
+        ("h100-sxm-80gb", 539.0, "FlashAttention-3 (arXiv 2407.08608) Fig. 5d, cuDNN: causal, head dim 128, 16k"),
         # Burst figure x the sustained/burst ratio of the same FA4 kernel and shape.
         ("b200", 1418.1 * 1237 / 1450,
          "Dao-AILab/flash-attention PR #2280 (FA4): causal, head dim 128, 8k; x flashinfer PR #2899 throttling"),
@@ -116,6 +117,18 @@ def test_attention_forward_matches_kernel_benchmarks(name: str, tflops: float, s
     gpu = load_gpu(name)
     achieved = gpu.peak(Dtype.BF16) * gpu.efficiency.attention_forward_fraction
     assert achieved == pytest.approx(tflops * 1e12, rel=0.05), source
+
+
+def test_h100_attention_is_te_cudnn_not_flashattention3() -> None:
+    """Megatron-Core / NeMo on Hopper run Transformer Engine's FusedAttention (cuDNN), not
+    FlashAttention-3: the H100 backward rate is FA3 paper Fig. 6's cuDNN 516 TFLOPS (head dim
+    128, 16k, non-causal) x FlashAttention-2's causal/non-causal backward ratio 186/196, and
+    both phases sit below FA3's own 616 / 561 x 186/196."""
+    eff = load_gpu("h100-sxm-80gb").efficiency
+    peak = load_gpu("h100-sxm-80gb").peak(Dtype.BF16)
+    assert peak * eff.attention_backward_fraction == pytest.approx(516e12 * 186 / 196, rel=0.02)
+    assert peak * eff.attention_forward_fraction < 0.95 * 616e12
+    assert peak * eff.attention_backward_fraction < 0.95 * 561e12 * 186 / 196
 
 
 @pytest.mark.parametrize(

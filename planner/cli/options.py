@@ -78,6 +78,13 @@ def moe_dispatch() -> Any:
                              "DeepEP); the combine is BF16.")
 
 
+def moe_dispatcher() -> Any:
+    return typer.Option("deepep", "--moe-dispatcher",
+                        help="MoE token dispatcher: deepep (each token sent once per destination "
+                             "node/GPU; Megatron-Core flex) or alltoall (one copy per chosen expert, "
+                             "Megatron-Core's NCCL all-to-all).")
+
+
 def grad_reduce() -> Any:
     return typer.Option("fp32", "--grad-reduce",
                         help="Format of the gradient buffer and its data-parallel reduction: fp32 (Megatron-LM's "

@@ -120,3 +120,20 @@ def test_validator_takes_the_first_module_set_that_fits() -> None:
     report = R._simulate_fitting(inputs, always_oom, [])
     assert report.status == "oom" and len(seen) == 3
     assert report.step_time_s == 1.0  # the default modules' report
+
+
+def test_full_recompute_repeats_the_forward_collectives() -> None:
+    """Full recomputation re-runs each block's forward in backward, its TP collectives and
+    its dispatch/combine included (Megatron checkpoints the layer and calls the same
+    forward); the embedding and the head are not recomputed."""
+    cluster = load_cluster("dgx-h100", num_gpus=256)
+    plans = {r: revalidate(BASE, recompute=r, recompute_modules=None) for r in (Recompute.NONE, Recompute.FULL)}
+    comm = {r: StageComm(QWEN, cluster, p, WORKLOAD, rank_layout(p), 0) for r, p in plans.items()}
+    for piece in (Piece.MOE, Piece.DENSE):
+        none, full = comm[Recompute.NONE].piece(piece), comm[Recompute.FULL].piece(piece)
+        assert none.tp_forward_s > 0
+        assert full.tp_backward_s == pytest.approx(none.tp_backward_s + none.tp_forward_s)
+        assert full.ep_backward_s == pytest.approx(none.ep_backward_s + none.ep_forward_s)
+    assert comm[Recompute.FULL].piece(Piece.MOE).ep_forward_s > 0
+    for piece in (Piece.EMBEDDING, Piece.HEAD):
+        assert comm[Recompute.FULL].piece(piece) == comm[Recompute.NONE].piece(piece)

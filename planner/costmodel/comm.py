@@ -21,6 +21,9 @@ activations), and the collective each becomes (Megatron-LM; DeepSeek-V3 §3.2):
   BF16 as Megatron-Core sends it, FP8 in DeepSeek-V3's recipe, V3 §3.3.3), deduplicated
   per node and GPU as DeepEP sends it, or one copy per chosen expert under the workload's
   ``moe_dispatcher`` ``alltoall`` (Megatron-Core's NCCL all-to-all dispatcher).
+- Recomputation: a recomputed forward repeats its collectives in backward: full
+  recomputation a block's TP collectives and its dispatch/combine, the ``moe`` module its
+  dispatch/combine (CP's ring runs again too, but hidden behind the attention core; not priced).
 - PP: one activation (forward) or gradient (backward) of T x d per micro-batch between
   consecutive chunks on different ranks.
 - DP/ZeRO: per step, see :func:`dp_step_comm`.
@@ -185,13 +188,18 @@ class StageComm:
             return PieceComm(tp_forward_s=self.cross_entropy_s, tp_backward_s=tp)
         moe_block = self.model.moe is not None and piece in (Piece.MOE, Piece.MTP)
         ep = self.ep_dispatch_s + self.ep_combine_s if moe_block else 0.0
-        # Recomputing the whole MoE block re-runs its dispatch and combine in backward.
-        ep_again = ep if self._moe_recomputed else 0.0
+        # A recomputed forward repeats its collectives in backward: full recomputation re-runs
+        # the block's TP all-reduces (or SP gathers/scatters) and its dispatch/combine
+        # (Megatron's checkpointed forward is the same code path); recomputing a whole MoE
+        # block re-runs its dispatch/combine.
+        full = self.plan.recompute is Recompute.FULL and piece in (Piece.DENSE, Piece.MOE, Piece.MTP)
+        tp_again = 2 * tp if full else 0.0
+        ep_again = ep if (full or self._moe_recomputed) else 0.0
         extra_head = tp if piece is Piece.MTP else 0.0
         loss = self.cross_entropy_s if piece is Piece.MTP else 0.0
         return PieceComm(
             tp_forward_s=2 * tp + loss,
-            tp_backward_s=2 * tp + extra_head,
+            tp_backward_s=2 * tp + extra_head + tp_again,
             cp_forward_s=self.cp_forward_s,
             cp_backward_s=self.cp_backward_s,
             ep_forward_s=ep,

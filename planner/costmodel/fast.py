@@ -388,14 +388,15 @@ def _group(ctx: _Context, col: dict, shared: np.ndarray, plans: np.ndarray, pids
     combo, where = unique_rows(inv, pids)
     comp = np.einsum("unk,ukj->unj", _part_stack(sh, combo[:, 1], "counts"), tables[combo[:, 0]])[where]
     # TP/CP/EP per chunk: (g, chunks, 6); the p2p time per row.
-    uniq, inv = unique_rows(c["tp"], c["cp"], c["ep"], c["etp"], c["dp"], c["order"], c["mb"], sp_eff)
-    keys = [(t, cp_, ep, etp, dp, pp, ctx.orders[order], mb, sp)
-            for t, cp_, ep, etp, dp, order, mb, sp in uniq.tolist()]
+    uniq, inv = unique_rows(c["tp"], c["cp"], c["ep"], c["etp"], c["dp"], c["order"], c["mb"], sp_eff,
+                            c["rec"])
+    keys = [(t, cp_, ep, etp, dp, pp, ctx.orders[order], mb, sp, rec)
+            for t, cp_, ep, etp, dp, order, mb, sp, rec in uniq.tolist()]
     stages = refused.price(sh.stage_comm, keys, inv, plans, (pp, len(PIECES), 6))
     p2p = np.zeros(len(keys))
     if pp > 1:
-        p2p = refused.price(lambda t, cp_, ep, etp, dp, pp_, order, mb, sp: sh.p2p(t, cp_, dp, pp_, order, mb, sp),
-                            keys, inv, plans, ())
+        p2p = refused.price(lambda t, cp_, ep, etp, dp, pp_, order, mb, sp, _rec:
+                            sh.p2p(t, cp_, dp, pp_, order, mb, sp), keys, inv, plans, ())
     p2p = p2p[inv]
     combo, where = unique_rows(inv, pids)
     on_rank = stages[combo[:, 0][:, None], _part_stack(sh, combo[:, 1], "chunk_rank")]

@@ -295,14 +295,23 @@ class Shapes:
         collective model itself shares profiles."""
         return fabric_forms(self._maps, groups)
 
-    def stage_comm(self, tp, cp, ep, etp, dp, pp, order, mb, sp) -> np.ndarray:
+    def stage_comm(self, tp, cp, ep, etp, dp, pp, order, mb, sp, rec=0) -> np.ndarray:
         """(pp, pieces, 6): per stage and piece, TP forward/backward, CP forward/backward and
-        EP forward/backward seconds of one micro-batch (``StageComm.piece``)."""
+        EP forward/backward seconds of one micro-batch (``StageComm.piece``) under recompute
+        ``RECOMPUTES[rec]``: full recomputation adds each block's forward TP and EP to its
+        backward, as StageComm.piece does."""
         degrees = (tp, cp, ep, etp, dp, pp, order)
         whole = self._comm.get((degrees, mb, sp))
         if whole is None:
             whole = self._comm[degrees, mb, sp] = _attempt(self._stages, degrees, mb, sp)
-        return _value(whole)
+        value = _value(whole)
+        if RECOMPUTES[rec] is not Recompute.FULL:
+            return value
+        value = value.copy()
+        blocks = [PIECES.index(p) for p in (Piece.DENSE, Piece.MOE, Piece.MTP)]
+        value[:, blocks, 1] += value[:, [PIECES.index(Piece.DENSE)], 0]  # 2 x the stage's TP all-reduce
+        value[:, blocks, 5] += value[:, blocks, 4]
+        return value
 
     def _stages(self, degrees: tuple, mb: int, sp: int) -> np.ndarray:
         tp, cp, ep, etp, dp, pp, order = degrees

@@ -158,7 +158,7 @@ class Refiner:
     def stage_comm(self, plan: Plan, stage: int) -> np.ndarray:
         """(pieces, 6): PieceComm.astuple() of each piece on ``stage``."""
         key = (plan.tp, plan.cp, plan.ep, plan.expert_tp, plan.dp, plan.pp, plan.micro_batch_size,
-               plan.sequence_parallel, plan.rank_order, stage)
+               plan.sequence_parallel, plan.rank_order, plan.recompute, plan.recompute_modules, stage)
         hit = self._comm.get(key)
         if hit is None:
             comm = StageComm(self.model, self.cluster, plan, self.workload, self._layout(plan), stage)

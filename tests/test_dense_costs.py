@@ -8,16 +8,21 @@ TE layernorm_linear.py / linear.py, torchao float8 roofline_utils.py):
 - every FP8 Linear quantises its output gradient once in backward (read 2 B, write 1 + 1 B).
 
 The expected bytes are recomputed here from the layer's Linear shapes (not from the op
-list), so a missing or doubled cast fails the test; exact to float rounding (rel 1e-12)."""
+list), so a missing or doubled cast fails the test; exact to float rounding (rel 1e-12).
+The FP8 dgrad and wgrad GEMMs run with split accumulation, slower than Fprop where the GPU's
+FP8 rate is a fast-accumulation measurement (H100)."""
 
 from __future__ import annotations
 
 import pytest
 
 from planner import load_gpu, load_model
-from planner.costmodel.compute import OpKind, piece_ops, piece_time
+from planner.costmodel.compute import (
+    OpKind, backward_gemm_rate, gemm_efficiency, gemm_rate, piece_ops, piece_time,
+)
 from planner.costmodel.partition import Piece
 from planner.specs import Plan, Workload
+from planner.specs.hardware import Dtype
 
 SEQ = 4096
 
@@ -70,3 +75,47 @@ def test_backward_only_kernel_costs_nothing_in_forward() -> None:
     assert time.forward_s == 0.0 and time.backward_weight_s == 0.0
     assert time.backward_input_s == pytest.approx(grad_cast.backward_traffic() / rate, rel=1e-12)
     assert grad_cast.backward_traffic() > 0
+
+
+@pytest.mark.parametrize(("gpu_name", "precision", "fraction"), [
+    ("h100-sxm-80gb", "fp8", 0.91),  # cuBLASLt fast-accumulation sweep: dgrad/wgrad at 0.91 of it
+    ("h800-sxm-80gb", "fp8", None),  # in-training rate: already that of every FP8 GEMM
+    ("b200", "fp8", None),  # sm100: no fast-accumulation mode
+    ("h100-sxm-80gb", "bf16", None),  # BF16 GEMMs: no FP8 accumulation modes
+])
+def test_fp8_dgrad_wgrad_split_accumulate(gpu_name: str, precision: str, fraction: float | None) -> None:
+    """Transformer Engine runs FP8 Fprop with fast accumulation and dgrad / wgrad with split
+    (FP32-promoted) accumulation (module/base.py _2X_ACC_*; data/hardware/gpus/h100-sxm-80gb.yaml):
+    on a GPU whose FP8 rate is a fast-accumulation measurement each weight GEMM's B and W take
+    its forward time / fraction (exact to rel 1e-12), elsewhere its forward time exactly."""
+    model, plan, ops = _dense("llama3-8b", precision, dp=8)
+    gpu = load_gpu(gpu_name)
+    if precision == "fp8":
+        assert gpu.efficiency.fp8_split_accumulation_fraction == fraction
+    wl = Workload(global_batch_size=8, seq_length=SEQ, precision=precision)
+    gemms = [op for op in ops if op.kind is OpKind.GEMM]
+    assert len(gemms) == 4 and all(op.fp8 for op in gemms)  # Linears (FP8 under an fp8 workload)
+    for op in gemms:
+        time = piece_time((op,), gpu, wl.precision, plan.recompute)
+        ratio = 1.0 if fraction is None else 1.0 / fraction
+        assert time.backward_input_s == pytest.approx(time.forward_s * ratio, rel=1e-12)
+        assert time.backward_weight_s == time.backward_input_s
+    # the LM head stays BF16 under FP8 (DeepSeek-V3 §3.3.1): no split-accumulation cost
+    head = next(op for op in piece_ops(model, plan, wl, Piece.HEAD) if op.kind is OpKind.GEMM)
+    time = piece_time((head,), gpu, wl.precision, plan.recompute)
+    assert time.backward_input_s == time.forward_s == time.backward_weight_s
+
+
+def test_split_accumulating_fp8_gemm_never_below_bf16() -> None:
+    """A small FP8 GEMM's split-accumulation rate is floored at the same GEMM in BF16 (as
+    compute.gemm_rate floors FP8's forward rate), and a large one is the FP8 rate x fraction."""
+    gpu = load_gpu("h100-sxm-80gb")
+    fraction = gpu.efficiency.fp8_split_accumulation_fraction
+    small, large = (256.0, 256.0, 256.0), (8192.0, 14336.0, 4096.0)
+    bf16 = gpu.peak(Dtype.BF16) * gemm_efficiency(gpu, Dtype.BF16, small)
+    assert backward_gemm_rate(gpu, Dtype.FP8, small) == bf16
+    expected = gemm_rate(gpu, Dtype.FP8, large) * fraction
+    assert backward_gemm_rate(gpu, Dtype.FP8, large) == pytest.approx(expected, rel=1e-12)
+    assert backward_gemm_rate(gpu, Dtype.BF16, large) == gemm_rate(gpu, Dtype.BF16, large)
+    with pytest.raises(ValueError):
+        gpu.efficiency.model_validate({**gpu.efficiency.model_dump(), "fp8_split_accumulation_fraction": 1.2})

@@ -19,14 +19,15 @@ Timing (DESIGN.md §4): a GEMM takes ``2mnk / (peak(dtype) * eff(m, n, k))`` wit
 preset's efficiency model; FP8 plans run the Linear GEMMs (Fprop, Dgrad, Wgrad) in FP8 and
 keep embedding, head, router and attention in BF16 (DeepSeek-V3 §3.3.1). Backward: every
 GEMM costs the same shape again for the input gradient (B) and for the weight gradient
-(W); attention backward is ``attention_backward_flops_ratio`` x its forward FLOPs (B only);
-memory-bound kernels move twice their forward bytes in backward (B) unless they state their
-backward bytes (:attr:`Op.backward_bytes`). FP8 Linears add Transformer Engine's
-quantisation kernels (:func:`_cast`: the input in forward, :func:`_grad_cast`: the output
-gradient in backward, each into row-wise and transposed copies). Recomputation adds
-forward work to B: ``full`` the whole piece, ``selective`` the ops of the modules
-:func:`selective_modules` names (Megatron-Core ``recompute_modules``: each op states the
-modules it belongs to, :attr:`Op.modules`).
+(W), an FP8 one at the GPU's split-accumulation rate where it sets one
+(:func:`backward_gemm_rate`); attention backward is ``attention_backward_flops_ratio`` x
+its forward FLOPs (B only); memory-bound kernels move twice their forward bytes in backward
+(B) unless they state their backward bytes (:attr:`Op.backward_bytes`). FP8 Linears add
+Transformer Engine's quantisation kernels (:func:`_cast`: the input in forward,
+:func:`_grad_cast`: the output gradient in backward, each into row-wise and transposed
+copies). Recomputation adds forward work to B: ``full`` the whole piece, ``selective`` the
+ops of the modules :func:`selective_modules` names (Megatron-Core ``recompute_modules``:
+each op states the modules it belongs to, :attr:`Op.modules`).
 
 MoE routed experts (:func:`moe_ops`): the permutes move the rows of Megatron-Core's
 all-to-all dispatcher (:func:`permute_rows`); the expert GEMMs are issued one per local expert
@@ -415,6 +416,21 @@ def gemm_rate(gpu: GPUSpec, dtype: Dtype, shape: tuple[float, float, float]) -> 
     return rate
 
 
+def backward_gemm_rate(gpu: GPUSpec, dtype: Dtype, shape: tuple[float, float, float]) -> float:
+    """FLOP/s of a Linear's dgrad and wgrad GEMMs: :func:`gemm_rate`, times the GPU's
+    ``fp8_split_accumulation_fraction`` for FP8 (Transformer Engine runs FP8 dgrad and wgrad
+    with split accumulation and Fprop without: ``_2X_ACC_FPROP = False``, ``_2X_ACC_DGRAD =
+    _2X_ACC_WGRAD = True`` in transformer_engine/pytorch/module/base.py, the same
+    ``use_split_accumulator`` in its DelayedScaling and Float8CurrentScaling recipes; torchao
+    float8 ``gemm_config_output`` fast-accumulating, grad_input and grad_weight not), never
+    below the same GEMM in BF16 (as :func:`gemm_rate`)."""
+    rate = gemm_rate(gpu, dtype, shape)
+    fraction = _efficiency(gpu).fp8_split_accumulation_fraction
+    if dtype is Dtype.FP8 and fraction is not None:
+        rate = max(rate * fraction, gpu.peak(Dtype.BF16) * gemm_efficiency(gpu, Dtype.BF16, shape))
+    return rate
+
+
 def gemm_efficiency(gpu: GPUSpec, dtype: Dtype, shape: tuple[float, float, float]) -> float:
     """Share of ``gpu``'s ``dtype`` peak a GEMM of ``shape`` reaches: the format's plateau
     times ``x / (x + h)`` per dimension, ``h`` the format's half dimension
@@ -488,8 +504,18 @@ def _op_device_s(op: Op, gpu: GPUSpec, precision: Precision, compute_share: floa
         return _memory_s(op.bytes, gpu)
     if op.kind is OpKind.ATTENTION:
         return op.flops / (gpu.peak(Dtype.BF16) * eff.attention_forward_fraction * compute_share)
-    dtype = Dtype.FP8 if (op.fp8 and precision is Precision.FP8) else Dtype(_gemm_dtype(precision))
-    return op.flops / (gemm_rate(gpu, dtype, op.shape) * compute_share)
+    return op.flops / (gemm_rate(gpu, _op_dtype(op, precision), op.shape) * compute_share)
+
+
+def _op_dtype(op: Op, precision: Precision) -> Dtype:
+    return Dtype.FP8 if (op.fp8 and precision is Precision.FP8) else Dtype(_gemm_dtype(precision))
+
+
+def _weight_gemm_backward_s(op: Op, gpu: GPUSpec, precision: Precision, compute_share: float) -> float:
+    """Device seconds of a weight GEMM's dgrad (and, alike, of its wgrad): the forward's shape
+    at :func:`backward_gemm_rate`."""
+    compute_share *= compute_constants()["sustained_kernel_fraction"]
+    return op.flops / (backward_gemm_rate(gpu, _op_dtype(op, precision), op.shape) * compute_share)
 
 
 def _memory_s(nbytes: float, gpu: GPUSpec) -> float:
@@ -522,7 +548,8 @@ def piece_time(
         if op.kind is OpKind.MEMORY:
             b_device_s = _memory_s(op.backward_traffic(), gpu)
         elif op.kind is OpKind.GEMM and op.weight_grad:
-            b_device_s, w_device_s = t, t  # dgrad and wgrad: same (m, n, k) up to a permutation
+            # dgrad and wgrad: the same (m, n, k) up to a permutation, FP8 split-accumulating
+            b_device_s = w_device_s = _weight_gemm_backward_s(op, gpu, precision, compute_share)
         elif op.kind is OpKind.ATTENTION:
             rate = gpu.peak(Dtype.BF16) * eff.attention_backward_fraction * compute_share
             b_device_s = bwd_ratio * op.flops / rate

@@ -54,7 +54,9 @@ class OpArrays:
     memory_backward: np.ndarray
     """A memory-bound op's backward bytes (:meth:`compute.Op.backward_traffic`; 0 elsewhere)."""
     weight_gemm: np.ndarray
-    """1 for a GEMM against a weight (B and W cost its forward time each)."""
+    """1 for a GEMM against a weight (B and W each cost its FLOPs at :attr:`backward_rate`)."""
+    backward_rate: np.ndarray
+    """A weight GEMM's dgrad/wgrad rate (:func:`compute.backward_gemm_rate`; :attr:`rate` elsewhere)."""
     launches: np.ndarray
     """(3, ops): launches in forward, B and W (:func:`compute.op_launches`)."""
     host: np.ndarray
@@ -69,6 +71,7 @@ class OpArrays:
         ratio = C.compute_constants()["attention_backward_flops_ratio"]
         memory_rate = gpu.hbm_bandwidth_bytes_per_s * eff.hbm_fraction
         rows = []  # per op: numerator, rate, shared, attention, attention B, its rate, weight GEMM, selective
+        backward_rate = []
         memory_backward = np.array([op.backward_traffic() if op.kind is C.OpKind.MEMORY else 0.0 for op in ops],
                                    dtype=float)
         for op in ops:
@@ -84,12 +87,16 @@ class OpArrays:
                 gemm_rate = C.gemm_rate(gpu, dtype, op.shape)
                 rows.append((op.flops, gemm_rate, 1.0, 0.0, 0.0, 1.0, float(op.weight_grad),
                              op.recompute_selective))
+                backward_rate.append(C.backward_gemm_rate(gpu, dtype, op.shape))
+                continue
+            backward_rate.append(rows[-1][1])
         cols = np.array(rows, dtype=float).reshape(len(ops), 8).T
         launches = np.array([C.op_launches(op) for op in ops], dtype=float).reshape(len(ops), 3).T
         host = np.array([C.expert_host_s(op, gpu, precision) for op in ops], dtype=float)
         numerator, rate, shared, attention, attn_b, attn_rate, weight, selective = cols
         return cls(numerator, rate, shared, attention, attn_b, attn_rate, memory_backward,
-                   weight, launches, host.reshape(len(ops), 3).T, selective, gpu)
+                   weight, np.array(backward_rate, dtype=float), launches, host.reshape(len(ops), 3).T,
+                   selective, gpu)
 
     def _with_launches(self, device_s: np.ndarray, launches: np.ndarray) -> np.ndarray:
         """:func:`compute.with_launches_s` elementwise."""
@@ -106,13 +113,15 @@ class OpArrays:
         and under the key ``None`` the attention core's forward seconds (as summed
         :func:`compute.op_forward_s`) in the first place."""
         share = compute_share * C.compute_constants()["sustained_kernel_fraction"]
-        t = self.numerator / (self.rate * np.where(self.shared > 0, share, 1.0))
-        b_device = np.where(self.weight_gemm > 0, t, 2 * t)
+        shares = np.where(self.shared > 0, share, 1.0)
+        t = self.numerator / (self.rate * shares)
+        weight_b = self.numerator / (self.backward_rate * shares)  # dgrad, and alike wgrad
+        b_device = np.where(self.weight_gemm > 0, weight_b, 2 * t)
         attention_b = self.attention_backward / (self.attention_backward_rate * compute_share)
         b_device = np.where(self.attention > 0, attention_b, b_device)
         # compute.piece_time: a memory-bound op's backward bytes at the HBM rate
         b_device = np.where(self.shared > 0, b_device, self.memory_backward / self.rate)
-        w_device = np.where(self.weight_gemm > 0, t, 0.0)
+        w_device = np.where(self.weight_gemm > 0, weight_b, 0.0)
         # compute.piece_time's max(device, host floor), per phase
         t = np.maximum(t, self.host[0])
         b_device, w_device = np.maximum(b_device, self.host[1]), np.maximum(w_device, self.host[2])

@@ -287,7 +287,10 @@ def _blocks(data: ReportInput, labels: list[str], costs: list[TrainingCost], fil
             + f" (half-size dimension {eff.gemm_half_dim:g}"
             + "".join(f", {k.value} {v:g}" for k, v in eff.gemm_half_dim_by_dtype.items())
             + f"); attention forward {eff.attention_forward_fraction:.2f}, "
-              f"backward {eff.attention_backward_fraction:.2f}; HBM {eff.hbm_fraction:.2f}. Source: {eff.source}")
+              f"backward {eff.attention_backward_fraction:.2f}; HBM {eff.hbm_fraction:.2f}"
+            + (f"; FP8 dgrad/wgrad (split accumulation) at {eff.fp8_split_accumulation_fraction:.2f} "
+               "of the FP8 rate" if eff.fp8_split_accumulation_fraction is not None else "")
+            + f". Source: {eff.source}")
     items.append(_calibrated_constant())
     items += [f"Simulator note for #1: {m}" for m in best.messages]
     b.append(Block("ul", items=items))

@@ -58,6 +58,11 @@ class GPUEfficiency(Spec):
     """Flash-attention backward FLOP/s as a fraction of the BF16 peak."""
     hbm_fraction: float = Fraction
     """Achievable share of HBM bandwidth for memory-bound kernels (norms, casts, optimizer)."""
+    fp8_split_accumulation_fraction: float | None = Field(default=None, gt=0.0, le=1.0)
+    """Share of the FP8 GEMM rate above that a GEMM keeps with split accumulation (partial
+    sums promoted to FP32 registers), as FP8 training runs a Linear's dgrad and wgrad; None:
+    the FP8 rate above already holds for every FP8 GEMM (an in-training rate, or a GPU
+    without a faster accumulation mode)."""
 
     @model_validator(mode="after")
     def _check(self) -> GPUEfficiency:

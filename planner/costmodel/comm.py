@@ -20,7 +20,10 @@ activations), and the collective each becomes (Megatron-LM; DeepSeek-V3 §3.2):
   node-limited; BF16 combine, and the dispatch in the workload's ``moe_dispatch_dtype``:
   BF16 as Megatron-Core sends it, FP8 in DeepSeek-V3's recipe, V3 §3.3.3), deduplicated
   per node and GPU as DeepEP sends it, or one copy per chosen expert under the workload's
-  ``moe_dispatcher`` ``alltoall`` (Megatron-Core's NCCL all-to-all dispatcher).
+  ``moe_dispatcher`` ``alltoall`` (Megatron-Core's NCCL all-to-all dispatcher). Under real
+  routing the busiest EP rank receives (dispatch) and returns (combine)
+  :func:`~planner.costmodel.compute.expert_load_factor` times the mean rows, and the
+  collective ends when it does: both times scale by that factor.
 - Recomputation: a recomputed forward repeats its collectives in backward: full
   recomputation a block's TP collectives and its dispatch/combine, the ``moe`` module its
   dispatch/combine (CP's ring runs again too, but hidden behind the attention core; not priced).
@@ -36,7 +39,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from planner.costmodel.compute import BF16_BYTES, FP32_BYTES, selective_modules
+from planner.costmodel.compute import BF16_BYTES, FP32_BYTES, expert_load_factor, selective_modules
 from planner.costmodel.memory import state_bytes_per_param
 from planner.costmodel.partition import Chunk, Piece
 from planner.hwmodels.alltoall import moe_all_to_all
@@ -178,7 +181,8 @@ class StageComm:
                 combine_bytes_per_element=BF16_BYTES,
                 deduplicate=workload.moe_dispatcher is MoEDispatcher.DEEPEP,
             )
-            self.ep_dispatch_s, self.ep_combine_s = cost.dispatch_s, cost.combine_s
+            load = expert_load_factor(plan, workload)  # the busiest rank's rows over the mean
+            self.ep_dispatch_s, self.ep_combine_s = cost.dispatch_s * load, cost.combine_s * load
 
     def piece(self, piece: Piece) -> PieceComm:
         tp = self.tp_allreduce_s

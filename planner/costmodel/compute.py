@@ -13,7 +13,9 @@ move. Shapes are per GPU after sharding:
 - routed experts: the stage's tp*cp*dp GPUs hold num_experts/ep experts each (etp-split);
   with balanced routing each GPU's experts see ``T_tp * top_k * etp / tp`` token rows in
   all (``T_tp = micro_batch * seq / cp`` tokens of its tp group), i.e. for DeepSeek-V3
-  (EP64, top-8 of 256, 4096 tokens) 8192 rows per expert GEMM.
+  (EP64, top-8 of 256, 4096 tokens) 8192 rows per expert GEMM; with real (not
+  force-balanced) routing the busiest EP rank, which paces the layer, gets
+  :func:`expert_load_factor` times that.
 
 Timing (DESIGN.md §4): a GEMM takes ``2mnk / (peak(dtype) * eff(m, n, k))`` with the GPU
 preset's efficiency model; FP8 plans run the Linear GEMMs (Fprop, Dgrad, Wgrad) in FP8 and
@@ -56,7 +58,7 @@ from planner.errors import UnsupportedError
 from planner.presets import data_root
 from planner.specs.hardware import Dtype, GPUSpec, LaunchMode
 from planner.specs.model import FFNActivation, ModelSpec
-from planner.specs.plan import AttentionKernel, Plan, Precision, Recompute, RecomputeModule, Workload
+from planner.specs.plan import AttentionKernel, MoERouting, Plan, Precision, Recompute, RecomputeModule, Workload
 
 BF16_BYTES = 2.0
 FP32_BYTES = 4.0
@@ -159,12 +161,25 @@ class Shard:
     """Tokens per GPU for norms/residuals (further / tp with sequence parallelism)."""
     tp: int
     seq_length: int
+    expert_load: float = 1.0
+    """Routed rows of the busiest EP rank over the mean (:func:`expert_load_factor`)."""
 
     @classmethod
     def of(cls, plan: Plan, workload: Workload) -> Shard:
         tokens = plan.micro_batch_size * workload.seq_length / plan.cp
         sp = plan.sequence_parallel and plan.tp > 1
-        return cls(tokens, tokens / plan.tp if sp else tokens, plan.tp, workload.seq_length)
+        return cls(tokens, tokens / plan.tp if sp else tokens, plan.tp, workload.seq_length,
+                   expert_load_factor(plan, workload))
+
+
+def expert_load_factor(plan: Plan, workload: Workload) -> float:
+    """Routed rows the busiest EP rank receives over the mean, which sets the pace of every
+    MoE layer (its expert GEMMs, and the all-to-all into and out of it: comm.StageComm):
+    1 under forced balance or without expert parallelism (one rank holds every expert and
+    gets every row), else ``moe_real_routing_rank_load_imbalance`` (compute.yaml, measured)."""
+    if plan.ep == 1 or workload.moe_routing is MoERouting.BALANCED:
+        return 1.0
+    return float(compute_constants()["moe_real_routing_rank_load_imbalance"])
 
 
 def _norm_ops(model: ModelSpec, s: Shard, name: str) -> list[Op]:
@@ -297,7 +312,8 @@ def dense_ffn_ops(model: ModelSpec, plan: Plan, s: Shard, precision: Precision) 
 
 
 def moe_ops(model: ModelSpec, plan: Plan, s: Shard, precision: Precision) -> list[Op]:
-    """Router, shared experts, routed experts (balanced routing), permutes."""
+    """Router, shared experts, routed experts (on the busiest EP rank: ``s.expert_load``
+    times the balanced rows), permutes."""
     moe, d = model.moe, model.hidden_size
     # Router: affinities in BF16/FP32 (V3 keeps gating in higher precision, §3.3.1).
     block = [_gemm("router", s.tokens, moe.num_experts, d, fp8=False),
@@ -306,7 +322,7 @@ def moe_ops(model: ModelSpec, plan: Plan, s: Shard, precision: Precision) -> lis
         width = moe.shared_ffn_hidden_size * moe.num_shared_experts / s.tp
         block += _within(_ffn_ops(model, "shared", s.tokens, width, 1, precision), RecomputeModule.SHARED_EXPERTS)
     etp = plan.expert_tp
-    rows_per_gpu = s.tokens * moe.top_k * etp / s.tp
+    rows_per_gpu = s.tokens * moe.top_k * etp / s.tp * s.expert_load
     local_experts = moe.num_experts / plan.ep
     block += _ffn_ops(model, "experts", rows_per_gpu / local_experts, moe.expert_ffn_hidden_size / etp,
                       local_experts, precision, per_expert=True)
@@ -325,10 +341,11 @@ def permute_rows(plan: Plan, s: Shard, top_k: int, local_experts: float) -> floa
     the dispatch, with ep > 1 and several local experts, a local permute sorts the received
     ``R = T*top_k*etp/tp`` rows by expert (read and write), and sorts them back before the
     combine (read and write); the unpermute reads the ``T_l*top_k`` returned rows and writes
-    the ``T_l`` weighted sums."""
+    the ``T_l`` weighted sums. The received rows are the busiest EP rank's (``s.expert_load``
+    times the mean); what a GPU sends is its own tokens' and balanced."""
     own_tokens = s.tokens / s.tp
     sent = own_tokens * top_k
-    received = sent * plan.expert_tp
+    received = sent * plan.expert_tp * s.expert_load
     local = 4 * received if plan.ep > 1 and local_experts > 1 else 0.0
     return 2 * sent + local + sent + own_tokens
 

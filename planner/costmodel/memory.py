@@ -16,7 +16,8 @@ tensor for our architectures instead of the paper's ``34 sbh/t``: flash attentio
 (no s^2 scores, only an fp32 log-sum-exp per head), no dropout (Korthikanti's 34 counts two
 1-byte masks; none of the modelled LLMs uses dropout), GQA's smaller k/v, MLA's latents
 and up-projections, SwiGLU or GELU, MoE with balanced routing (``tokens * top_k / tp * etp``
-expert rows per GPU, independent of ep), shared experts, the fp32 softmax of Megatron's
+expert rows per GPU, independent of ep; under real routing the busiest EP rank's,
+:func:`~planner.costmodel.compute.expert_load_factor` times that), shared experts, the fp32 softmax of Megatron's
 vocab-parallel cross entropy, MTP modules (V3 §2.2: two norms, the 2d -> d projection, a
 block, the shared head). Tokens divide by cp; without sequence parallelism the tensors of
 the sequence-parallel region (block inputs, norms) are replicated over tp.
@@ -28,7 +29,7 @@ MLA up-projections (V3 §3.2.3); with FP8 the FFN activation output, rebuilt fro
 one piece at a time during backward and is added once.
 
 Left out: activation offloading, the parameter EMA (V3 keeps it in host memory),
-imbalanced routing, the attention-score matrix of non-flash attention.
+the attention-score matrix of non-flash attention.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ import yaml
 from pydantic import NonNegativeFloat, PositiveFloat
 
 from planner.costmodel import params as P
-from planner.costmodel.compute import selective_modules
+from planner.costmodel.compute import expert_load_factor, selective_modules
 from planner.costmodel.partition import Chunk, Partition, Piece
 from planner.costmodel.report import MemoryBreakdown
 from planner.presets import data_root
@@ -375,7 +376,7 @@ def _ffn_saved(model: ModelSpec, size: float, f: _Formats, prefix: str, whole: f
     ]
 
 
-def _ffn_side_saved(model: ModelSpec, plan: Plan, moe: bool, f: _Formats) -> list[Saved]:
+def _ffn_side_saved(model: ModelSpec, plan: Plan, moe: bool, f: _Formats, load: float = 1.0) -> list[Saved]:
     d, tp, sd = model.hidden_size, plan.tp, _seq_div(plan)
     saved = [Saved("FFN norm input", f.act * d / sd)]
     if not moe:
@@ -387,8 +388,9 @@ def _ffn_side_saved(model: ModelSpec, plan: Plan, moe: bool, f: _Formats) -> lis
     norm_out = f.act + (f.cached if spec.num_shared_experts and f.cached != f.act else 0)
     # MoE with TP splits the tokens over tp (Megatron requires sequence parallelism there).
     # Balanced routing: a GPU receives tokens * top_k / tp rows from its EP group, and the
-    # expert-TP group all-gathers them (x etp), each row computing size / etp.
-    rows = spec.top_k * plan.expert_tp / tp
+    # expert-TP group all-gathers them (x etp), each row computing size / etp; the busiest
+    # EP rank under real routing ``load`` times that (compute.expert_load_factor).
+    rows = spec.top_k * plan.expert_tp / tp * load
     saved += [
         Saved("FFN norm output", norm_out * d / sd, _LN),
         Saved("router scores", (f.fp32 * spec.num_experts) / tp, _by(_MOE)),
@@ -420,7 +422,8 @@ def saved_tensors(model: ModelSpec, plan: Plan, workload: Workload, piece: Piece
     if piece is Piece.HEAD:
         return _head_saved(model, plan, f)
     moe = piece is Piece.MOE or (piece is Piece.MTP and model.moe is not None)
-    block = _attention_saved(model, plan, f) + _ffn_side_saved(model, plan, moe, f)
+    block = _attention_saved(model, plan, f) + _ffn_side_saved(model, plan, moe, f,
+                                                               expert_load_factor(plan, workload))
     if piece is not Piece.MTP:
         return block
     d, sd = model.hidden_size, _seq_div(plan)
@@ -536,7 +539,7 @@ def stage_memory(
         transient += largest_gemm_weight(model, plan, pieces) * c.fp8_weight_copy_bytes_per_param
     if model.moe is not None and (Piece.MOE in pieces or Piece.MTP in pieces):
         f = _formats(workload)
-        rows = tokens * model.moe.top_k * plan.expert_tp / plan.tp
+        rows = tokens * model.moe.top_k * plan.expert_tp / plan.tp * expert_load_factor(plan, workload)
         sets = c.overlapped_microbatches_dualpipe if dual else 1
         transient += sets * rows * d * (f.cached + c.activation_bytes)  # dispatch + BF16 combine
     if plan.pp > 1:  # one send and one receive buffer per direction

@@ -70,6 +70,19 @@ class MoEDispatcher(StrEnum):
     token routed to several experts of one rank or node is sent once per expert."""
 
 
+class MoERouting(StrEnum):
+    """How evenly the router spreads the routed rows over the EP ranks. The slowest EP rank
+    paces every MoE layer (its expert GEMMs and the all-to-all into and out of it), so what
+    matters is the busiest rank's rows over the mean (:func:`planner.costmodel.compute.expert_load_factor`)."""
+
+    BALANCED = "balanced"
+    """Every EP rank gets the mean, ``tokens * top_k / ep`` rows: forced balance
+    (Megatron-Core ``--moe-router-force-load-balancing``, which benchmark tables state)."""
+    REAL = "real"
+    """The router's own dropless choices: the busiest EP rank gets
+    ``moe_real_routing_rank_load_imbalance`` x the mean (data/costmodel/compute.yaml)."""
+
+
 class GradReduceDtype(StrEnum):
     """Format of the gradient buffer and of its data-parallel reduction (Megatron-Core
     ``DistributedDataParallelConfig.grad_reduce_in_fp32``)."""
@@ -178,6 +191,9 @@ class Workload(Spec):
     moe_dispatcher: MoEDispatcher = MoEDispatcher.DEEPEP
     """MoE token dispatcher (see the enum): DeepEP's deduplicating hierarchical all-to-all
     unless the run says otherwise."""
+    moe_routing: MoERouting = MoERouting.BALANCED
+    """Routed-row balance over the EP ranks (see the enum): balanced unless the run says
+    otherwise."""
     grad_reduce_dtype: GradReduceDtype = GradReduceDtype.FP32
     """Format of the gradient buffer and its data-parallel reduction (see the enum)."""
     overlap_param_gather: bool = True

@@ -40,6 +40,8 @@ precision              ``bf16``
                        DeepEP/HybridEP, the routing is node-limited, or the GPUs share a
                        multi-node NVLink domain, else Megatron-Core's ``alltoall``
                        (:func:`~planner.validation.reconcile.moe_dispatcher`)
+moe_routing            ``real``: the router's own imbalance (Megatron-Core's
+                       ``moe_router_force_load_balancing`` is off unless a run forces balance)
 tp, pp, cp             1
 dp                     num_gpus / (tp * pp * cp)
 ep                     1

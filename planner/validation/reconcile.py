@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from planner.errors import SpecError
 from planner.presets import revalidate
 from planner.specs import (
-    ClusterSpec, ModelSpec, MoEDispatcher, PipelineSchedule, Plan, Precision, RecomputeModule, Workload,
+    ClusterSpec, ModelSpec, MoEDispatcher, MoERouting, PipelineSchedule, Plan, Precision, RecomputeModule, Workload,
 )
 
 if TYPE_CHECKING:
@@ -34,7 +34,11 @@ def recipe(cells: Row, precision: Precision, year: int | None, notes: list[str])
     - A ``dualpipe`` row in fp8 is DeepSeek-V3's recipe (DualPipe is DeepSeek's schedule;
       Megatron-Core has none): BF16 Adam moments and FP8 dispatch (V3 report §3.3.3), FP32
       gradients, and only the reduce-scatter overlapped, with the last backward (DeepSeek
-      LLM §2.4; the all-gather is not said to be).
+      LLM §2.4; the all-gather is not said to be), and balanced EP ranks: its batch-wise
+      auxiliary-loss-free balancing "keeps a good load balance during its full training"
+      (§2.1.2), and the within-micro-batch imbalance it could leave "is naturally addressed
+      by our training framework that uses large-scale expert parallelism and data
+      parallelism, which guarantees a large size of each micro-batch" (§4.5.3).
     - Otherwise, a sharded optimizer's all-gather (zero 1 or 2, or empty: 1) overlaps the
       next forward from :data:`PARAM_GATHER_OVERLAP_YEAR` (the Workload default) and not
       before.
@@ -42,13 +46,19 @@ def recipe(cells: Row, precision: Precision, year: int | None, notes: list[str])
       NeMo's performance scripts set ``grad_reduce_in_fp32 = False`` for every FP8 run
       (scripts/performance/llm/*: ``if args.compute_dtype == "fp8"``) and Megatron-Bridge's
       performance configs set ``cfg.ddp.grad_reduce_in_fp32 = False``; FSDP2 recipes
-      (torchtitan's ``mixed_precision_reduce = "float32"``) keep FP32."""
-    fields: dict = {}
+      (torchtitan's ``mixed_precision_reduce = "float32"``) keep FP32.
+    - ``moe_routing`` ``balanced`` (forced) prices every EP rank at the mean; ``real`` and
+      empty price the router's own imbalance (:class:`~planner.specs.MoERouting`): forcing
+      balance is an explicit benchmark option that the tables which use it state
+      (Megatron-Core ``moe_router_force_load_balancing`` defaults to False)."""
     if cells.text("pp_schedule") == PipelineSchedule.DUALPIPE.value and precision is Precision.FP8:
-        fields.update(adam_moment_dtype="bf16", moe_dispatch_dtype="fp8", overlap_param_gather=False)
+        fields: dict = dict(adam_moment_dtype="bf16", moe_dispatch_dtype="fp8", overlap_param_gather=False,
+                            moe_routing=MoERouting.BALANCED)
         notes.append("dualpipe + fp8: DeepSeek-V3's recipe (BF16 Adam moments, FP8 MoE dispatch, FP32 gradients, "
-                     "reduce-scatter overlapped with the last backward only)")
+                     "reduce-scatter overlapped with the last backward only, EP ranks balanced by its "
+                     "auxiliary-loss-free routing)")
         return fields
+    fields = {"moe_routing": routing(cells, notes)}
     zero = cells.int("zero")
     if year is not None and year < PARAM_GATHER_OVERLAP_YEAR and zero in (None, 1, 2):
         fields["overlap_param_gather"] = False
@@ -57,6 +67,16 @@ def recipe(cells: Row, precision: Precision, year: int | None, notes: list[str])
         fields["grad_reduce_dtype"] = "bf16"
         notes.append("fp8: gradients reduced in bf16 (Megatron-Core FP8 recipes, grad_reduce_in_fp32=False)")
     return fields
+
+
+def routing(cells: Row, notes: list[str]) -> MoERouting:
+    """The row's ``moe_routing``; empty: ``real``, the frameworks' default (see :func:`recipe`)."""
+    value = cells.choice("moe_routing", MoERouting)
+    if value is None:
+        value = MoERouting.REAL
+        if cells.int("moe_experts"):
+            notes.append("moe_routing empty: real (forced balance is an explicit benchmark option)")
+    return value
 
 
 def selective_ladder(model: ModelSpec) -> tuple[tuple[RecomputeModule, ...] | None, ...]:

@@ -24,7 +24,8 @@ FROZEN = {
         "-o",
     ),
     "explain": (
-        "--adam-moments", "--moe-dispatch", "--moe-dispatcher", "--grad-reduce", "--overlap-param-gather", "--no-overlap-param-gather",
+        "--adam-moments", "--moe-dispatch", "--moe-dispatcher", "--moe-routing", "--grad-reduce",
+        "--overlap-param-gather", "--no-overlap-param-gather",
         "--cluster", "--format", "--global-batch", "--global-batch-size", "--gpus", "--model",
         "--out", "--plan-a", "--plan-b", "--precision", "--sensitivity", "--seq-len",
         "--seq-length", "-c", "-f", "-m", "-o",
@@ -38,7 +39,8 @@ FROZEN = {
         "--zero", "-c", "-m",
     ),
     "plan": (
-        "--adam-moments", "--moe-dispatch", "--moe-dispatcher", "--grad-reduce", "--overlap-param-gather", "--no-overlap-param-gather",
+        "--adam-moments", "--moe-dispatch", "--moe-dispatcher", "--moe-routing", "--grad-reduce",
+        "--overlap-param-gather", "--no-overlap-param-gather",
         "--workers", "--etp", "--expert-tensor-parallel-size", "--rank-order",
         "--cluster", "--context-parallel-size", "--cp", "--emit", "--ep", "--exhaustive",
         "--expert-model-parallel-size", "--format", "--global-batch", "--global-batch-size", "--gpus", "--max-memory-frac",
@@ -48,7 +50,8 @@ FROZEN = {
         "--vpp", "--zero", "-c", "-f", "-m", "-o",
     ),
     "report": (
-        "--adam-moments", "--moe-dispatch", "--moe-dispatcher", "--grad-reduce", "--overlap-param-gather", "--no-overlap-param-gather",
+        "--adam-moments", "--moe-dispatch", "--moe-dispatcher", "--moe-routing", "--grad-reduce",
+        "--overlap-param-gather", "--no-overlap-param-gather",
         "--workers", "--etp", "--expert-tensor-parallel-size", "--rank-order",
         "--cluster", "--context-parallel-size", "--cp", "--ep", "--exhaustive", "--expert-model-parallel-size",
         "--format", "--from", "--global-batch", "--global-batch-size", "--gpus", "--max-memory-frac",
@@ -59,7 +62,8 @@ FROZEN = {
         "-m", "-o",
     ),
     "simulate": (
-        "--adam-moments", "--moe-dispatch", "--moe-dispatcher", "--grad-reduce", "--overlap-param-gather", "--no-overlap-param-gather",
+        "--adam-moments", "--moe-dispatch", "--moe-dispatcher", "--moe-routing", "--grad-reduce",
+        "--overlap-param-gather", "--no-overlap-param-gather",
         "--cluster", "--context-parallel-size", "--cp", "--data-parallel-size", "--dp", "--ep",
         "--etp", "--expert-model-parallel-size", "--expert-tensor-parallel-size", "--format", "--global-batch", "--global-batch-size",
         "--gpus", "--micro-batch", "--micro-batch-size", "--model", "--no-sequence-parallel", "--out",
@@ -70,7 +74,8 @@ FROZEN = {
         "-c", "-f", "-m", "-o",
     ),
     "sweep": (
-        "--adam-moments", "--moe-dispatch", "--moe-dispatcher", "--grad-reduce", "--overlap-param-gather", "--no-overlap-param-gather",
+        "--adam-moments", "--moe-dispatch", "--moe-dispatcher", "--moe-routing", "--grad-reduce",
+        "--overlap-param-gather", "--no-overlap-param-gather",
         "--cluster", "--context-parallel-size", "--cp", "--data-parallel-size", "--dp", "--ep",
         "--etp", "--expert-model-parallel-size", "--expert-tensor-parallel-size", "--format", "--global-batch", "--global-batch-size",
         "--gpus", "--grid", "--micro-batch", "--micro-batch-size", "--model", "--no-sequence-parallel",

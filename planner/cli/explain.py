@@ -95,6 +95,7 @@ def explain_command(
     grad_reduce: str = options.grad_reduce(),
     overlap_param_gather: bool = options.overlap_param_gather(),
     moe_dispatcher: str = options.moe_dispatcher(),
+    moe_routing: str = options.moe_routing(),
     plan_a: Path = typer.Option(..., "--plan-a", help="Plan A YAML (Megatron names or tp/pp/...)."),
     plan_b: Path = typer.Option(..., "--plan-b", help="Plan B YAML (Megatron names or tp/pp/...)."),
     with_sensitivity: bool = typer.Option(
@@ -108,7 +109,8 @@ def explain_command(
     model_spec = load_model(model)
     cluster_spec = load_cluster(cluster, num_gpus=gpus)
     workload = build_workload(model_spec, global_batch, seq_len, precision, adam_moments, moe_dispatch,
-                              grad_reduce, overlap_param_gather, moe_dispatcher=moe_dispatcher)
+                              grad_reduce, overlap_param_gather,
+                              moe_dispatcher=moe_dispatcher, moe_routing=moe_routing)
     pa = build_plan(plan_a, cluster_spec.num_gpus, {})
     pb = build_plan(plan_b, cluster_spec.num_gpus, {})
     ra = simulate(model_spec, cluster_spec, pa, workload)

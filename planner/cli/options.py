@@ -85,6 +85,12 @@ def moe_dispatcher() -> Any:
                              "Megatron-Core's NCCL all-to-all).")
 
 
+def moe_routing() -> Any:
+    return typer.Option("balanced", "--moe-routing",
+                        help="MoE routing: balanced (every EP rank gets its mean share) or real (the busiest "
+                             "rank gets a measured imbalance more; data/costmodel/compute.yaml).")
+
+
 def grad_reduce() -> Any:
     return typer.Option("fp32", "--grad-reduce",
                         help="Format of the gradient buffer and its data-parallel reduction: fp32 (Megatron-LM's "

@@ -85,6 +85,7 @@ def plan_command(
     grad_reduce: str = options.grad_reduce(),
     overlap_param_gather: bool = options.overlap_param_gather(),
     moe_dispatcher: str = options.moe_dispatcher(),
+    moe_routing: str = options.moe_routing(),
     tp: str = options.knob("tp", many=True),
     pp: str = options.knob("pp", many=True),
     vpp: str = options.knob("vpp", many=True),
@@ -117,7 +118,8 @@ def plan_command(
     check_budget(tokens, price)
     workload, budget = resolve_workload(model_spec, cluster_spec.num_gpus, global_batch, tokens, seq_len, precision,
                                         adam_moments, moe_dispatch, grad_reduce,
-                                        overlap_param_gather, moe_dispatcher=moe_dispatcher)
+                                        overlap_param_gather,
+                                        moe_dispatcher=moe_dispatcher, moe_routing=moe_routing)
     constraints = constraints_from_options(tp, pp, vpp, cp, ep, micro_batch, zero, sp, recompute, schedule,
                                            max_memory_frac, etp, rank_order)
     result = run_search(model_spec, cluster_spec, workload, constraints, top_k, exhaustive,

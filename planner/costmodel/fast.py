@@ -80,13 +80,13 @@ from planner.costmodel.dp_overlap import dp_exposure
 from planner.costmodel.fast_memory import stage_memory
 from planner.costmodel.fast_refusals import REFUSALS, Refusals
 from planner.costmodel.fast_shapes import (
-    DUAL, KERNELS, PIECES, RECOMPUTES, SCHEDULES, PartRows, Shapes, unique_rows,
+    DUAL, KERNELS, PIECES, RECOMPUTES, SCHEDULES, PartRows, Shapes, unique_rows, with_full_recompute,
 )
 from planner.costmodel.simulate import _optimizer_bytes_per_param
 from planner.errors import PlannerError, UnsupportedError
 from planner.specs.hardware import ClusterSpec
 from planner.specs.model import ModelSpec
-from planner.specs.plan import DEFAULT_RANK_ORDER, PipelineSchedule, Plan, Workload
+from planner.specs.plan import DEFAULT_RANK_ORDER, PipelineSchedule, Plan, Recompute, Workload
 
 __all__ = ["EXACT_TOP", "FastEstimates", "clear_caches", "estimate", "estimate_table"]
 
@@ -388,16 +388,20 @@ def _group(ctx: _Context, col: dict, shared: np.ndarray, plans: np.ndarray, pids
     combo, where = unique_rows(inv, pids)
     comp = np.einsum("unk,ukj->unj", _part_stack(sh, combo[:, 1], "counts"), tables[combo[:, 0]])[where]
     # TP/CP/EP per chunk: (g, chunks, 6); the p2p time per row.
-    uniq, inv = unique_rows(c["tp"], c["cp"], c["ep"], c["etp"], c["dp"], c["order"], c["mb"], sp_eff,
-                            c["rec"])
-    keys = [(t, cp_, ep, etp, dp, pp, ctx.orders[order], mb, sp, rec)
-            for t, cp_, ep, etp, dp, order, mb, sp, rec in uniq.tolist()]
+    uniq, inv = unique_rows(c["tp"], c["cp"], c["ep"], c["etp"], c["dp"], c["order"], c["mb"], sp_eff)
+    keys = [(t, cp_, ep, etp, dp, pp, ctx.orders[order], mb, sp)
+            for t, cp_, ep, etp, dp, order, mb, sp in uniq.tolist()]
     stages = refused.price(sh.stage_comm, keys, inv, plans, (pp, len(PIECES), 6))
     p2p = np.zeros(len(keys))
     if pp > 1:
-        p2p = refused.price(lambda t, cp_, ep, etp, dp, pp_, order, mb, sp, _rec:
-                            sh.p2p(t, cp_, dp, pp_, order, mb, sp), keys, inv, plans, ())
+        p2p = refused.price(lambda t, cp_, ep, etp, dp, pp_, order, mb, sp: sh.p2p(t, cp_, dp, pp_, order, mb, sp),
+                            keys, inv, plans, ())
     p2p = p2p[inv]
+    # Full recomputation repeats each block's forward TP and EP in backward (StageComm.piece):
+    # the tables of those rows follow the plain ones.
+    full = c["rec"] == RECOMPUTES.index(Recompute.FULL)
+    stages = np.concatenate([stages, with_full_recompute(stages)])
+    inv = inv + len(keys) * full
     combo, where = unique_rows(inv, pids)
     on_rank = stages[combo[:, 0][:, None], _part_stack(sh, combo[:, 1], "chunk_rank")]
     comm = np.einsum("unk,unkj->unj", _part_stack(sh, combo[:, 1], "counts"), on_rank)[where]

@@ -75,6 +75,19 @@ def canonical_plan(tp=1, cp=1, ep=1, etp=None, dp=1, pp=1, vpp=1, mb=1, sp=False
                 recompute=rec, zero_stage=zero, pipeline_schedule=sched, attention_kernel=kernel, **extra)
 
 
+_BLOCKS = [PIECES.index(p) for p in (Piece.DENSE, Piece.MOE, Piece.MTP)]
+
+
+def with_full_recompute(stages: np.ndarray) -> np.ndarray:
+    """(..., pieces, 6) tables of :meth:`Shapes.stage_comm` under full recomputation: each
+    block's backward repeats its forward TP (2 x the stage's all-reduce, the dense piece's
+    forward) and its dispatch/combine, as ``StageComm.piece`` prices them."""
+    out = stages.copy()
+    out[..., _BLOCKS, 1] += stages[..., [PIECES.index(Piece.DENSE)], 0]
+    out[..., _BLOCKS, 5] += stages[..., _BLOCKS, 4]
+    return out
+
+
 def by_stage(layout, stage_of: np.ndarray, name: str, experts: bool) -> np.ndarray:
     """(pp, groups per stage, group size): ``comm.stage_groups(layout, name, s, experts)``
     for every stage s at once (the groups whose first rank sits in stage s, in layout order);
@@ -295,23 +308,15 @@ class Shapes:
         collective model itself shares profiles."""
         return fabric_forms(self._maps, groups)
 
-    def stage_comm(self, tp, cp, ep, etp, dp, pp, order, mb, sp, rec=0) -> np.ndarray:
+    def stage_comm(self, tp, cp, ep, etp, dp, pp, order, mb, sp) -> np.ndarray:
         """(pp, pieces, 6): per stage and piece, TP forward/backward, CP forward/backward and
-        EP forward/backward seconds of one micro-batch (``StageComm.piece``) under recompute
-        ``RECOMPUTES[rec]``: full recomputation adds each block's forward TP and EP to its
-        backward, as StageComm.piece does."""
+        EP forward/backward seconds of one micro-batch (``StageComm.piece``) without full
+        recomputation (:func:`with_full_recompute` adds it)."""
         degrees = (tp, cp, ep, etp, dp, pp, order)
         whole = self._comm.get((degrees, mb, sp))
         if whole is None:
             whole = self._comm[degrees, mb, sp] = _attempt(self._stages, degrees, mb, sp)
-        value = _value(whole)
-        if RECOMPUTES[rec] is not Recompute.FULL:
-            return value
-        value = value.copy()
-        blocks = [PIECES.index(p) for p in (Piece.DENSE, Piece.MOE, Piece.MTP)]
-        value[:, blocks, 1] += value[:, [PIECES.index(Piece.DENSE)], 0]  # 2 x the stage's TP all-reduce
-        value[:, blocks, 5] += value[:, blocks, 4]
-        return value
+        return _value(whole)
 
     def _stages(self, degrees: tuple, mb: int, sp: int) -> np.ndarray:
         tp, cp, ep, etp, dp, pp, order = degrees

@@ -56,6 +56,10 @@ class GPUEfficiency(Spec):
     """Flash-attention forward FLOP/s as a fraction of the BF16 peak (long sequences)."""
     attention_backward_fraction: float = Fraction
     """Flash-attention backward FLOP/s as a fraction of the BF16 peak."""
+    flash_attention_2_fractions: tuple[float, float] | None = None
+    """(forward, backward) of FlashAttention-2 on this GPU, where the two fractions above
+    are a faster kernel's (cuDNN on Hopper): what PyTorch's SDPA runs by default (its
+    ``flash`` backend), as PyTorch-native trainers do; see :meth:`with_flash_attention_2`."""
     hbm_fraction: float = Fraction
     """Achievable share of HBM bandwidth for memory-bound kernels (norms, casts, optimizer)."""
     fp8_split_accumulation_fraction: float | None = Field(default=None, gt=0.0, le=1.0)
@@ -73,11 +77,24 @@ class GPUEfficiency(Spec):
             if dtype not in self.gemm_max_fraction:
                 raise rule_error(f"gemm_half_dim_by_dtype.{dtype}", self.gemm_half_dim_by_dtype[dtype],
                                  "needs a gemm_max_fraction for the same format")
+        for value in self.flash_attention_2_fractions or ():
+            if not 0.0 < value <= 1.0:
+                raise rule_error("flash_attention_2_fractions", self.flash_attention_2_fractions,
+                                 "must be in (0, 1]")
         return self
 
     def half_dim(self, dtype: Dtype) -> float:
         """GEMM half dimension of ``dtype``: its own entry, else :attr:`gemm_half_dim`."""
         return self.gemm_half_dim_by_dtype.get(dtype, self.gemm_half_dim)
+
+    def with_flash_attention_2(self) -> GPUEfficiency:
+        """These efficiencies with attention at :attr:`flash_attention_2_fractions` (itself
+        when the GPU sets none: its attention fractions are FlashAttention-2's already)."""
+        if self.flash_attention_2_fractions is None:
+            return self
+        forward, backward = self.flash_attention_2_fractions
+        return self.model_copy(update={"attention_forward_fraction": forward,
+                                       "attention_backward_fraction": backward})
 
 
 class LaunchMode(StrEnum):

@@ -53,7 +53,9 @@ zero                   1: a sharded optimizer (Megatron distributed optimizer, D
 sequence_parallel      1 when tp > 1 and either the model is MoE with ep > 1 (Megatron-Core
                        requires it) or the ``source`` cites a year from 2023 (current recipes
                        pair it with tensor parallelism); otherwise 0 (Megatron's flag default)
-micro_batch            1 (Megatron's default)
+micro_batch            1 (Megatron's default); on a TorchTitan pipeline row (``source`` or
+                       ``notes`` name TorchTitan) one micro-batch per pipeline stage, its
+                       default (:func:`~planner.validation.reconcile.torchtitan_microbatch`)
 recompute              ``full`` when the ``source`` cites a year before 2023 (before selective
                        recomputation, Korthikanti et al. 2022, the practice of that era);
                        otherwise the least of none, selective, full that fits in memory: every
@@ -66,13 +68,16 @@ attention kernel       (no column) ``unfused`` when the ``source`` cites a year 
                        else ``flash``: FlashAttention (Dao et al., arXiv 2205.14135, May
                        2022) reached Megatron-LM as ``--use-flash-attn`` in 2023; runs
                        published earlier materialised the score matrix (Korthikanti et al.
-                       2022 §4.1 store its 5as^2b bytes). No year: ``flash``
+                       2022 §4.1 store its 5as^2b bytes). No year: ``flash``. A TorchTitan
+                       row runs at the GPU's FlashAttention-2 rates where its preset sets them
+                       (:func:`~planner.validation.reconcile.sdpa_attention`)
 pp_schedule            pp = 1: irrelevant. pp > 1: ``interleaved`` if vpp > 1, else ``1f1b``
                        (Megatron without virtual stages, DeepSpeed's pipeline engine); the
                        same for ``none`` on a pp > 1 row
 vpp                    1, unless the schedule is ``interleaved`` ("interleaved with an
                        unpublished count"): the smallest count >= 2 that divides the layers
-                       per stage (layers // pp), i.e. the mildest even interleaving
+                       per stage (layers // pp), i.e. the mildest even interleaving; on a
+                       TorchTitan row 2, its default stages per rank
 =====================  ===================================================================
 
 Cells that disagree are resolved the same way every time and noted: with dp given and
@@ -127,7 +132,10 @@ from planner.specs import (
 )
 from planner.specs.compat import check_plan
 from planner.validation.clusters import case_cluster
-from planner.validation.reconcile import default_etp, moe_dispatcher, recipe, schedule_of, whole_micro_batches
+from planner.validation.reconcile import (
+    default_etp, moe_dispatcher, recipe, schedule_of, sdpa_attention, torchtitan_microbatch, torchtitan_row,
+    whole_micro_batches,
+)
 
 REQUIRED_COLUMNS = (
     "case_id", "layers", "hidden", "heads", "vocab", "seq_len", "gpu", "num_gpus", "global_batch",
@@ -238,7 +246,7 @@ def case_inputs(row: dict[str, Any]) -> CaseInputs:
     plan, candidates = _plan(cells, model, notes)
     workload = whole_micro_batches(workload, plan, notes)
     check_plan(model, workload, plan)
-    cluster = case_cluster(cells, plan.world_size, notes)
+    cluster = sdpa_attention(cells, case_cluster(cells, plan.world_size, notes), _source_year(cells), notes)
     if model.moe is not None and plan.ep > 1:
         workload = revalidate(workload, moe_dispatcher=moe_dispatcher(cells, model, cluster, notes))
     return CaseInputs(model, cluster, plan, workload, notes, candidates)
@@ -469,7 +477,7 @@ def _plan(cells: Row, model: ModelSpec, notes: list[str]) -> tuple[Plan, tuple[R
         "zero_stage": ZeroStage(_default(cells, "zero", 1, notes)),
         "sequence_parallel": _sequence_parallel(cells, tp, ep, model.moe is not None, notes),
         "recompute": candidates[0],
-        "micro_batch_size": _default(cells, "micro_batch", 1, notes),
+        "micro_batch_size": _micro_batch(cells, pp, vpp, dp, notes),
         "pipeline_schedule": schedule,
         "attention_kernel": _attention_kernel(cells, notes),
     }
@@ -503,6 +511,16 @@ recomputation (Korthikanti et al., arXiv 2205.05198, May 2022) shipped in Megatr
 2022; before it, runs that fit large models recomputed whole layers (Megatron-LM's
 ``--checkpoint-activations``; Narayanan et al. 2021 §5 and MT-NLG (Smith et al. 2022 §3)
 both train with activation recomputation)."""
+
+
+def _micro_batch(cells: Row, pp: int, vpp: int, dp: int, notes: list[str]) -> int:
+    """The row's micro_batch; empty: TorchTitan's default on a TorchTitan pipeline row
+    (:func:`~planner.validation.reconcile.torchtitan_microbatch`), else 1."""
+    if cells.int("micro_batch") is None and pp > 1 and torchtitan_row(cells):
+        micro = torchtitan_microbatch(cells.need("global_batch") // dp, pp, vpp, notes)
+        if micro is not None:
+            return micro
+    return _default(cells, "micro_batch", 1, notes)
 
 
 def _source_year(cells: Row) -> int | None:

@@ -2,7 +2,8 @@
 disagree: the pipeline schedule and vpp, the expert tensor parallelism, a global batch
 that dp * micro_batch does not divide, and the training recipe the schema has no column for
 (optimizer-state and gradient formats, MoE dispatch format and dispatcher, parameter-gather
-overlap). Each returns the value taken and appends to
+overlap), and the defaults of TorchTitan rows (SDPA's attention kernel, pipeline stages per
+rank and micro-batches). Each returns the value taken and appends to
 ``notes`` what it took and why (the row's ``message``); :mod:`planner.validation.cases`
 lists every default in its docstring."""
 
@@ -98,6 +99,54 @@ def selective_ladder(model: ModelSpec) -> tuple[tuple[RecomputeModule, ...] | No
 
 
 _DEDUPLICATING_DISPATCHERS = re.compile(r"deepep|hybridep", re.IGNORECASE)
+_TORCHTITAN = re.compile(r"torchtitan", re.IGNORECASE)
+
+SDPA_FLASH_ATTENTION_2_LAST_YEAR = 2025
+"""Last year in which PyTorch's SDPA ran FlashAttention-2 by default on Hopper: cuDNN
+attention was made opt-in by pytorch/pytorch PR #138522 (Oct 2024, in 2.5.1) and made the
+Hopper default again by PR #162073 (Sept 2025, gated on a cuDNN newer than 9.15, which
+PyTorch wheels bundled from 2026)."""
+
+
+def torchtitan_row(cells: Row) -> bool:
+    """The row's ``source`` or ``notes`` name TorchTitan (no column names the framework;
+    its defaults below differ from Megatron's, which the other defaults follow)."""
+    return bool(_TORCHTITAN.search(f"{cells.text('source') or ''} {cells.text('notes') or ''}"))
+
+
+def sdpa_attention(cells: Row, cluster: ClusterSpec, year: int | None, notes: list[str]) -> ClusterSpec:
+    """A TorchTitan row's GPU with FlashAttention-2's attention rates: TorchTitan's models call
+    ``F.scaled_dot_product_attention`` (torchtitan/models/llama/model.py), whose default on
+    Hopper was the FlashAttention-2 ``flash`` backend through
+    :data:`SDPA_FLASH_ATTENTION_2_LAST_YEAR`. GPUs whose presets set no separate FA2 rates
+    keep theirs."""
+    eff = cluster.gpu.efficiency
+    if (not torchtitan_row(cells) or eff is None or eff.flash_attention_2_fractions is None
+            or (year is not None and year > SDPA_FLASH_ATTENTION_2_LAST_YEAR)):
+        return cluster
+    notes.append("attention: FlashAttention-2 rates (TorchTitan: PyTorch SDPA's default flash backend)")
+    gpu = cluster.gpu.model_copy(update={"efficiency": eff.with_flash_attention_2()})
+    return cluster.model_copy(update={"gpu": gpu})
+
+
+TORCHTITAN_INTERLEAVED_STAGES_PER_RANK = 2
+"""TorchTitan's pipeline stages per rank when no split points are given
+(torchtitan/parallelisms/pipeline_llama.py ``generate_split_points``: 1 for single-stage
+schedules such as 1F1B, 2 for multi-stage ones such as Interleaved1F1B)."""
+
+
+def torchtitan_microbatch(local_batch: int, pp: int, vpp: int, notes: list[str]) -> int | None:
+    """Micro-batch size of a TorchTitan pipeline row that leaves it empty: TorchTitan splits
+    each data-parallel rank's batch into ``pipeline_parallel_microbatches`` micro-batches,
+    by default "the number of pipeline stages" (``n_microbatches = num_total_stages = pp *
+    stages per rank``, build_pipeline_schedule). None when that does not divide the batch
+    (TorchTitan refuses such a run)."""
+    stages = pp * vpp
+    if local_batch % stages:
+        return None
+    notes.append(f"micro_batch empty: {local_batch // stages} (TorchTitan's default of one micro-batch per "
+                 f"pipeline stage: local batch {local_batch} / {stages} stages)")
+    return local_batch // stages
 
 
 def moe_dispatcher(cells: Row, model: ModelSpec, cluster: ClusterSpec, notes: list[str]) -> MoEDispatcher:
@@ -182,7 +231,10 @@ def schedule_of(cells: Row, model: ModelSpec, pp: int, notes: list[str]) -> tupl
         schedule, vpp = reconciled_schedule(schedule, vpp, notes)
     if vpp is None:
         vpp = 1
-        if schedule is PipelineSchedule.INTERLEAVED:
+        if schedule is PipelineSchedule.INTERLEAVED and torchtitan_row(cells):
+            vpp = TORCHTITAN_INTERLEAVED_STAGES_PER_RANK
+            notes.append(f"vpp empty: {vpp}, TorchTitan's default stages per rank for Interleaved1F1B")
+        elif schedule is PipelineSchedule.INTERLEAVED:
             per_stage = model.num_layers // pp
             vpp = next((d for d in range(2, per_stage + 1) if per_stage % d == 0), 0)
             if not vpp:
@@ -210,4 +262,5 @@ def reconciled_schedule(
     return schedule, 1
 
 
-__all__ = ["default_etp", "moe_dispatcher", "reconciled_schedule", "schedule_of", "whole_micro_batches"]
+__all__ = ["default_etp", "moe_dispatcher", "reconciled_schedule", "schedule_of", "sdpa_attention",
+           "torchtitan_microbatch", "torchtitan_row", "whole_micro_batches"]

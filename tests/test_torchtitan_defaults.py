@@ -1,0 +1,98 @@
+"""TorchTitan's defaults in `planner validate`: PyTorch SDPA's FlashAttention-2 rates on
+Hopper, and TorchTitan's pipeline defaults (stages per rank, one micro-batch per stage) for
+rows that leave vpp / micro_batch empty. Rows: the torchtitan H100 benchmarks in
+data/validation/extra_cases.csv (pytorch/torchtitan benchmarks/llama3_h100_202412_torchtitan.md)."""
+
+from __future__ import annotations
+
+import pytest
+
+from planner.costmodel import compute as C
+from planner.costmodel.partition import Piece
+from planner.errors import SpecError
+from planner.presets import data_root, load_gpu
+from planner.specs import PipelineSchedule
+from planner.specs.hardware import GPUEfficiency
+from planner.validation import case_inputs, read_cases
+
+BY_ID = {row["case_id"]: row for row in read_cases(data_root() / "validation" / "extra_cases.csv")}
+ROW_8B = "torchtitan-h100-llama31-8b-fp8-8gpu"
+ROW_1F1B = "torchtitan-h100-llama31-405b-fp8-512gpu-1f1b"
+ROW_INTERLEAVED = "torchtitan-h100-llama31-405b-fp8-512gpu-interleaved"
+
+
+def _row(case_id: str, **changes: str) -> dict[str, str]:
+    return {**BY_ID[case_id], **changes}
+
+
+def _not_titan(case_id: str, **changes: str) -> dict[str, str]:
+    """The same row without any mention of TorchTitan (another framework's run)."""
+    return _row(case_id, source="Some trainer 2024", notes="", source_locator="", **changes)
+
+
+@pytest.mark.parametrize("name", ["h100-sxm-80gb", "h100-sxm-95gb-500w"])
+def test_hopper_presets_set_slower_flash_attention_2_rates(name):
+    """FA3 paper (arXiv 2407.08608) Fig. 5d / 6: FA2 335 / 322 TFLOPS against cuDNN's 539 / 516
+    on H100 SXM5: FA2 is 0.60-0.63 of the cuDNN rate in both directions."""
+    eff = load_gpu(name).efficiency
+    fa2 = eff.with_flash_attention_2()
+    assert fa2.attention_forward_fraction / eff.attention_forward_fraction == pytest.approx(335 / 539, rel=0.01)
+    assert fa2.attention_backward_fraction / eff.attention_backward_fraction == pytest.approx(322 / 516, rel=0.01)
+    assert fa2.gemm_max_fraction == eff.gemm_max_fraction
+
+
+def test_gpus_without_separate_fa2_rates_keep_theirs():
+    eff = load_gpu("a100-sxm-80gb").efficiency  # its attention fractions are FA2's own (FA2 paper)
+    assert eff.with_flash_attention_2() is eff
+
+
+def test_flash_attention_2_fractions_are_checked():
+    fields = {**load_gpu("h100-sxm-80gb").efficiency.model_dump(), "flash_attention_2_fractions": (0.3, 1.3)}
+    with pytest.raises((SpecError, ValueError)):
+        GPUEfficiency.model_validate(fields)
+
+
+def test_torchtitan_rows_run_attention_at_fa2_rates():
+    titan = case_inputs(_row(ROW_8B))
+    other = case_inputs(_not_titan(ROW_8B))
+    assert titan.cluster.gpu.efficiency.attention_forward_fraction == 0.325
+    assert other.cluster.gpu.efficiency.attention_forward_fraction == 0.522
+    assert any(n.startswith("attention: FlashAttention-2") for n in titan.notes)
+    assert not any(n.startswith("attention: FlashAttention-2") for n in other.notes)
+    # PyTorch made cuDNN SDPA's Hopper default again for 2026 builds
+    later = case_inputs(_row(ROW_8B, source="PyTorch torchtitan 2026"))
+    assert later.cluster.gpu.efficiency.attention_forward_fraction == 0.522
+    # the attention core's forward takes the rate ratio longer; GEMMs are unchanged
+    times = {}
+    for key, case in (("titan", titan), ("other", other)):
+        ops = C.piece_ops(case.model, case.plan, case.workload, Piece.DENSE)
+        gpu, precision = case.cluster.gpu, case.workload.precision
+        times[key] = {op.name: C.op_forward_s(op, gpu, precision, 1.0) for op in ops}
+    assert times["titan"]["core_attention"] / times["other"]["core_attention"] == pytest.approx(0.522 / 0.325)
+    assert times["titan"]["ffn_up_gate"] == times["other"]["ffn_up_gate"]
+
+
+def test_torchtitan_pipeline_rows_take_one_micro_batch_per_stage():
+    """build_pipeline_schedule: n_microbatches defaults to pp * stages per rank, each rank's
+    batch (global / dp = 32) split evenly; generate_split_points: 2 stages per rank for
+    Interleaved1F1B."""
+    one = case_inputs(_row(ROW_1F1B))
+    assert (one.plan.pipeline_schedule, one.plan.vpp, one.plan.micro_batch_size) == (PipelineSchedule.ONE_F_ONE_B, 1, 4)
+    inter = case_inputs(_row(ROW_INTERLEAVED))
+    assert (inter.plan.pipeline_schedule, inter.plan.vpp, inter.plan.micro_batch_size) == (
+        PipelineSchedule.INTERLEAVED, 2, 2)
+    assert any(n.startswith("vpp empty: 2, TorchTitan") for n in inter.notes)
+    assert any(n.startswith("micro_batch empty: 2 (TorchTitan") for n in inter.notes)
+    # stated cells win
+    stated = case_inputs(_row(ROW_INTERLEAVED, vpp="3", micro_batch="1"))
+    assert (stated.plan.vpp, stated.plan.micro_batch_size) == (3, 1)
+    # another framework's row keeps Megatron's defaults (micro-batch 1, the mildest even split)
+    other = case_inputs(_not_titan(ROW_INTERLEAVED))
+    assert (other.plan.vpp, other.plan.micro_batch_size) == (3, 1)
+    assert case_inputs(_not_titan(ROW_1F1B)).plan.micro_batch_size == 1
+
+
+def test_micro_batch_default_needs_an_even_split():
+    """A local batch the stages do not divide (TorchTitan refuses it) falls back to 1."""
+    case = case_inputs(_row(ROW_1F1B, global_batch="200"))  # 25 per rank, 8 stages
+    assert case.plan.micro_batch_size == 1

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from planner.costmodel.compute import BF16_BYTES, FP32_BYTES, expert_load_factor, selective_modules
+from planner.costmodel.ops import BF16_BYTES, FP32_BYTES, expert_load_factor, selective_modules
 from planner.costmodel.memory import state_bytes_per_param
 from planner.costmodel.partition import Chunk, Piece
 from planner.hwmodels.alltoall import moe_all_to_all

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from planner.costmodel.compute import expert_load_factor
+from planner.costmodel.ops import expert_load_factor
 from planner.costmodel.fast_shapes import DUAL, PIECES, Shapes, canonical_plan, unique_rows
 from planner.costmodel.memory import _formats, inflight_microbatches, memory_constants, state_bytes_per_param
 from planner.costmodel.partition import Piece

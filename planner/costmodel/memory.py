@@ -44,7 +44,7 @@ import yaml
 from pydantic import NonNegativeFloat, PositiveFloat
 
 from planner.costmodel import params as P
-from planner.costmodel.compute import expert_load_factor, selective_modules
+from planner.costmodel.ops import expert_load_factor, selective_modules
 from planner.costmodel.partition import Chunk, Partition, Piece
 from planner.costmodel.report import MemoryBreakdown
 from planner.presets import data_root

@@ -32,7 +32,7 @@ expert (:attr:`Op.per_expert`).
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from enum import StrEnum
 
 import yaml
@@ -115,7 +115,9 @@ def _mem(name: str, nbytes: float, mods: frozenset[RecomputeModule] = _NO_MODULE
 
 def _within(ops: list[Op], module: RecomputeModule) -> list[Op]:
     """``ops`` as parts of ``module`` (recomputing it repeats them all)."""
-    return [replace(op, modules=op.modules | {module}) for op in ops]
+    for op in ops:  # fresh ops of this call's builders: tagged in place (replace() is slow here)
+        object.__setattr__(op, "modules", op.modules | {module})
+    return ops
 
 
 def selective_modules(model: ModelSpec, plan: Plan, precision: Precision) -> frozenset[RecomputeModule]:
@@ -358,7 +360,10 @@ def piece_ops(model: ModelSpec, plan: Plan, workload: Workload, piece: Piece) ->
     else:
         ops = _block_ops(model, plan, s, piece, precision)
     selected = selective_modules(model, plan, precision)
-    return tuple(replace(op, recompute_selective=bool(op.modules & selected)) if op.modules else op for op in ops)
+    for op in ops:  # fresh ops, marked in place
+        if op.modules & selected:
+            object.__setattr__(op, "recompute_selective", True)
+    return tuple(ops)
 
 
 def _block_ops(model: ModelSpec, plan: Plan, s: Shard, piece: Piece, precision: Precision) -> list[Op]:

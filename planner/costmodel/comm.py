@@ -22,7 +22,7 @@ activations), and the collective each becomes (Megatron-LM; DeepSeek-V3 §3.2):
   per node and GPU as DeepEP sends it, or one copy per chosen expert under the workload's
   ``moe_dispatcher`` ``alltoall`` (Megatron-Core's NCCL all-to-all dispatcher). Under real
   routing the busiest EP rank receives (dispatch) and returns (combine)
-  :func:`~planner.costmodel.compute.expert_load_factor` times the mean rows, and the
+  :func:`~planner.costmodel.ops.expert_load_factor` times the mean rows, and the
   collective ends when it does: both times scale by that factor.
 - Recomputation: a recomputed forward repeats its collectives in backward: full
   recomputation a block's TP collectives and its dispatch/combine, the ``moe`` module its
@@ -39,8 +39,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from planner.costmodel.ops import BF16_BYTES, FP32_BYTES, expert_load_factor, selective_modules
 from planner.costmodel.memory import state_bytes_per_param
+from planner.costmodel.ops import BF16_BYTES, FP32_BYTES, expert_load_factor, selective_modules
 from planner.costmodel.partition import Chunk, Piece
 from planner.hwmodels.alltoall import moe_all_to_all
 from planner.hwmodels.collectives import CollectiveOp, collective_cost, groups_digest

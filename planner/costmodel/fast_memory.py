@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from planner.costmodel.ops import expert_load_factor
 from planner.costmodel.fast_shapes import DUAL, PIECES, Shapes, canonical_plan, unique_rows
 from planner.costmodel.memory import _formats, inflight_microbatches, memory_constants, state_bytes_per_param
+from planner.costmodel.ops import ep_rank_imbalance
 from planner.costmodel.partition import Piece
 from planner.specs.plan import PipelineSchedule, Precision
 
@@ -70,9 +70,8 @@ def stage_memory(sh: Shapes, c: dict, pids, rank_counts, m, edp, pp: int, vpp: i
     d = model.hidden_size
     if model.moe is not None:
         moe_rank = (rank_counts[:, :, PIECES.index(Piece.MOE)] + rank_counts[:, :, PIECES.index(Piece.MTP)]) > 0
-        # memory.stage_memory: the busiest EP rank's rows (compute.expert_load_factor: one
-        # factor for every ep > 1, 1 at ep 1).
-        load = np.where(c["ep"] > 1, expert_load_factor(canonical_plan(ep=2, dp=2), workload), 1.0)
+        # memory.stage_memory: the busiest EP rank's rows (ops.expert_load_factor, per row).
+        load = np.where(c["ep"] > 1, ep_rank_imbalance(workload), 1.0)
         rows_ = tokens * model.moe.top_k * (c["etp"] / c["tp"] * load)[:, None]
         sets = k.overlapped_microbatches_dualpipe if dual else 1
         transient += moe_rank * sets * rows_ * d * (_formats(workload).cached + k.activation_bytes)

@@ -17,10 +17,11 @@ tensor for our architectures instead of the paper's ``34 sbh/t``: flash attentio
 1-byte masks; none of the modelled LLMs uses dropout), GQA's smaller k/v, MLA's latents
 and up-projections, SwiGLU or GELU, MoE with balanced routing (``tokens * top_k / tp * etp``
 expert rows per GPU, independent of ep; under real routing the busiest EP rank's,
-:func:`~planner.costmodel.compute.expert_load_factor` times that), shared experts, the fp32 softmax of Megatron's
-vocab-parallel cross entropy, MTP modules (V3 §2.2: two norms, the 2d -> d projection, a
-block, the shared head). Tokens divide by cp; without sequence parallelism the tensors of
-the sequence-parallel region (block inputs, norms) are replicated over tp.
+:func:`~planner.costmodel.ops.expert_load_factor` times that), shared experts, the fp32
+softmax of Megatron's vocab-parallel cross entropy, MTP modules (V3 §2.2: two norms, the
+2d -> d projection, a block, the shared head). Tokens divide by cp; without sequence
+parallelism the tensors of the sequence-parallel region (block inputs, norms) are
+replicated over tp.
 
 **Recompute.** ``selective`` drops what Megatron-Core's ``recompute_modules`` would: core
 attention (with flash attention, only its log-sum-exp); for MLA models all norms and the
@@ -51,7 +52,10 @@ from planner.presets import data_root
 from planner.specs._base import Spec
 from planner.specs.hardware import GPUSpec
 from planner.specs.model import FFNActivation, ModelSpec
-from planner.specs.plan import GradReduceDtype, MomentDtype, PipelineSchedule, Plan, Precision, Recompute, RecomputeModule, Workload, ZeroStage
+from planner.specs.plan import (
+    GradReduceDtype, MomentDtype, PipelineSchedule, Plan, Precision, Recompute, RecomputeModule, Workload,
+    ZeroStage,
+)
 from planner.units import to_si
 
 # ---------------------------------------------------------------------------------------
@@ -389,7 +393,7 @@ def _ffn_side_saved(model: ModelSpec, plan: Plan, moe: bool, f: _Formats, load: 
     # MoE with TP splits the tokens over tp (Megatron requires sequence parallelism there).
     # Balanced routing: a GPU receives tokens * top_k / tp rows from its EP group, and the
     # expert-TP group all-gathers them (x etp), each row computing size / etp; the busiest
-    # EP rank under real routing ``load`` times that (compute.expert_load_factor).
+    # EP rank under real routing ``load`` times that (ops.expert_load_factor).
     rows = spec.top_k * plan.expert_tp / tp * load
     saved += [
         Saved("FFN norm output", norm_out * d / sd, _LN),

@@ -159,9 +159,15 @@ class Shard:
 def expert_load_factor(plan: Plan, workload: Workload) -> float:
     """Routed rows the busiest EP rank receives over the mean, which sets the pace of every
     MoE layer (its expert GEMMs, and the all-to-all into and out of it: comm.StageComm):
-    1 under forced balance or without expert parallelism (one rank holds every expert and
-    gets every row), else ``moe_real_routing_rank_load_imbalance`` (compute.yaml, measured)."""
-    if plan.ep == 1 or workload.moe_routing is MoERouting.BALANCED:
+    1 without expert parallelism (one rank holds every expert and gets every row), else
+    :func:`ep_rank_imbalance`."""
+    return 1.0 if plan.ep == 1 else ep_rank_imbalance(workload)
+
+
+def ep_rank_imbalance(workload: Workload) -> float:
+    """The busiest EP rank's routed rows over the mean when ep > 1: 1 under forced balance,
+    else ``moe_real_routing_rank_load_imbalance`` (compute.yaml, measured)."""
+    if workload.moe_routing is MoERouting.BALANCED:
         return 1.0
     return float(compute_constants()["moe_real_routing_rank_load_imbalance"])
 

@@ -244,9 +244,9 @@ def _moe_all_to_all(cluster, groups, tokens_per_rank, hidden_size, top_k, num_ex
     limit = None if node_limit is None or node_limit >= islands else node_limit
     if limit is not None and limit * num_experts // islands < top_k:
         raise SpecError("node_limit", node_limit, f"{limit} nodes hold fewer than top_k = {top_k} experts")
-    stats = routing_stats(islands, per_island, num_experts, top_k, limit)
-    if not deduplicate:
-        # One copy per chosen expert: top_k "destinations", top_k / islands of them local.
+    if deduplicate:
+        stats = routing_stats(islands, per_island, num_experts, top_k, limit)
+    else:  # one copy per chosen expert: top_k "destinations", top_k / islands of them local
         stats = RoutingStats(float(top_k), top_k / islands, top_k / islands)
     members = arr.ravel()
     inter = islands > 1

@@ -73,7 +73,8 @@ class MoEDispatcher(StrEnum):
 class MoERouting(StrEnum):
     """How evenly the router spreads the routed rows over the EP ranks. The slowest EP rank
     paces every MoE layer (its expert GEMMs and the all-to-all into and out of it), so what
-    matters is the busiest rank's rows over the mean (:func:`planner.costmodel.compute.expert_load_factor`)."""
+    matters is the busiest rank's rows over the mean
+    (:func:`planner.costmodel.ops.expert_load_factor`)."""
 
     BALANCED = "balanced"
     """Every EP rank gets the mean, ``tokens * top_k / ep`` rows: forced balance

@@ -83,7 +83,7 @@ def routing(cells: Row, notes: list[str]) -> MoERouting:
 def selective_ladder(model: ModelSpec) -> tuple[tuple[RecomputeModule, ...] | None, ...]:
     """The module sets a ``selective`` row may have recomputed, least first: the schema
     names no modules, and a published run fitted, so ``planner validate`` takes the first
-    that fits. None: the default (:func:`planner.costmodel.compute.selective_modules`);
+    that fits. None: the default (:func:`planner.costmodel.ops.selective_modules`);
     for MoE models then the norms and expert activations (Megatron-MoE-ModelZoo's
     Qwen3-235B-A22B H100 and GB200 runs: ``--recompute-modules layernorm moe_act``), then
     the norms and whole MoE blocks (its long-context runs: ``--recompute-modules layernorm

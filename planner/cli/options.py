@@ -91,6 +91,14 @@ def moe_routing() -> Any:
                              "rank gets a measured imbalance more; data/costmodel/compute.yaml).")
 
 
+def pipeline_p2p() -> Any:
+    return typer.Option("megatron", "--pipeline-p2p",
+                        help="How pipeline stages exchange activations: megatron (batched exchanges, the "
+                             "schedule hides them where it has slack) or deepspeed (DeepSpeed's PipelineEngine: "
+                             "blocking send/recv of the whole activation inside each forward and backward; "
+                             "1f1b only).")
+
+
 def grad_reduce() -> Any:
     return typer.Option("fp32", "--grad-reduce",
                         help="Format of the gradient buffer and its data-parallel reduction: fp32 (Megatron-LM's "

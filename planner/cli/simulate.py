@@ -102,6 +102,7 @@ def simulate_command(
     overlap_param_gather: bool = options.overlap_param_gather(),
     moe_dispatcher: str = options.moe_dispatcher(),
     moe_routing: str = options.moe_routing(),
+    pipeline_p2p: str = options.pipeline_p2p(),
     tp: int = options.knob("tp"),
     pp: int = options.knob("pp"),
     vpp: int = options.knob("vpp"),
@@ -139,7 +140,8 @@ def simulate_command(
     workload, budget = resolve_workload(model_spec, cluster_spec.num_gpus, global_batch, tokens, seq_len, precision,
                                         adam_moments, moe_dispatch,
                                         grad_reduce, overlap_param_gather,
-                                        moe_dispatcher=moe_dispatcher, moe_routing=moe_routing)
+                                        moe_dispatcher=moe_dispatcher, moe_routing=moe_routing,
+                                        pipeline_p2p=pipeline_p2p)
     knobs = {
         "tp": tp, "pp": pp, "vpp": vpp, "cp": cp, "ep": ep, "etp": etp, "dp": dp, "zero_stage": zero,
         "sequence_parallel": sp, "recompute": recompute, "micro_batch_size": micro_batch,

@@ -247,6 +247,17 @@ def pp_p2p_s(cluster: ClusterSpec, plan: Plan, workload: Workload, layout: RankL
     return collective_cost(cluster, CollectiveOp.P2P, pairs, nbytes).time_s
 
 
+def pp_blocking_transfers(pp: int) -> np.ndarray:
+    """Per pipeline stage, how many transfers each of its forwards (and each of its
+    backwards) waits out when every send and receive blocks the compute
+    (:attr:`~planner.specs.plan.PipelineP2P.DEEPSPEED`): a receive from the previous stage
+    and a send to the next, so two in the middle of the pipeline and one at either end."""
+    waits = np.full(pp, 2.0)
+    waits[0] -= 1.0
+    waits[-1] -= 1.0
+    return waits
+
+
 @dataclass(frozen=True)
 class DPComm:
     """Data-parallel communication of one pipeline rank per step."""

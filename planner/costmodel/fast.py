@@ -76,6 +76,7 @@ import numpy as np
 
 from planner.costmodel import compute as C
 from planner.costmodel import fast_pipeline
+from planner.costmodel.comm import pp_blocking_transfers
 from planner.costmodel.dp_overlap import dp_exposure
 from planner.costmodel.fast_memory import stage_memory
 from planner.costmodel.fast_refusals import REFUSALS, Refusals
@@ -86,7 +87,7 @@ from planner.costmodel.simulate import _optimizer_bytes_per_param
 from planner.errors import PlannerError, UnsupportedError
 from planner.specs.hardware import ClusterSpec
 from planner.specs.model import ModelSpec
-from planner.specs.plan import DEFAULT_RANK_ORDER, PipelineSchedule, Plan, Recompute, Workload
+from planner.specs.plan import DEFAULT_RANK_ORDER, PipelineP2P, PipelineSchedule, Plan, Recompute, Workload
 
 __all__ = ["EXACT_TOP", "FastEstimates", "clear_caches", "estimate", "estimate_table"]
 
@@ -440,6 +441,9 @@ def _group(ctx: _Context, col: dict, shared: np.ndarray, plans: np.ndarray, pids
         pair = np.maximum(busy, comm[:, :, 4] + comm[:, :, 5] + 2 * gather + scatter) + comm[:, :, 0] + comm[:, :, 1]
         serial = fwd + bwd + wgt
         overlap = np.where(serial > 0, pair / np.where(serial > 0, serial, 1.0), 1.0)
+    if workload.pipeline_p2p is PipelineP2P.DEEPSPEED and pp > 1:  # blocking: inside F and B (simulate)
+        waits = p2p[:, None] * pp_blocking_transfers(pp)
+        fwd, bwd, p2p = fwd + waits, bwd + waits, np.zeros_like(p2p)
     # Exposed DP gradient sync (beyond the rank's last backward) and the optimizer step.
     interleaved = schedule is PipelineSchedule.INTERLEAVED
     if interleaved:  # chunk v * pp + r is rank r's v-th

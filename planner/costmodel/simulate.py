@@ -22,6 +22,8 @@ Overlap rules (what hides what):
   larger of their summed compute and summed all-to-all (V3 §3.2.1), with the SMs given to
   communication taken from compute (V3 §3.5.1); chunks outside pairs expose it.
 - PP p2p: a dependency delay between chunks; the schedule hides it where there is slack.
+  Under DeepSpeed's blocking p2p (``Workload.pipeline_p2p``) each forward and backward waits
+  out its own transfers instead (:func:`~planner.costmodel.comm.pp_blocking_transfers`).
 - DP gradient reduction: each chunk's share starts with that chunk's last backward (Megatron
   ``overlap_grad_reduce``: buckets go out as soon as their gradients are final), so one chunk
   per rank hides it behind the last backward and interleaving behind the backward of the
@@ -35,11 +37,12 @@ Overlap rules (what hides what):
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 
 import numpy as np
 
 from planner.costmodel import compute as C
-from planner.costmodel.comm import StageComm, dp_step_comm, pp_p2p_s
+from planner.costmodel.comm import StageComm, dp_step_comm, pp_blocking_transfers, pp_p2p_s
 from planner.costmodel.dp_overlap import plan_exposure
 from planner.costmodel.flops import flops_per_token_train
 from planner.costmodel.memory import adam_moment_bytes, inflight_microbatches, piece_params, stage_memory
@@ -50,7 +53,7 @@ from planner.hwmodels.placement import rank_layout
 from planner.specs.compat import check_plan
 from planner.specs.hardware import ClusterSpec, Dtype
 from planner.specs.model import ModelSpec
-from planner.specs.plan import PipelineSchedule, Plan, Workload, ZeroStage
+from planner.specs.plan import PipelineP2P, PipelineSchedule, Plan, Workload, ZeroStage
 
 DUAL = (PipelineSchedule.DUALPIPE, PipelineSchedule.DUALPIPEV)
 
@@ -221,11 +224,19 @@ def _simulate_partition(
         infos[chunk.index] = info
     num_micro = plan.num_microbatches(workload)
     p2p = pp_p2p_s(cluster, plan, workload, layout, model)
-    timeline = simulate_pipeline(plan.pipeline_schedule, chunk_times, num_micro, plan.pp, plan.vpp, p2p)
+    sched_times, sched_p2p, waits = chunk_times, p2p, np.zeros(len(chunk_times))
+    if workload.pipeline_p2p is PipelineP2P.DEEPSPEED:
+        # Blocking transfers sit inside each forward and backward (1F1B: chunk = stage), so
+        # nothing is left to delay the dependent chunk.
+        waits = p2p * pp_blocking_transfers(plan.pp)
+        sched_times = [replace(t, forward_s=t.forward_s + w, backward_input_s=t.backward_input_s + w)
+                       for t, w in zip(chunk_times, waits, strict=True)]
+        sched_p2p = 0.0
+    timeline = simulate_pipeline(plan.pipeline_schedule, sched_times, num_micro, plan.pp, plan.vpp, sched_p2p)
 
     # Data-parallel sync and optimizer per rank; the slowest rank ends the step.
     rank_end = timeline.rank_end_s
-    exposures, delay = _dp_exposure(plan, workload, ranks, chunk_times, p2p)
+    exposures, delay = _dp_exposure(plan, workload, ranks, sched_times, sched_p2p)
     ends, tails = [], []
     for rc in ranks:
         dp = rc.dp
@@ -276,8 +287,10 @@ def _simulate_partition(
         exposed[Dim.EP] += a2a - min(a2a, hidden_ep)
         exposed[Dim.DP] += runs * info["zero3"][0]
         hidden[Dim.DP] += runs * info["zero3"][1]
-    # One activation out and one gradient back per chunk run.
-    hidden[Dim.PP] = 2 * p2p * runs * len(part.chunks_of_rank(critical))
+    # One activation out and one gradient back per chunk run; blocking ones wait in F and B.
+    own = part.chunks_of_rank(critical)
+    exposed[Dim.PP] = 2 * runs * sum(float(waits[c.index]) for c in own)
+    hidden[Dim.PP] = 2 * sched_p2p * runs * len(own)
     exposed[Dim.DP] += dp_exposed_s
     hidden[Dim.DP] += max(0.0, dp_total - dp_exposed_s)
 

@@ -27,6 +27,7 @@ from planner.specs.plan import (
     AttentionKernel,
     GradReduceDtype,
     MoEDispatcher,
+    PipelineP2P,
     PipelineSchedule,
     Plan,
     Precision,
@@ -225,6 +226,8 @@ def _workload_args(plan: Plan, workload: Workload) -> list[str]:
         lines.append("--overlap-param-gather")
     if workload.grad_reduce_dtype is GradReduceDtype.BF16 and workload.precision is not Precision.FP16:
         lines.append("--grad-reduce-in-bf16")
+    if workload.pipeline_p2p is PipelineP2P.DEEPSPEED and plan.pp > 1:
+        lines.append("# priced with DeepSpeed's blocking pipeline p2p; Megatron-LM batches its exchanges")
     return lines
 
 

@@ -57,7 +57,9 @@ import numpy as np
 
 from planner.errors import SpecError
 from planner.specs.model import ModelSpec
-from planner.specs.plan import DEFAULT_RANK_ORDER, PipelineSchedule, Plan, Recompute, Workload, ZeroStage
+from planner.specs.plan import (
+    DEFAULT_RANK_ORDER, PipelineP2P, PipelineSchedule, Plan, Recompute, Workload, ZeroStage,
+)
 
 ORDER_DIMS = ("tp", "cp", "ep", "dp", "pp")
 """The dimensions a rank order permutes (:attr:`Plan.rank_order`)."""
@@ -349,6 +351,8 @@ def _rules(model, workload, stats, orders, weight, tp, cp, pp, vpp, dp, sched, e
     rule("plan.micro_batch_size", batch % (dp * mb) != 0)
     m = batch // (dp * mb)
     rule("plan.pipeline_schedule", dual & ~((m >= 2 * pp) & ((m % 2 == 0) | (sched == S_DUALPIPEV))))
+    if workload.pipeline_p2p is PipelineP2P.DEEPSPEED:
+        rule("plan.pipeline_schedule", (pp > 1) & (sched != S_1F1B))
     # check_schedule (the others are implied by the rules above)
     rule("schedule.num_microbatches", (sched == S_INTERLEAVED) & (m % pp != 0))
     # DualPipeV: 2 * pp chunks of >= 1 block

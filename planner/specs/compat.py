@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from planner.errors import SpecError
 from planner.specs.model import ModelSpec
-from planner.specs.plan import PipelineSchedule, Plan, Workload
+from planner.specs.plan import PipelineP2P, PipelineSchedule, Plan, Workload
 
 
 def _require(ok: bool, field: str, value: object, rule: str) -> None:
@@ -74,6 +74,13 @@ def check_plan(model: ModelSpec, workload: Workload, plan: Plan, num_gpus: int |
             "pipeline_schedule",
             plan.pipeline_schedule.value,
             f"needs an even number of micro-batches >= 2 * pp ({2 * plan.pp}); this plan has {micro}",
+        )
+    if workload.pipeline_p2p is PipelineP2P.DEEPSPEED and plan.pp > 1:
+        _require(
+            plan.pipeline_schedule is PipelineSchedule.ONE_F_ONE_B,
+            "pipeline_schedule",
+            plan.pipeline_schedule.value,
+            "must be 1f1b under pipeline_p2p deepspeed (the only training schedule of DeepSpeed's PipelineEngine)",
         )
     if num_gpus is not None:
         _require(

@@ -84,6 +84,24 @@ class MoERouting(StrEnum):
     ``moe_real_routing_rank_load_imbalance`` x the mean (data/costmodel/compute.yaml)."""
 
 
+class PipelineP2P(StrEnum):
+    """How the pipeline runtime moves activations and gradients between stages."""
+
+    MEGATRON = "megatron"
+    """Megatron-LM / Megatron-Core (and the runtimes built on their schedules): each stage's
+    send and receive are batched into one exchange per neighbour, and with sequence parallelism
+    each TP rank sends its 1/tp of the activation. Priced as a delay between dependent chunks
+    on different ranks, which the schedule hides where it has slack."""
+    DEEPSPEED = "deepspeed"
+    """DeepSpeed's ``PipelineEngine`` (Megatron-DeepSpeed, BLOOM, MT-NLG): every receive and
+    send is its own blocking instruction between the compute (``deepspeed/runtime/pipe/p2p.py``
+    asserts ``async_op == False``; ``schedule.py``'s ``TrainSchedule`` issues ``RecvActivation``
+    / ``SendActivation`` around each ``ForwardPass`` and ``RecvGrad`` / ``SendGrad`` around each
+    ``BackwardPass``), and each TP rank sends the whole activation. So a stage's forward and
+    backward each wait out one transfer per neighbour (two in the middle of the pipeline, one at
+    either end). Only with the ``1f1b`` schedule, the engine's only training schedule."""
+
+
 class GradReduceDtype(StrEnum):
     """Format of the gradient buffer and of its data-parallel reduction (Megatron-Core
     ``DistributedDataParallelConfig.grad_reduce_in_fp32``)."""
@@ -197,6 +215,9 @@ class Workload(Spec):
     otherwise."""
     grad_reduce_dtype: GradReduceDtype = GradReduceDtype.FP32
     """Format of the gradient buffer and its data-parallel reduction (see the enum)."""
+    pipeline_p2p: PipelineP2P = PipelineP2P.MEGATRON
+    """How stages exchange activations and gradients (see the enum): Megatron's unless the
+    run says otherwise."""
     overlap_param_gather: bool = True
     """ZeRO-1/2: the parameter all-gather after the optimizer step runs under the next
     step's forward passes, bucket by bucket, instead of before the step ends (Megatron-Core

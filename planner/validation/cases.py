@@ -78,6 +78,10 @@ vpp                    1, unless the schedule is ``interleaved`` ("interleaved w
                        unpublished count"): the smallest count >= 2 that divides the layers
                        per stage (layers // pp), i.e. the mildest even interleaving; on a
                        TorchTitan row 2, its default stages per rank
+pipeline p2p           (no column) pp > 1 with ``1f1b`` and DeepSpeed named in ``source`` or
+                       ``notes`` (Megatron-DeepSpeed, BLOOM, MT-NLG): DeepSpeed's blocking
+                       send/recv of the whole activation; else Megatron's
+                       (:func:`~planner.validation.reconcile.pipeline_p2p`)
 =====================  ===================================================================
 
 Cells that disagree are resolved the same way every time and noted: with dp given and
@@ -128,8 +132,8 @@ from planner.specs.compat import check_plan
 from planner.validation.case_model import _default, case_model
 from planner.validation.clusters import case_cluster
 from planner.validation.reconcile import (
-    default_etp, moe_dispatcher, recipe, schedule_of, sdpa_attention, torchtitan_microbatch, torchtitan_row,
-    whole_micro_batches,
+    default_etp, moe_dispatcher, pipeline_p2p, recipe, schedule_of, sdpa_attention, torchtitan_microbatch,
+    torchtitan_row, whole_micro_batches,
 )
 
 REQUIRED_COLUMNS = (
@@ -240,6 +244,7 @@ def case_inputs(row: dict[str, Any]) -> CaseInputs:
     workload = _workload(cells, notes)
     plan, candidates = _plan(cells, model, notes)
     workload = whole_micro_batches(workload, plan, notes)
+    workload = revalidate(workload, pipeline_p2p=pipeline_p2p(cells, plan, notes))
     check_plan(model, workload, plan)
     cluster = sdpa_attention(cells, case_cluster(cells, plan.world_size, notes), _source_year(cells), notes)
     if model.moe is not None and plan.ep > 1:

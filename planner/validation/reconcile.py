@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING
 from planner.errors import SpecError
 from planner.presets import revalidate
 from planner.specs import (
-    ClusterSpec, ModelSpec, MoEDispatcher, MoERouting, PipelineSchedule, Plan, Precision, RecomputeModule, Workload,
+    ClusterSpec, ModelSpec, MoEDispatcher, MoERouting, PipelineP2P, PipelineSchedule, Plan, Precision,
+    RecomputeModule, Workload,
 )
 
 if TYPE_CHECKING:
@@ -149,6 +150,22 @@ def torchtitan_microbatch(local_batch: int, pp: int, vpp: int, notes: list[str])
     return local_batch // stages
 
 
+_DEEPSPEED = re.compile(r"deepspeed", re.IGNORECASE)
+
+
+def pipeline_p2p(cells: Row, plan: Plan, notes: list[str]) -> PipelineP2P:
+    """How a pipelined row's stages exchange activations (no column states the runtime):
+    DeepSpeed's blocking ``PipelineEngine`` when the row's ``source`` or ``notes`` name
+    DeepSpeed (Megatron-DeepSpeed trains every pipelined model with that engine and its 1F1B
+    ``TrainSchedule``), else Megatron's. A row whose schedule is not 1F1B keeps Megatron's:
+    the engine has no other training schedule."""
+    text = f"{cells.text('source') or ''} {cells.text('notes') or ''}"
+    if plan.pp > 1 and plan.pipeline_schedule is PipelineSchedule.ONE_F_ONE_B and _DEEPSPEED.search(text):
+        notes.append("pipeline p2p: deepspeed (blocking send/recv of the whole activation; DeepSpeed named)")
+        return PipelineP2P.DEEPSPEED
+    return PipelineP2P.MEGATRON
+
+
 def moe_dispatcher(cells: Row, model: ModelSpec, cluster: ClusterSpec, notes: list[str]) -> MoEDispatcher:
     """Token dispatcher of a MoE row (no column states it):
 
@@ -262,5 +279,5 @@ def reconciled_schedule(
     return schedule, 1
 
 
-__all__ = ["default_etp", "moe_dispatcher", "reconciled_schedule", "schedule_of", "sdpa_attention",
-           "torchtitan_microbatch", "torchtitan_row", "whole_micro_batches"]
+__all__ = ["default_etp", "moe_dispatcher", "pipeline_p2p", "reconciled_schedule", "schedule_of",
+           "sdpa_attention", "torchtitan_microbatch", "torchtitan_row", "whole_micro_batches"]

@@ -6,11 +6,13 @@ tokens, CP 1 (8k, 16k) to CP 32 (1024k), 4M tokens per step, TFLOPS/GPU in NeMo'
 full-attention convention (F = 6 N_matmul + 12 l s h per token, as the extra cases convert it;
 NeMo's llama formulas counted non-causal attention until 2025, NVIDIA-NeMo issue #14376).
 
-Every row of that table is predicted too fast, and the shortfall grows with the attention
-share. Scaling only the attention core's rate by one factor k reconciles each row; that k is
-the same with and without CP (about 1.5 on the cuDNN-based H100 preset), so what is missing
-is attention throughput of that software stack, not a CP mechanism (ring exchange, chunked
-kernels, load balancing). The test pins that structure: the k of every row, CP 1 to CP 32,
+At the H100 preset's cuDNN attention rates every row of that table is predicted too fast,
+and the shortfall grows with the attention share. Scaling only the attention core's rate by one
+factor k reconciles each row; that k is the same with and without CP (about 1.5 at cuDNN
+rates), so what was missing is the attention throughput of that software stack, not a CP
+mechanism (ring exchange, chunked kernels, load balancing). The stack was FlashAttention-2:
+NeMo's launcher set ``NVTE_FUSED_ATTN=0`` through the 24.07 container, and the validator now
+prices those rows at FA2's rates (0.6 of cuDNN's), where k is 0.88-0.95. The test pins that structure: the k of every row, CP 1 to CP 32,
 within 10% of each other (today's spread 7%). It fails if CP attention FLOPs, the ring
 exchange or its overlap are mis-modelled (a CP-only error shows up in the CP rows only).
 """

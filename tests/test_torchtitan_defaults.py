@@ -1,7 +1,9 @@
-"""TorchTitan's defaults in `planner validate`: PyTorch SDPA's FlashAttention-2 rates on
-Hopper, and TorchTitan's pipeline defaults (stages per rank, one micro-batch per stage) for
-rows that leave vpp / micro_batch empty. Rows: the torchtitan H100 benchmarks in
-data/validation/extra_cases.csv (pytorch/torchtitan benchmarks/llama3_h100_202412_torchtitan.md)."""
+"""Framework defaults in `planner validate`: FlashAttention-2 rates on Hopper for TorchTitan (PyTorch
+SDPA) and for NeMo containers up to 24.07 (the launcher disabled cuDNN attention), and TorchTitan's
+pipeline defaults (stages per rank, one micro-batch per stage) for rows that leave vpp / micro_batch
+empty. Rows: the torchtitan H100 benchmarks (pytorch/torchtitan
+benchmarks/llama3_h100_202412_torchtitan.md) and NeMo's 2024 H100 tables in
+data/validation/extra_cases.csv."""
 
 from __future__ import annotations
 
@@ -96,3 +98,28 @@ def test_micro_batch_default_needs_an_even_split():
     """A local batch the stages do not divide (TorchTitan refuses it) falls back to 1."""
     case = case_inputs(_row(ROW_1F1B, global_batch="200"))  # 25 per rank, 8 stages
     assert case.plan.micro_batch_size == 1
+
+
+NEMO_2407 = "nemo2407-h100-llama2-7b-8gpu"
+NEMO_LONGSEQ = "nemolongseq-h100-llama2-7b-32k-cp2-32gpu"
+
+
+@pytest.mark.parametrize("case_id", [NEMO_2407, NEMO_LONGSEQ])
+def test_nemo_launcher_rows_up_to_24_07_run_flash_attention_2(case_id):
+    """NeMo-Framework-Launcher's conf/config.yaml (container nemo:24.03.01) sets
+    ``NVTE_FUSED_ATTN: 0`` ("Disable cudnn FA until we've tested it more") until PR #422 "enable
+    fused attention" (2024-08-29), so NeMo's 24.03-24.07 tables ran FlashAttention-2."""
+    row = BY_ID[case_id]
+    fa2 = case_inputs(row)
+    assert fa2.cluster.gpu.efficiency.attention_forward_fraction == load_gpu("h100-sxm-80gb").efficiency \
+        .with_flash_attention_2().attention_forward_fraction
+    assert any(n.startswith("attention: FlashAttention-2") and "NVTE_FUSED_ATTN" in n for n in fa2.notes)
+    cudnn = load_gpu("h100-sxm-80gb").efficiency.attention_forward_fraction
+    # the first container after the change, a later year without a release named, and no NeMo at all
+    for source in ("NVIDIA NeMo 2024, performance summary (NeMo 24.09)", "NVIDIA NeMo 2025, performance summary",
+                   "Some trainer 2024"):
+        later = case_inputs({**row, "source": source, "notes": ""})
+        assert later.cluster.gpu.efficiency.attention_forward_fraction == cudnn, source
+    # a 2024 NeMo row that names no release is taken as the launcher's (8 of 2024's 12 months)
+    undated = case_inputs({**row, "source": "NVIDIA NeMo 2024, performance summary", "notes": ""})
+    assert undated.cluster.gpu.efficiency.attention_forward_fraction < cudnn

@@ -69,8 +69,10 @@ attention kernel       (no column) ``unfused`` when the ``source`` cites a year 
                        2022) reached Megatron-LM as ``--use-flash-attn`` in 2023; runs
                        published earlier materialised the score matrix (Korthikanti et al.
                        2022 §4.1 store its 5as^2b bytes). No year: ``flash``. A TorchTitan
-                       row runs at the GPU's FlashAttention-2 rates where its preset sets them
-                       (:func:`~planner.validation.reconcile.sdpa_attention`)
+                       row (through 2025) and a NeMo row up to the 24.07 container run at the
+                       GPU's FlashAttention-2 rates where its preset sets them (PyTorch SDPA's
+                       flash backend; NeMo's launcher set ``NVTE_FUSED_ATTN=0``)
+                       (:func:`~planner.validation.reconcile.flash_attention_2`)
 pp_schedule            pp = 1: irrelevant. pp > 1: ``interleaved`` if vpp > 1, else ``1f1b``
                        (Megatron without virtual stages, DeepSpeed's pipeline engine); the
                        same for ``none`` on a pp > 1 row
@@ -132,7 +134,7 @@ from planner.specs.compat import check_plan
 from planner.validation.case_model import _default, case_model
 from planner.validation.clusters import case_cluster
 from planner.validation.reconcile import (
-    default_etp, moe_dispatcher, pipeline_p2p, recipe, schedule_of, sdpa_attention, torchtitan_microbatch,
+    default_etp, moe_dispatcher, pipeline_p2p, recipe, schedule_of, flash_attention_2, torchtitan_microbatch,
     torchtitan_row, whole_micro_batches,
 )
 
@@ -246,7 +248,7 @@ def case_inputs(row: dict[str, Any]) -> CaseInputs:
     workload = whole_micro_batches(workload, plan, notes)
     workload = revalidate(workload, pipeline_p2p=pipeline_p2p(cells, plan, notes))
     check_plan(model, workload, plan)
-    cluster = sdpa_attention(cells, case_cluster(cells, plan.world_size, notes), _source_year(cells), notes)
+    cluster = flash_attention_2(cells, case_cluster(cells, plan.world_size, notes), _source_year(cells), notes)
     if model.moe is not None and plan.ep > 1:
         workload = revalidate(workload, moe_dispatcher=moe_dispatcher(cells, model, cluster, notes))
     return CaseInputs(model, cluster, plan, workload, notes, candidates)

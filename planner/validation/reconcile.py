@@ -115,17 +115,50 @@ def torchtitan_row(cells: Row) -> bool:
     return bool(_TORCHTITAN.search(f"{cells.text('source') or ''} {cells.text('notes') or ''}"))
 
 
-def sdpa_attention(cells: Row, cluster: ClusterSpec, year: int | None, notes: list[str]) -> ClusterSpec:
-    """A TorchTitan row's GPU with FlashAttention-2's attention rates: TorchTitan's models call
-    ``F.scaled_dot_product_attention`` (torchtitan/models/llama/model.py), whose default on
-    Hopper was the FlashAttention-2 ``flash`` backend through
-    :data:`SDPA_FLASH_ATTENTION_2_LAST_YEAR`. GPUs whose presets set no separate FA2 rates
-    keep theirs."""
+NEMO_FLASH_ATTENTION_2_LAST_RELEASE = (24, 7)
+"""Last NeMo container whose launcher disabled cuDNN attention: NeMo-Framework-Launcher's
+launcher_scripts/conf/config.yaml set ``NVTE_FUSED_ATTN: 0`` ("Disable cudnn FA until we've
+tested it more", shipped with container nemo:24.03.01) until PR #422 "enable fused attention"
+(merged 2024-08-29), so Transformer Engine ran the flash-attn (FlashAttention-2) backend; the
+next container was 24.09."""
+
+_NEMO_RELEASE = re.compile(r"\bNeMo\s+(\d\d)\.(\d\d)\b")
+_NEMO = re.compile(r"\bNeMo\b")
+
+
+def _flash_attention_2_runtime(cells: Row, year: int | None) -> str | None:
+    """Why the row's attention ran FlashAttention-2 kernels, or None:
+
+    - TorchTitan: its models call ``F.scaled_dot_product_attention``
+      (torchtitan/models/llama/model.py), whose default on Hopper was the FlashAttention-2
+      ``flash`` backend through :data:`SDPA_FLASH_ATTENTION_2_LAST_YEAR`;
+    - a NeMo container up to :data:`NEMO_FLASH_ATTENTION_2_LAST_RELEASE` (the release named as
+      ``NeMo YY.MM`` in ``source`` or ``notes``; with none named, a NeMo row from 2024 or
+      earlier): its launcher turned cuDNN attention off."""
+    text = f"{cells.text('source') or ''} {cells.text('notes') or ''}"
+    if torchtitan_row(cells):
+        if year is None or year <= SDPA_FLASH_ATTENTION_2_LAST_YEAR:
+            return "TorchTitan: PyTorch SDPA's default flash backend"
+        return None
+    release = _NEMO_RELEASE.search(text)
+    if release is not None:
+        if (int(release[1]), int(release[2])) <= NEMO_FLASH_ATTENTION_2_LAST_RELEASE:
+            return f"NeMo {release[1]}.{release[2]}: the launcher set NVTE_FUSED_ATTN=0"
+        return None
+    if _NEMO.search(text) and year is not None and year <= NEMO_FLASH_ATTENTION_2_LAST_RELEASE[0] + 2000:
+        return f"NeMo {year}: the launcher set NVTE_FUSED_ATTN=0 until its 24.09 container"
+    return None
+
+
+def flash_attention_2(cells: Row, cluster: ClusterSpec, year: int | None, notes: list[str]) -> ClusterSpec:
+    """The row's GPU with FlashAttention-2's attention rates when its runtime ran those kernels
+    (:func:`_flash_attention_2_runtime`). GPUs whose presets set no separate FA2 rates (those
+    where FlashAttention-2 is the rate they carry) keep theirs."""
     eff = cluster.gpu.efficiency
-    if (not torchtitan_row(cells) or eff is None or eff.flash_attention_2_fractions is None
-            or (year is not None and year > SDPA_FLASH_ATTENTION_2_LAST_YEAR)):
+    why = _flash_attention_2_runtime(cells, year)
+    if why is None or eff is None or eff.flash_attention_2_fractions is None:
         return cluster
-    notes.append("attention: FlashAttention-2 rates (TorchTitan: PyTorch SDPA's default flash backend)")
+    notes.append(f"attention: FlashAttention-2 rates ({why})")
     gpu = cluster.gpu.model_copy(update={"efficiency": eff.with_flash_attention_2()})
     return cluster.model_copy(update={"gpu": gpu})
 
@@ -279,5 +312,5 @@ def reconciled_schedule(
     return schedule, 1
 
 
-__all__ = ["default_etp", "moe_dispatcher", "pipeline_p2p", "reconciled_schedule", "schedule_of",
-           "sdpa_attention", "torchtitan_microbatch", "torchtitan_row", "whole_micro_batches"]
+__all__ = ["default_etp", "flash_attention_2", "moe_dispatcher", "pipeline_p2p", "reconciled_schedule",
+           "schedule_of", "torchtitan_microbatch", "torchtitan_row", "whole_micro_batches"]

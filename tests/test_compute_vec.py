@@ -1,7 +1,8 @@
 """compute_vec.OpArrays.times equals compute.piece_time bit for bit (``==``, no tolerance:
 the search's time-balanced splits read these forward times and must match the simulator's)
 on random shapes: models dense, MoE and MLA, every GPU preset, launch overhead synchronous
-and asynchronous, fp8/bf16/fp16, flash and unfused attention, every recompute, SM shares."""
+and asynchronous, fp8/bf16/fp16, flash and unfused attention, every recompute (selective
+with the default modules and TorchTitan's op-level SAC), SM shares."""
 
 from __future__ import annotations
 
@@ -38,6 +39,9 @@ def _random_case(rng: random.Random):
     plan = Plan(tp=tp, cp=cp, ep=ep, dp=max(ep, 1), micro_batch_size=rng.choice([1, 2, 3]),
                 sequence_parallel=tp > 1 and rng.random() < 0.5,
                 attention_kernel=rng.choice(["flash", "flash", "unfused"]))
+    if model.moe is None and model.mla is None and plan.attention_kernel == "flash" and rng.random() < 0.5:
+        # TorchTitan's op-level SAC: fractional recompute shares of the fused GEMMs
+        plan = revalidate(plan, recompute="selective", recompute_modules=["op_sac"])
     precision = rng.choice(list(Precision))
     workload = Workload(global_batch_size=plan.dp * 8, seq_length=rng.choice([512, 2048, 4096]),
                         precision=precision)

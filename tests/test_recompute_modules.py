@@ -18,6 +18,7 @@ from planner.launch.emit import megatron_args
 from planner.presets import revalidate
 from planner.specs import Plan, Precision, Recompute, RecomputeModule, Workload
 from planner.validation import run as R
+from planner.validation.reconcile import selective_ladder
 
 QWEN = load_model("qwen3-235b-a22b")
 WORKLOAD = Workload(global_batch_size=256, seq_length=4096, precision="bf16")
@@ -102,7 +103,8 @@ def test_validator_takes_the_first_module_set_that_fits() -> None:
                                memory_capacity_bytes=1, messages=[])
 
     inputs = SimpleNamespace(model=QWEN, cluster=None, plan=BASE, workload=WORKLOAD,
-                             recompute_candidates=(Recompute.SELECTIVE,))
+                             recompute_candidates=(Recompute.SELECTIVE,),
+                             selective_sets=selective_ladder(QWEN))
     notes: list[str] = []
     report = R._simulate_fitting(inputs, fake_simulate, notes)
     assert report.status == "ok"

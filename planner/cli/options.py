@@ -205,7 +205,8 @@ def recompute_modules() -> Any:
     return typer.Option(
         None, "--recompute-modules", metavar="LIST",
         help="What selective recompute rebuilds (Megatron --recompute-modules), comma-separated: core_attn, "
-             "layernorm, mla_up_proj, moe_act, mlp, moe, shared_experts \\[default: core_attn, + moe_act in fp8; "
+             "layernorm, mla_up_proj, moe_act, mlp, moe, shared_experts, or alone op_sac (TorchTitan's "
+             "op-level SAC) \\[default: core_attn, + moe_act in fp8; "
              "MLA models: layernorm, mla_up_proj, moe_act].",
     )
 

@@ -12,7 +12,8 @@ its forward FLOPs (B only); memory-bound kernels move twice their forward bytes 
 (B) unless they state their backward bytes (:attr:`Op.backward_bytes`). Recomputation adds
 forward work to B: ``full`` the whole piece, ``selective`` the ops of the modules
 :func:`selective_modules` names (Megatron-Core ``recompute_modules``: each op states the
-modules it belongs to, :attr:`Op.modules`).
+modules it belongs to, :attr:`Op.modules`), or under TorchTitan's op-level SAC the share of
+each op it repeats (:attr:`Op.recompute_share`).
 
 MoE routed experts: the expert GEMMs are issued one per local expert after the layer's
 tokens-per-expert device-to-host sync, so each phase takes at least the host's work for
@@ -231,8 +232,10 @@ def piece_time(
         fwd += with_launches_s(t, f_launches, gpu)
         b += with_launches_s(b_device_s, b_launches, gpu)
         w += with_launches_s(w_device_s, w_launches, gpu)
-        if recompute is Recompute.FULL or (recompute is Recompute.SELECTIVE and op.recompute_selective):
+        if recompute is Recompute.FULL:
             rec += with_launches_s(t, f_launches, gpu)
+        elif recompute is Recompute.SELECTIVE and op.recompute_selective:
+            rec += with_launches_s(t, f_launches, gpu) * op.recompute_share
     return PieceTime(fwd, b + rec, w, rec)
 
 

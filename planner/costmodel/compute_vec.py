@@ -34,6 +34,11 @@ def _sequential_sum(values: np.ndarray) -> np.ndarray:
     return np.add.accumulate(values, axis=-1)[..., -1]
 
 
+def _selective_share(op: C.Op) -> float:
+    """What :func:`compute.piece_time` multiplies a selectively recomputed op's forward by."""
+    return op.recompute_share if op.recompute_selective else 0.0
+
+
 @dataclass(frozen=True)
 class OpArrays:
     """One piece's ops as arrays (one entry per op, in order)."""
@@ -62,7 +67,7 @@ class OpArrays:
     host: np.ndarray
     """(3, ops): host floors in forward, B and W (:func:`compute.expert_host_s`; 0 elsewhere)."""
     selective: np.ndarray
-    """1 where selective recomputation repeats the op."""
+    """The share of the op's forward selective recomputation repeats (0: none)."""
     gpu: GPUSpec
 
     @classmethod
@@ -76,17 +81,17 @@ class OpArrays:
                                    dtype=float)
         for op in ops:
             if op.kind is C.OpKind.MEMORY:
-                rows.append((op.bytes, memory_rate, 0.0, 0.0, 0.0, 1.0, 0.0, op.recompute_selective))
+                rows.append((op.bytes, memory_rate, 0.0, 0.0, 0.0, 1.0, 0.0, _selective_share(op)))
             elif op.kind is C.OpKind.ATTENTION:
                 rows.append((op.flops, gpu.peak(Dtype.BF16) * eff.attention_forward_fraction, 1.0, 1.0,
                              ratio * op.flops, gpu.peak(Dtype.BF16) * eff.attention_backward_fraction, 0.0,
-                             op.recompute_selective))
+                             _selective_share(op)))
             else:
                 fp8 = op.fp8 and precision is Precision.FP8
                 dtype = Dtype.FP8 if fp8 else Dtype(C._gemm_dtype(precision))
                 gemm_rate = C.gemm_rate(gpu, dtype, op.shape)
                 rows.append((op.flops, gemm_rate, 1.0, 0.0, 0.0, 1.0, float(op.weight_grad),
-                             op.recompute_selective))
+                             _selective_share(op)))
                 backward_rate.append(C.backward_gemm_rate(gpu, dtype, op.shape))
                 continue
             backward_rate.append(rows[-1][1])

@@ -20,8 +20,9 @@ replicated over tp.
 **Recompute.** ``selective`` drops what Megatron-Core's ``recompute_modules`` would: core
 attention (with flash attention, only its log-sum-exp); for MLA models all norms and the
 MLA up-projections (V3 §3.2.3); with FP8 the FFN activation output, rebuilt from FP8 inputs
-(V3 §3.3.3). ``full`` keeps each block's input only. What a piece recomputes is alive for
-one piece at a time during backward and is added once.
+(V3 §3.3.3). TorchTitan's op-level SAC (``op_sac``) keeps what its policy saves instead
+(:func:`_op_sac_saved`). ``full`` keeps each block's input only. What a piece recomputes is
+alive for one piece at a time during backward and is added once.
 
 Left out: activation offloading, the parameter EMA (V3 keeps it in host memory),
 the attention-score matrix of non-flash attention.
@@ -47,6 +48,7 @@ from planner.costmodel.model_states import (  # re-exported: model states are pa
     state_bytes,
     state_bytes_per_param,
 )
+from planner.costmodel.op_sac import op_sac_linears
 from planner.costmodel.ops import expert_load_factor, selective_modules
 from planner.costmodel.partition import Chunk, Partition, Piece
 from planner.costmodel.report import MemoryBreakdown
@@ -261,6 +263,28 @@ def saved_tensors(model: ModelSpec, plan: Plan, workload: Workload, piece: Piece
     ]
 
 
+def _op_sac_saved(model: ModelSpec, plan: Plan, f: _Formats) -> list[Saved]:
+    """What TorchTitan's op-level SAC keeps of a dense block (torchtitan
+    ``_get_custom_policy``'s save list): the block's input (the checkpoint's), the outputs of
+    the Linears it does not recompute (:func:`~planner.costmodel.op_sac.op_sac_linears`) and of
+    SDPA (its output and fp32 log-sum-exp), each as produced, in BF16 (torchao's float8
+    Linear returns its input's dtype): column-parallel outputs split over tp, row-parallel
+    ones whole (partial sums before their reduction); with sequence parallelism also the
+    reduce-scattered outputs of the row-parallel Linears (``reduce_scatter_tensor`` is on
+    the save list). The FP8 casts' amax scalars (``abs``, ``max``) are negligible."""
+    d, a, tp, sd = model.hidden_size, model.num_attention_heads, plan.tp, _seq_div(plan)
+    saved = [Saved("block input (checkpoint input)", f.act * d / sd)]
+    for lin in op_sac_linears(model):
+        if not lin.recomputed:
+            saved.append(Saved(f"{lin.name} output", f.act * lin.out_width / (1 if lin.row_parallel else tp)))
+        if lin.row_parallel and plan.sequence_parallel and tp > 1:
+            saved.append(Saved(f"{lin.name} output, reduce-scattered", f.act * lin.out_width / tp))
+    return saved + [
+        Saved("SDPA output", f.act * a * model.v_head_dim / tp),
+        Saved("SDPA log-sum-exp", f.fp32 * a / tp),
+    ]
+
+
 def _tokens(plan: Plan, workload: Workload) -> float:
     return workload.seq_length * plan.micro_batch_size / plan.cp
 
@@ -275,6 +299,11 @@ def _kept(model: ModelSpec, plan: Plan, workload: Workload, piece: Piece) -> tup
         return saved[:1] + saved[end:], saved[1:end]
     if plan.recompute is Recompute.SELECTIVE:
         dropped = selective_modules(model, plan, workload.precision)
+        if RecomputeModule.OP_SAC in dropped and piece is Piece.DENSE:
+            # Rebuilt in backward, one block at a time: what it would otherwise have saved.
+            kept = _op_sac_saved(model, plan, _formats(workload))
+            rebuilt = sum(s.bytes_per_token for s in saved) - sum(s.bytes_per_token for s in kept)
+            return kept, [Saved("rebuilt by op-level SAC", max(0.0, rebuilt))]
         kept = [s for s in saved if not s.recomputed_by & dropped]
         return kept, [s for s in saved if s.recomputed_by & dropped]
     return saved, []

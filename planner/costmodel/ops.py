@@ -22,7 +22,10 @@ FP8 Linears add Transformer Engine's quantisation kernels (:func:`_cast`: the in
 forward, :func:`_grad_cast`: the output gradient in backward, each into row-wise and
 transposed copies). Each op states the selective-recompute modules it belongs to
 (:attr:`Op.modules`, Megatron-Core ``recompute_modules``); :func:`piece_ops` marks the ops
-that :func:`selective_modules` recomputes.
+that :func:`selective_modules` recomputes. TorchTitan's op-level selective checkpointing
+(``RecomputeModule.OP_SAC``, :mod:`planner.costmodel.op_sac`) is a policy over kernels
+instead: it recomputes every second Linear of a block, so a fused GEMM here may be
+recomputed in part (:attr:`Op.recompute_share`).
 
 MoE routed experts (:func:`moe_ops`): the permutes move the rows of Megatron-Core's
 all-to-all dispatcher (:func:`permute_rows`); the expert GEMMs are issued one per local
@@ -37,7 +40,9 @@ from enum import StrEnum
 
 import yaml
 
+from planner.costmodel.op_sac import OP_SAC_UNREAD, op_sac_gemm_shares, op_sac_refusal
 from planner.costmodel.partition import Piece
+from planner.errors import UnsupportedError
 from planner.presets import data_root
 from planner.specs.model import FFNActivation, ModelSpec
 from planner.specs.plan import AttentionKernel, MoERouting, Plan, Precision, RecomputeModule, Workload
@@ -81,6 +86,10 @@ class Op:
     recompute_selective: bool = False
     """Repeated in backward under selective recomputation: set by :func:`piece_ops` from
     :attr:`modules` and :func:`selective_modules`."""
+    recompute_share: float = 1.0
+    """Of the op's forward, the share selective recomputation repeats when
+    :attr:`recompute_selective`: 1, but for a fused GEMM of which op-level SAC recomputes
+    only some Linears (:func:`op_sac_gemm_shares`)."""
     weight_grad: bool = True
     """A GEMM against a weight (backward = input grad + weight grad); False for the
     activation-by-activation GEMMs of unfused attention (backward = two input grads)."""
@@ -127,12 +136,30 @@ def selective_modules(model: ModelSpec, plan: Plan, precision: Precision) -> fro
     ``activation_func_fp8_input_store``); for MLA models DeepSeek-V3's set instead: all
     norms and the MLA up-projections (§3.2.3) and the SwiGLU output (§3.3.3)."""
     if plan.recompute_modules is not None:
+        if RecomputeModule.OP_SAC in plan.recompute_modules and (why := op_sac_refusal(model, plan)):
+            raise UnsupportedError(why)
         return frozenset(plan.recompute_modules)
     if model.mla is not None:
         return frozenset({RecomputeModule.LAYERNORM, RecomputeModule.MLA_UP_PROJ, RecomputeModule.MOE_ACT})
     if precision is Precision.FP8:
         return frozenset({RecomputeModule.CORE_ATTN, RecomputeModule.MOE_ACT})
     return frozenset({RecomputeModule.CORE_ATTN})
+
+
+def _mark_op_sac(model: ModelSpec, ops: list[Op]) -> None:
+    """Marks a dense block's ops as op-level SAC recomputes them: every elementwise kernel
+    whose output backward reads (norms, RoPE, SwiGLU/GELU, the attention residual, FP8
+    casts), the recomputed Linears' share of each GEMM, never the attention core."""
+    shares = op_sac_gemm_shares(model)
+    for op in ops:  # fresh ops, marked in place
+        share = 0.0
+        if op.kind is OpKind.MEMORY and op.bytes > 0 and op.name not in OP_SAC_UNREAD:
+            share = 1.0
+        elif op.kind is OpKind.GEMM:
+            share = shares.get(op.name, 0.0)
+        if share > 0:
+            object.__setattr__(op, "recompute_selective", True)
+            object.__setattr__(op, "recompute_share", share)
 
 
 @dataclass(frozen=True)
@@ -359,13 +386,17 @@ def piece_ops(model: ModelSpec, plan: Plan, workload: Workload, piece: Piece) ->
     """Forward kernels of one piece for one micro-batch on one GPU."""
     s = Shard.of(plan, workload)
     precision = workload.precision
+    selected = selective_modules(model, plan, precision)
     if piece is Piece.EMBEDDING:
         ops = embedding_ops(model, plan, s)
     elif piece is Piece.HEAD:
         ops = head_ops(model, plan, s)
     else:
         ops = _block_ops(model, plan, s, piece, precision)
-    selected = selective_modules(model, plan, precision)
+    if RecomputeModule.OP_SAC in selected:  # TorchTitan checkpoints the transformer blocks only
+        if piece is Piece.DENSE:
+            _mark_op_sac(model, ops)
+        return tuple(ops)
     for op in ops:  # fresh ops, marked in place
         if op.modules & selected:
             object.__setattr__(op, "recompute_selective", True)

@@ -32,6 +32,7 @@ from planner.specs.plan import (
     Plan,
     Precision,
     Recompute,
+    RecomputeModule,
     Workload,
     ZeroStage,
 )
@@ -176,7 +177,13 @@ def _plan_args(model: ModelSpec, plan: Plan) -> list[str]:
             "# ZeRO-3: parameters sharded too; Megatron runs this as PyTorch FSDP2",
             "--use-torch-fsdp2",
         ]
-    if plan.recompute is Recompute.SELECTIVE:
+    if plan.recompute is Recompute.SELECTIVE and RecomputeModule.OP_SAC in (plan.recompute_modules or ()):
+        lines += [
+            "# recompute op_sac: TorchTitan's op-level selective checkpointing (selective_ac_option = 'op'); "
+            "Megatron-LM has none; these arguments run its default selective recompute (core_attn)",
+            "--recompute-granularity selective",
+        ]
+    elif plan.recompute is Recompute.SELECTIVE:
         lines.append("--recompute-granularity selective")
         if plan.recompute_modules is not None:
             lines.append("--recompute-modules " + " ".join(plan.recompute_modules))

@@ -159,6 +159,15 @@ class RecomputeModule(StrEnum):
     routed and shared experts, combine."""
     SHARED_EXPERTS = "shared_experts"
     """The shared experts of a MoE block."""
+    OP_SAC = "op_sac"
+    """Not a Megatron module: TorchTitan's op-level selective activation checkpointing
+    (``selective_ac_option = "op"``, its Llama 3 8B default; torchtitan
+    ``_get_custom_policy``, :mod:`planner.costmodel.op_sac`). Per transformer block it
+    saves the outputs of every ``aten.mm`` but every second one and of SDPA, and recomputes
+    the rest: the 2nd, 4th, 6th Linear of the block (wk, wo, w3 of a Llama block) and every
+    elementwise op (norms, RoPE, SiLU and product, residual adds, FP8 casts), never the
+    attention core (:func:`planner.costmodel.op_sac.op_sac_linears`). A whole policy: it
+    combines with no other module. Dense, non-MLA blocks with fused attention only."""
 
 
 class PipelineSchedule(StrEnum):
@@ -311,6 +320,9 @@ class Plan(Spec):
         if self.recompute_modules is not None and self.recompute is not Recompute.SELECTIVE:
             raise rule_error("recompute_modules", ",".join(self.recompute_modules),
                              "recompute_modules needs recompute 'selective'")
+        if RecomputeModule.OP_SAC in (self.recompute_modules or ()) and len(self.recompute_modules) > 1:
+            raise rule_error("recompute_modules", ",".join(self.recompute_modules),
+                             "op_sac (TorchTitan's whole op-level policy) combines with no other module")
         if self.vpp > 1 and schedule is not PipelineSchedule.INTERLEAVED:
             raise rule_error("vpp", self.vpp, "vpp > 1 needs pipeline_schedule 'interleaved'")
         if schedule is PipelineSchedule.INTERLEAVED and self.vpp < 2:

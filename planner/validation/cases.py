@@ -63,7 +63,8 @@ recompute              ``full`` when the ``source`` cites a year before 2023 (be
                        :func:`planner.validation.run.run_cases` keeps the first that is not OOM
 recompute modules      (no column) ``selective`` tries the module sets of
                        :func:`planner.validation.reconcile.selective_ladder` in order (the
-                       default first) and keeps the first that is not OOM
+                       default first; on a TorchTitan row its op-level SAC before them) and
+                       keeps the first that is not OOM
 attention kernel       (no column) ``unfused`` when the ``source`` cites a year before 2023,
                        else ``flash``: FlashAttention (Dao et al., arXiv 2205.14135, May
                        2022) reached Megatron-LM as ``--use-flash-attn`` in 2023; runs
@@ -127,6 +128,7 @@ from planner.specs import (
     Plan,
     Precision,
     Recompute,
+    RecomputeModule,
     Workload,
     ZeroStage,
 )
@@ -134,8 +136,8 @@ from planner.specs.compat import check_plan
 from planner.validation.case_model import _default, case_model
 from planner.validation.clusters import case_cluster
 from planner.validation.reconcile import (
-    default_etp, moe_dispatcher, pipeline_p2p, recipe, schedule_of, flash_attention_2, torchtitan_microbatch,
-    torchtitan_row, whole_micro_batches,
+    default_etp, flash_attention_2, moe_dispatcher, pipeline_p2p, recipe, schedule_of, selective_ladder,
+    torchtitan_microbatch, torchtitan_row, whole_micro_batches,
 )
 
 REQUIRED_COLUMNS = (
@@ -159,6 +161,9 @@ class CaseInputs:
     """One line per default or substitution, in words."""
     recompute_candidates: tuple[Recompute, ...] = ()
     """Recompute settings to try in order (several only when the cell was empty)."""
+    selective_sets: tuple[tuple[RecomputeModule, ...] | None, ...] = (None,)
+    """Module sets a ``selective`` candidate tries in order
+    (:func:`~planner.validation.reconcile.selective_ladder`)."""
 
 
 class Row:
@@ -251,7 +256,12 @@ def case_inputs(row: dict[str, Any]) -> CaseInputs:
     cluster = flash_attention_2(cells, case_cluster(cells, plan.world_size, notes), _source_year(cells), notes)
     if model.moe is not None and plan.ep > 1:
         workload = revalidate(workload, moe_dispatcher=moe_dispatcher(cells, model, cluster, notes))
-    return CaseInputs(model, cluster, plan, workload, notes, candidates)
+    sets = selective_ladder(model, plan, torchtitan_row(cells))
+    if Recompute.SELECTIVE in candidates and sets[0] == (RecomputeModule.OP_SAC,):
+        notes.append("recompute selective on a TorchTitan row: op-level SAC first (op_sac, its "
+                     "selective_ac_option default 'op': every second Linear and the elementwise ops "
+                     "recomputed, attention kept)")
+    return CaseInputs(model, cluster, plan, workload, notes, candidates, sets)
 
 
 # --- workload and plan ----------------------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
+from planner.costmodel.op_sac import op_sac_refusal
 from planner.errors import SpecError
 from planner.presets import revalidate
 from planner.specs import (
@@ -81,7 +82,8 @@ def routing(cells: Row, notes: list[str]) -> MoERouting:
     return value
 
 
-def selective_ladder(model: ModelSpec) -> tuple[tuple[RecomputeModule, ...] | None, ...]:
+def selective_ladder(model: ModelSpec, plan: Plan | None = None,
+                     torchtitan: bool = False) -> tuple[tuple[RecomputeModule, ...] | None, ...]:
     """The module sets a ``selective`` row may have recomputed, least first: the schema
     names no modules, and a published run fitted, so ``planner validate`` takes the first
     that fits. None: the default (:func:`planner.costmodel.ops.selective_modules`);
@@ -89,14 +91,24 @@ def selective_ladder(model: ModelSpec) -> tuple[tuple[RecomputeModule, ...] | No
     Qwen3-235B-A22B H100 and GB200 runs: ``--recompute-modules layernorm moe_act``), then
     the norms and whole MoE blocks (its long-context runs: ``--recompute-modules layernorm
     moe``); for dense models the norms and whole MLPs (``layernorm mlp``). Megatron-Core's
-    ``recompute_modules`` replace the default ``core_attn`` when given, as here."""
+    ``recompute_modules`` replace the default ``core_attn`` when given, as here.
+
+    A TorchTitan row (``torchtitan``, :func:`torchtitan_row`) first tries TorchTitan's own
+    ``selective`` policy, op-level SAC (``op_sac``: ``selective_ac_option = "op"``, the
+    option of its train configs' selective mode, torchtitan/models/llama3/train_configs/
+    llama3_8b.toml), where the cost model prices it for ``plan``
+    (:func:`~planner.costmodel.op_sac.op_sac_refusal`), then the sets above."""
     if model.moe is None:
-        return None, (RecomputeModule.LAYERNORM, RecomputeModule.MLP)
-    return (
-        None,
-        (RecomputeModule.LAYERNORM, RecomputeModule.MOE_ACT),
-        (RecomputeModule.LAYERNORM, RecomputeModule.MOE),
-    )
+        megatron: tuple = (None, (RecomputeModule.LAYERNORM, RecomputeModule.MLP))
+    else:
+        megatron = (
+            None,
+            (RecomputeModule.LAYERNORM, RecomputeModule.MOE_ACT),
+            (RecomputeModule.LAYERNORM, RecomputeModule.MOE),
+        )
+    if torchtitan and plan is not None and op_sac_refusal(model, plan) is None:
+        return ((RecomputeModule.OP_SAC,), *megatron)
+    return megatron
 
 
 _DEDUPLICATING_DISPATCHERS = re.compile(r"deepep|hybridep", re.IGNORECASE)
@@ -313,4 +325,4 @@ def reconciled_schedule(
 
 
 __all__ = ["default_etp", "flash_attention_2", "moe_dispatcher", "pipeline_p2p", "reconciled_schedule",
-           "schedule_of", "torchtitan_microbatch", "torchtitan_row", "whole_micro_batches"]
+           "schedule_of", "selective_ladder", "torchtitan_microbatch", "torchtitan_row", "whole_micro_batches"]

@@ -32,7 +32,6 @@ from planner.errors import SpecError, UnsupportedError
 from planner.presets import revalidate
 from planner.specs import Recompute
 from planner.validation.cases import CaseInputs, case_inputs
-from planner.validation.reconcile import selective_ladder
 
 PREDICTION_COLUMNS = ("case_id", "predicted_step_time_s", "status", "message")
 PER_CASE_COLUMNS = ("case_id", "source", "measured", "predicted", "ape", "status", "message")
@@ -116,13 +115,13 @@ def _run_one(row: dict[str, str], simulate: Simulate) -> CaseResult:
 
 def _simulate_fitting(inputs: CaseInputs, simulate: Simulate, notes: list[str]):
     """Simulate each recompute candidate in order, ``selective`` as each module set of
-    :func:`~planner.validation.reconcile.selective_ladder`; keep the first that is not OOM
-    (all OOM: the first, reported OOM)."""
+    ``inputs.selective_sets`` (:func:`~planner.validation.reconcile.selective_ladder`); keep
+    the first that is not OOM (all OOM: the first, reported OOM)."""
     recomputes = inputs.recompute_candidates or (inputs.plan.recompute,)
     candidates = [
         (recompute, modules)
         for recompute in recomputes
-        for modules in (selective_ladder(inputs.model) if recompute is Recompute.SELECTIVE else (None,))
+        for modules in (inputs.selective_sets if recompute is Recompute.SELECTIVE else (None,))
     ]
     first = None
     for recompute, modules in candidates:
@@ -135,8 +134,10 @@ def _simulate_fitting(inputs: CaseInputs, simulate: Simulate, notes: list[str]):
         report, recompute, modules = first
     if len(candidates) > 1:
         took = recompute.value + (f" ({' '.join(modules)})" if modules else "")
-        notes.append(f"recompute: took {took}" + (" (the default modules are out of memory; the run fitted)"
-                                                 if modules else ""))
+        first_set = inputs.selective_sets[0]
+        skipped = "the default modules are" if first_set is None else " ".join(first_set) + " is"
+        notes.append(f"recompute: took {took}" + (f" ({skipped} out of memory; the run fitted)"
+                                                 if modules and modules != first_set else ""))
     return report
 
 

@@ -1,6 +1,7 @@
 """The extra validation cases (``data/validation/extra_cases.csv``): published H100, B200 and
 GB200 runs (Megatron-Bridge / NeMo performance summaries, NeMo AutoModel, torchtitan, the
-Llama 3 paper) in the schema of ``public_cases.csv``.
+Llama 3 paper) and A100 runs (MosaicML llm-foundry's MPT benchmarks, BigScience's BLOOM
+topology benchmarks) in the schema of ``public_cases.csv``.
 
 These tests check the file, not the model: same columns in the same order, unique ids, every
 row converts to specs (or is reported unsupported with a reason), and each stored step time
@@ -48,9 +49,9 @@ def test_case_ids_are_unique_and_disjoint_from_the_public_ones():
 
 
 def test_coverage_of_gpus_precisions_and_architectures():
-    """The point of the file: Hopper and Blackwell, FP8 and BF16, dense and MoE, CP > 1."""
+    """The point of the file: Ampere, Hopper and Blackwell, FP8 and BF16, dense and MoE, CP > 1."""
     gpus = {row["gpu"] for row in ROWS}
-    assert {"h100-sxm-80gb", "b200", "gb200"} <= gpus
+    assert {"a100-sxm-40gb", "a100-sxm-80gb", "h100-sxm-80gb", "b200", "gb200"} <= gpus
     assert {row["precision"] for row in ROWS} >= {"bf16", "fp8"}
     assert {row["arch"] for row in ROWS} == {"dense", "moe"}
     assert any(int(row["cp"]) > 1 for row in ROWS)
@@ -87,6 +88,8 @@ def test_step_time_follows_from_the_published_metric(row):
         assert step == pytest.approx(value, rel=1e-3)
     elif unit == "tokens/s/GPU":
         assert step == pytest.approx(tokens / (value * gpus), rel=1e-3)
+    elif unit == "tokens/s":  # whole-job throughput (MosaicML llm-foundry's Throughput (T/s))
+        assert step == pytest.approx(tokens / value, rel=1e-3)
     elif unit == "TFLOP/s/GPU":
         # Model FLOPs per token as stated in the derivation, fwd + bwd: causal attention
         # (6*l*s*h_q) unless the derivation states the full-attention convention of the NeMo

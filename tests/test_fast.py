@@ -197,6 +197,77 @@ def test_pipeline_matches_simulate_pipeline(schedule):
         np.testing.assert_allclose(busy[:, i], [ph.busy_s for ph in tl.phases], rtol=1e-9)
 
 
+def test_merged_replay_is_bit_identical(monkeypatch):
+    """fast_pipeline.pipelines replays several groups' programs in merged wave loops
+    (batches under MERGE_ELEMENTS, larger jobs alone): every rank end and busy time equals
+    the one-program wave loop (fast_pipeline._run) bit for bit, whatever the batching."""
+    rng = np.random.default_rng(3)
+    requests, reference = [], []
+    for schedule, pp, vpp, ms in ((PipelineSchedule.ONE_F_ONE_B, 4, 1, (4, 8, 30)),
+                                  (PipelineSchedule.INTERLEAVED, 2, 2, (4, 6, 20)),
+                                  (PipelineSchedule.ZERO_BUBBLE, 2, 1, (2, 3)),
+                                  (PipelineSchedule.DUALPIPE, 4, 1, (8, 12, 40)),
+                                  (PipelineSchedule.DUALPIPEV, 2, 1, (4, 10))):
+        m = np.array([mm for mm in ms for _ in range(3)])
+        n = 2 * pp if schedule is PipelineSchedule.DUALPIPEV else pp * vpp
+        fwd, bwd, wgt = (rng.random((n, len(m))) + 0.5 for _ in range(3))
+        overlap, p2p = 0.5 + 0.5 * rng.random((n, len(m))), 0.1 * rng.random(len(m))
+        requests.append((schedule, pp, vpp, m, fwd, bwd, wgt, overlap, p2p))
+        base = fast_pipeline._base(schedule, fwd, bwd, wgt, overlap)
+        limit, period = fast_pipeline.exact_limit(schedule, pp)
+        ends, busy = np.empty((pp, len(m))), np.empty((pp, len(m)))
+        for mm in np.unique(m).tolist():
+            sel = np.flatnonzero(m == mm)
+
+            def run(k):  # the one-program wave loop
+                prog = fast_pipeline._program(schedule, k, pp, vpp)
+                return fast_pipeline._run(prog, base[:, sel], p2p[sel])
+            if mm <= limit:
+                ends[:, sel], busy[:, sel] = run(mm)
+            else:
+                (e1, u1), (e2, u2) = run(limit - period), run(limit)
+                k = (mm - limit) / period
+                ends[:, sel], busy[:, sel] = e2 + k * (e2 - e1).max(axis=0), u2 + k * (u2 - u1)
+        reference.append((ends, busy))
+    for budget in (fast_pipeline.MERGE_ELEMENTS, 2_000, 1):
+        monkeypatch.setattr(fast_pipeline, "MERGE_ELEMENTS", budget)
+        for (ends, busy), (e, b) in zip(reference, fast_pipeline.pipelines(requests), strict=True):
+            np.testing.assert_array_equal(e, ends)
+            np.testing.assert_array_equal(b, busy)
+
+
+def test_keys_are_each_groups_unique_rows():
+    """fast_keys.Keys finds every group's keys in one pass over all rows: per group they
+    equal unique_rows of the group's own columns (rows and order), for a plain kind, a kind
+    priced once per call (local keys index the call's distinct keys) and a combined kind."""
+    from planner.costmodel.fast_keys import Keys, unique_rows
+
+    rng = np.random.default_rng(4)
+    n, groups = 400, 5
+    group = np.sort(rng.integers(0, groups, n))
+    names = ("tp", "cp", "ep", "etp", "dp", "order", "mb", "sp", "sp_eff", "rec", "kernel", "shared", "full",
+             "zero", "m")
+    col = {name: rng.integers(1, 4, n) for name in names}
+    col["pid"] = rng.integers(0, 30, n)
+    found = Keys(col, group, groups)
+    compute = ("tp", "cp", "ep", "etp", "mb", "sp_eff", "rec", "kernel", "shared")
+    free = unique_rows(*(col[k] for k in compute))[0]
+    for u in range(groups):
+        rows = group == u
+        c = {name: v[rows] for name, v in col.items()}
+        stage = unique_rows(c["tp"], c["cp"], c["ep"], c["etp"], c["dp"], c["order"], c["mb"], c["sp_eff"])
+        for got, want in zip(found.local(u, "stage"), stage, strict=True):
+            np.testing.assert_array_equal(got, want)
+        ids, inv = found.local(u, "compute")
+        want, want_inv = unique_rows(*(c[k] for k in compute))
+        np.testing.assert_array_equal(free[ids[:, 0]], want)
+        np.testing.assert_array_equal(inv, want_inv)
+        degrees = unique_rows(c["tp"], c["cp"], c["ep"], c["etp"], c["dp"], c["order"])[1]
+        for got, want in zip(found.local(u, "dp", (0, "degrees")), unique_rows(degrees, c["zero"], c["pid"]),
+                             strict=True):
+            np.testing.assert_array_equal(got, want)
+
+
 def test_table_path_equals_plan_path():
     model, cluster = load_model("tiny-moe-mla"), load_cluster("dgx-h100", num_gpus=16)
     workload = Workload(global_batch_size=64, seq_length=2048)

@@ -27,8 +27,9 @@ How (the simulator's numbers, assembled per plan with numpy instead of per plan 
      (tests/test_fast.py checks it against ``simulate_pipeline`` at every m);
    - the simulator's replay (its compiled programs, evaluated for all selected plans at
      once) then runs only for plans that could rank among the ``exact_top`` fastest that
-     fit (:func:`_refine`): every other plan's bound is above the k-th replayed step time,
-     so the estimate's top-k are exact and in the same order as with every plan replayed.
+     fit (:func:`~planner.costmodel.fast_refine.refine`): every other plan's bound is above
+     the k-th replayed step time, so the estimate's top-k are exact and in the same order
+     as with every plan replayed.
      ``FastEstimates.exact`` tells which plans were replayed; ``exact_top=None`` replays all.
 4. The split, as ``simulate`` picks it: Megatron's even split when the blocks divide and the
    schedule is not DualPipe(V); otherwise both candidate splits (forward-time and count
@@ -48,40 +49,46 @@ the cluster cost the same), which tests/test_fast.py checks through exact agreem
 plan replayed, the search's whole llama3-70b / 1024 H100 and DeepSeek-V3 / 2048 H800 spaces
 give bit-identical step times and memory to the previous per-(degrees, stage) pricing. On
 the others, the bound's gap to the replay (benchmarks/bench_fast.py, plans that fit):
-llama3-70b / 1024 H100, 5,772 plans: median 0.24 %, 90th percentile 4.4 %, max 14 %;
-DeepSeek-V3 / 2048 H800, 768 plans: median 3.1 %, 90th percentile 6.9 %, max 12.8 % (the
+llama3-70b / 1024 H100, 5,772 plans: median 0.30 %, 90th percentile 4.7 %, max 13.2 %;
+DeepSeek-V3 / 2048 H800, 768 plans: median 3.6 %, 90th percentile 7.7 %, max 15.1 % (the
 bound follows fixed paths; uneven chunks and DualPipe's pairs move the real critical path
 off them).
 
-Speed (benchmarks/bench_fast.py, 2 shared CPU cores, single-threaded BLAS, best of 5, two
-runs): new plans over warm shape tables, llama3-70b / 1024 H100: 55,600-57,200 plans/s on
-the 5,772-plan grid (50,300-51,700 through Plan objects), 71,700-72,700 plans/s on the
-search's whole 37,224-plan space; DeepSeek-V3 / 2048 H800: 14,200 plans/s on the 768-plan
-grid (its replays of 60-240 micro-batch programs dominate), 106,800-109,600 plans/s on the
-search's whole 379,800-plan space (360 refused). Cold (every memo empty, a fresh process):
-3,700-3,800, 5,800-5,900, 500-510 and 11,900 plans/s (32 s for the MoE space), bound
-by one-time work per shape: compiling the schedule programs and their paths (most of the
-dense cold time), the DP/ZeRO collectives per (stage form, bytes), the compute per piece
-shape and the splits. Top-20 agreement with ``simulate``: 0.000 %, 0.000 %, 0.034 % and
-0.000 %; 68, 131, 53 and 54 plans with pp > 1 replayed. With two OpenBLAS threads on the
-same shared cores the warm figures halve (the path products are small matrices).
+Speed (benchmarks/bench_fast.py, 2 CPU cores shared with other work, single-threaded BLAS,
+best of 5, two runs): new plans over warm shape tables, llama3-70b / 1024 H100: 93,900-95,100
+plans/s on the 5,772-plan grid (82,100-83,600 through Plan objects), 83,900-87,400 on the
+search's whole 37,224-plan space; DeepSeek-V3 / 2048 H800: 25,400-29,300 on the 768-plan
+grid, 120,600-129,700 on the search's whole 379,800-plan space (360 refused). Per call the
+Python overhead is per group, so each group's shape keys come from one pass over all rows
+(:mod:`~planner.costmodel.fast_keys`) and every group's replays run in merged wave loops
+(:func:`fast_pipeline.pipelines`). Cold (every memo empty, a fresh process): 4,400-4,600,
+650-680, 6,400 and 10,700-11,000 plans/s, bound by one-time work per shape: compiling the
+schedule programs and their paths, the DP/ZeRO collectives per (stage form, bytes), the
+compute per piece shape and the splits. Top-20 agreement with ``simulate``: 0.000 %,
+0.351 % (median 0.009 %), 0.000 % and 0.000 %; 72, 27, 175 and 55 plans with pp > 1
+replayed. With two OpenBLAS threads on the same shared cores the warm figures halve (the
+path products are small matrices).
 """
 
 from __future__ import annotations
 
+import functools
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from planner.costmodel import compute as C
-from planner.costmodel import fast_pipeline
+from planner.costmodel import fast_memory, fast_pipeline
 from planner.costmodel.comm import pp_blocking_transfers
 from planner.costmodel.dp_overlap import dp_exposure
+from planner.costmodel.fast_keys import Keys, PartRows, unique_rows
 from planner.costmodel.fast_memory import stage_memory
+from planner.costmodel.fast_refine import refine
 from planner.costmodel.fast_refusals import REFUSALS, Refusals
 from planner.costmodel.fast_shapes import (
-    DUAL, KERNELS, PIECES, RECOMPUTES, SCHEDULES, PartRows, Shapes, unique_rows, with_full_recompute,
+    DUAL, KERNELS, PIECES, RECOMPUTES, SCHEDULES, Shapes, with_full_recompute,
 )
 from planner.costmodel.simulate import _optimizer_bytes_per_param
 from planner.errors import PlannerError, UnsupportedError
@@ -95,15 +102,14 @@ COLUMNS = ("tp", "cp", "pp", "vpp", "ep", "etp", "dp", "mb", "zero", "sp", "rec"
 """Integer plan columns: ``rec``, ``sched``, ``kernel`` index RECOMPUTES, SCHEDULES, KERNELS;
 ``order`` indexes the context's rank orders (0 = the default)."""
 _C = {name: k for k, name in enumerate(COLUMNS)}
-FIRST_ROUND_MARGIN = 0.04
-"""The first replay round takes every plan whose bound is within this fraction above the
-``exact_top``-th least bound: about the bound's gap to the replay on the best plans
-(benchmarks/bench_fast.py: median 0.1-3 %), so that one round usually finds them all (a
-second round makes it safe either way). Measured: 1,807 waves replayed on the dense set
-(3,028 with no margin, 2,388 at 7 %), 1,778 on the MoE set (3,302)."""
 EXACT_TOP = 20
 """Default ``exact_top``: issue #5 checks the estimate's top-20 against ``simulate``."""
 _DUAL_CODES = [SCHEDULES.index(s) for s in DUAL]
+_FIELDS = operator.attrgetter("tp", "cp", "pp", "vpp", "ep", "etp", "dp", "micro_batch_size", "zero_stage",
+                              "sequence_parallel", "recompute", "pipeline_schedule", "attention_kernel",
+                              "rank_order")
+"""The Plan fields of :data:`COLUMNS` (``etp`` None: ``tp``, as ``Plan.expert_tp``)."""
+_REC, _SCHED, _KERNEL = ({v: k for k, v in enumerate(vs)} for vs in (RECOMPUTES, SCHEDULES, KERNELS))
 
 
 @dataclass(frozen=True)
@@ -150,6 +156,7 @@ def clear_caches() -> None:
     """Forget every memoised value (for cold-start measurements)."""
     _CTX.clear()
     fast_pipeline.clear()
+    fast_memory.clear()
 
 
 class _Context:
@@ -188,13 +195,19 @@ def estimate(model: ModelSpec, cluster: ClusterSpec, workload: Workload, plans: 
         )
     ctx = _context(model, cluster, workload)
     orders = ctx.orders
-    for p in plans:
-        if p.rank_order not in orders:
-            orders.append(p.rank_order)
-    rows = [(p.tp, p.cp, p.pp, p.vpp, p.ep, p.expert_tp, p.dp, p.micro_batch_size, int(p.zero_stage),
-             int(p.sequence_parallel), RECOMPUTES.index(p.recompute), SCHEDULES.index(p.pipeline_schedule),
-             KERNELS.index(p.attention_kernel), orders.index(p.rank_order)) for p in plans]
-    return _estimate(ctx, np.array(rows, dtype=np.int64).reshape(len(rows), len(COLUMNS)), exact_top)
+    if not plans:
+        return _estimate(ctx, np.zeros((0, len(COLUMNS)), dtype=np.int64), exact_top)
+    # Column by column (one attribute fetch per plan, then C-level conversions).
+    tp, cp, pp, vpp, ep, etp, dp, mb, zero, sp, rec, sched, kernel, order = zip(*map(_FIELDS, plans),
+                                                                                 strict=True)
+    orders.extend(o for o in dict.fromkeys(order) if o not in orders)
+    codes = {o: k for k, o in enumerate(orders)}
+    etp = [t if e is None else e for t, e in zip(tp, etp, strict=True)]  # Plan.expert_tp
+    n = len(plans)
+    cols = [np.array(v, dtype=np.int64) for v in (tp, cp, pp, vpp, ep, etp, dp, mb, zero, sp)]
+    cols += [np.fromiter(map(lut.__getitem__, v), np.int64, n)
+             for lut, v in ((_REC, rec), (_SCHED, sched), (_KERNEL, kernel), (codes, order))]
+    return _estimate(ctx, np.stack(cols, axis=1), exact_top)
 
 
 def estimate_table(model: ModelSpec, cluster: ClusterSpec, workload: Workload, table,
@@ -289,15 +302,22 @@ def _evaluate(ctx: _Context, keys: np.ndarray, exact_top: int | None, refused: R
     out = np.zeros((len(plan_of), 3))
     groups = []
     uniq, inv = unique_rows(pp[plan_of], vpp[plan_of], sched[plan_of])
-    for u, (p_, v_, s_) in enumerate(uniq):
-        rows = np.flatnonzero(inv == u)
-        out[rows], replay = _group(ctx, col, shared, plan_of[rows], pids[rows], int(p_), int(v_),
-                                   SCHEDULES[int(s_)], refused)
+    order = np.argsort(inv, kind="stable")  # rows by group (each group's rows in order)
+    rows_of = plan_of[order]
+    full = (col["rec"] == RECOMPUTES.index(Recompute.FULL)).astype(np.int64)
+    m = sh.workload.global_batch_size // (col["dp"] * col["mb"])
+    found = Keys({**{name: v[rows_of] for name, v in col.items()}, "plan": rows_of, "pid": pids[order],
+                  "sp_eff": sp_eff[rows_of], "shared": shared[rows_of], "full": full[rows_of],
+                  "m": m[rows_of]},
+                 inv[order], len(uniq))
+    for u, (p_, v_, s_) in enumerate(uniq.tolist()):
+        rows = order[found.cuts[u]:found.cuts[u + 1]]
+        out[rows], replay = _group(ctx, found, u, p_, v_, SCHEDULES[s_], refused)
         groups.append((rows, replay))
     bad = refused.code[plan_of] >= 0
     out[bad] = (np.inf, np.nan, np.nan)  # never replayed: not "fits"
     cap = sh.cluster.gpu.hbm_capacity_bytes
-    exact = _refine(out, groups, plan_of, n, out[:, 1] <= cap, (pp[plan_of] == 1) & ~bad, exact_top)
+    exact = refine(out, groups, plan_of, n, out[:, 1] <= cap, (pp[plan_of] == 1) & ~bad, exact_top)
     # The faster split that fits (the first when neither fits).
     step, peak, bubble = np.full(n, np.inf), np.full(n, np.nan), np.full(n, np.nan)
     one = ~alt_row
@@ -314,82 +334,40 @@ def _evaluate(ctx: _Context, keys: np.ndarray, exact_top: int | None, refused: R
     return step, peak, bubble, exact
 
 
-def _part_stack(sh: Shapes, pids: np.ndarray, name: str) -> np.ndarray:
-    """A PartInfo attribute of each partition in ``pids``, stacked."""
-    return np.stack([getattr(sh.part(int(p)), name) for p in pids])
-
-
-def _refine(out: np.ndarray, groups: list, plan_of: np.ndarray, n: int, fits: np.ndarray, pipeless: np.ndarray,
-            exact_top: int | None) -> np.ndarray:
-    """Replace the lower bounds in ``out`` (rows: step, peak, bubble) by the simulator's
-    replay for every plan that could be among the ``exact_top`` fastest that fit (all plans
-    when None); returns which plans were replayed.
-
-    A plan's bound is the least bound of its splits that fit; one-stage plans' bounds are
-    exact. Rounds: replay the plans whose bound is within :data:`FIRST_ROUND_MARGIN` of the
-    ``exact_top``-th least, take the k-th least exact step time among replayed plans that
-    fit, replay every plan whose bound is not above it, again until none is left. Bounds
-    never exceed the replay, so every plan left unreplayed is slower than the k-th: the
-    estimate's top-k are the replayed (exact) ones."""
-    replayed = pipeless.copy()  # one stage: the bound is the replay
-    if exact_top is None:
-        todo = ~replayed
-    else:
-        bound = np.full(n, np.inf)
-        np.minimum.at(bound, plan_of[fits], out[fits, 0])
-        first = np.sort(bound)[min(exact_top, n) - 1] * (1.0 + FIRST_ROUND_MARGIN)
-        todo = (bound[plan_of] <= first) & fits & ~replayed
-    while todo.any():
-        for rows, replay in groups:
-            sel = np.flatnonzero(todo[rows])
-            if sel.size:
-                out[rows[sel], 0], out[rows[sel], 2] = replay.run(sel, exact=True)
-        replayed |= todo
-        if exact_top is None:
-            break
-        value = np.full(n, np.inf)
-        done = replayed & fits
-        np.minimum.at(value, plan_of[done], out[done, 0])
-        finite = np.sort(value[np.isfinite(value)])
-        kth = finite[exact_top - 1] if len(finite) >= exact_top else np.inf
-        todo = fits & ~replayed & (bound[plan_of] <= kth)
-    plan_done = np.zeros(n, dtype=bool)
-    plan_done[plan_of[replayed]] = True
-    plan_done[plan_of[fits & ~replayed]] = False
-    return plan_done
-
-
-def _group(ctx: _Context, col: dict, shared: np.ndarray, plans: np.ndarray, pids: np.ndarray, pp: int, vpp: int,
-           schedule: PipelineSchedule, refused: Refusals) -> tuple[np.ndarray, _Replay]:
-    """(rows, 3) step, peak memory and bubble of rows sharing (pp, vpp, schedule), step and
-    bubble as :func:`fast_pipeline.bounds`' lower bounds; and what their replay needs.
-    Shapes the cost model refuses mark their plans in ``refused`` (their rows: meaningless)."""
+def _group(ctx: _Context, found: Keys, u: int, pp: int, vpp: int, schedule: PipelineSchedule,
+           refused: Refusals) -> tuple[np.ndarray, _Replay]:
+    """(rows, 3) step, peak memory and bubble of group ``u``'s rows (sharing (pp, vpp,
+    schedule); ``found``: their columns and keys), step and bubble as
+    :func:`fast_pipeline.bounds`' lower bounds; and what their replay needs. Shapes the cost
+    model refuses mark their plans in ``refused`` (their rows: meaningless)."""
     sh = ctx.shapes
     workload, cluster = sh.workload, sh.cluster
-    c = {name: v[plans] for name, v in col.items()}
+    rows_ = slice(found.cuts[u], found.cuts[u + 1])
+    c = {name: v[rows_] for name, v in found.col.items()}
+    keys_of = functools.partial(found.local, u)
+    plans = c["plan"]
     g = len(plans)
-    sp_eff = c["sp"] * (c["tp"] > 1)
-    m = workload.global_batch_size // (c["dp"] * c["mb"])
+    m = c["m"]
     edp = c["tp"] * c["cp"] * c["dp"] // (c["ep"] * c["etp"])
     dual = schedule in DUAL
-    parts = PartRows(sh, pids)
+    uniq, inv = keys_of("parts")
+    parts = PartRows(sh, uniq[:, 0], inv)
     chunk_rank = parts.get("chunk_rank")  # (g, chunks)
-    rank_counts = parts.get("rank_counts")  # (g, pp, pieces)
     first = parts.get("first_chunk")  # (g, pp)
     num_own = parts.get("num_own")
     rows = np.arange(g)[:, None]
 
     # Each table is priced per distinct shape, then combined with the split's piece counts
-    # per distinct (shape, split) and gathered per row.
+    # per distinct (shape, split) and gathered per row (the keys: fast_keys.Keys).
     # Compute per chunk: (g, chunks, 4) = F, B, W, attention core.
     share = 1.0 - C.compute_constants()["ep_overlap_communication_sms"] / cluster.gpu.num_sms
-    uniq, inv = unique_rows(c["tp"], c["cp"], c["ep"], c["etp"], c["mb"], sp_eff, c["rec"], c["kernel"], shared[plans])
-    tables = refused.price(lambda *row: sh.compute(*row[:8], share if row[8] else 1.0), uniq.tolist(), inv,
-                           plans, (len(PIECES), 4))
-    combo, where = unique_rows(inv, pids)
-    comp = np.einsum("unk,ukj->unj", _part_stack(sh, combo[:, 1], "counts"), tables[combo[:, 0]])[where]
+    uniq, inv = keys_of("compute")
+    tables = refused.take(found.priced("compute", lambda *row: sh.compute(*row[:8], share if row[8] else 1.0),
+                                       (len(PIECES), 4)), uniq[:, 0], inv, plans)
+    combo, where = keys_of("compute_split", (0, "compute"), (1, "parts"))  # (compute, split)
+    comp = np.einsum("unk,ukj->unj", parts.stacked("counts")[combo[:, 1]], tables[combo[:, 0]])[where]
     # TP/CP/EP per chunk: (g, chunks, 6); the p2p time per row.
-    uniq, inv = unique_rows(c["tp"], c["cp"], c["ep"], c["etp"], c["dp"], c["order"], c["mb"], sp_eff)
+    uniq, inv = keys_of("stage")
     keys = [(t, cp_, ep, etp, dp, pp, ctx.orders[order], mb, sp)
             for t, cp_, ep, etp, dp, order, mb, sp in uniq.tolist()]
     stages = refused.price(sh.stage_comm, keys, inv, plans, (pp, len(PIECES), 6))
@@ -400,30 +378,30 @@ def _group(ctx: _Context, col: dict, shared: np.ndarray, plans: np.ndarray, pids
     p2p = p2p[inv]
     # Full recomputation repeats each block's forward TP and EP in backward (StageComm.piece):
     # the tables of those rows follow the plain ones.
-    full = c["rec"] == RECOMPUTES.index(Recompute.FULL)
     stages = np.concatenate([stages, with_full_recompute(stages)])
-    inv = inv + len(keys) * full
-    combo, where = unique_rows(inv, pids)
-    on_rank = stages[combo[:, 0][:, None], _part_stack(sh, combo[:, 1], "chunk_rank")]
-    comm = np.einsum("unk,unkj->unj", _part_stack(sh, combo[:, 1], "counts"), on_rank)[where]
+    split, where = keys_of("stage_split", (1, "stage"), (2, "parts"))  # (full, stage key, split)
+    combo = np.stack([split[:, 1] + len(keys) * split[:, 0], split[:, 2]], axis=1)
+    on_rank = stages[combo[:, 0][:, None], parts.stacked("chunk_rank")[combo[:, 1]]]
+    comm = np.einsum("unk,unkj->unj", parts.stacked("counts")[combo[:, 1]], on_rank)[where]
     # Parameters per rank (the simulator's: pieces of the rank's chunks), DP/ZeRO per rank.
-    uniq, inv = unique_rows(c["tp"], c["ep"], c["etp"])
-    params = refused.price(sh.piece_params, uniq.tolist(), inv, plans, (len(PIECES), 2))  # (u, pieces, 2)
-    combo, where = unique_rows(inv, pids)
-    held = _part_stack(sh, combo[:, 1], "rank_counts")
+    uniq, inv = keys_of("params")
+    params = refused.take(found.priced("params", sh.piece_params, (len(PIECES), 2)), uniq[:, 0], inv,
+                          plans)  # (u, pieces, 2)
+    combo, where = keys_of("params_split", (0, "params"), (1, "parts"))  # (params, split)
+    held = parts.stacked("rank_counts")[combo[:, 1]]
     rank_params = np.einsum("urk,ukj->urj", held, params[combo[:, 0]])[where]  # (g, pp, 2)
     param_rows = (combo, where, params)
     # ZeRO-3 units: pieces with parameters on the rank (each gathered by its own collective).
     units = np.einsum("urk,uk->ur", held, (params[combo[:, 0]].sum(axis=2) > 0).astype(float))[where]
-    uniq, inv = unique_rows(c["tp"], c["cp"], c["ep"], c["etp"], c["dp"], c["order"], c["zero"], pids)
+    deg, _ = keys_of("degrees")
+    uniq, inv = keys_of("dp", (0, "degrees"))  # (degrees, ZeRO, split)
     first_row = np.empty(len(uniq), dtype=np.int64)
     first_row[inv[::-1]] = np.arange(g)[::-1]
-    deg, which = unique_rows(*uniq[:, :6].T)
     degrees = [(t, cp_, ep, etp, dp, pp, ctx.orders[order]) for t, cp_, ep, etp, dp, order in deg.tolist()]
-    dpc, errors = sh.dp_table(degrees, which, uniq[:, 6], uniq[:, 7], schedule is PipelineSchedule.DUALPIPE,
-                              rank_params[first_row], units[first_row])
-    for u, error in errors.items():
-        refused.mark(plans[inv == u], error)
+    dpc, errors = sh.dp_table(degrees, uniq[:, 0], uniq[:, 1], uniq[:, 2],
+                              schedule is PipelineSchedule.DUALPIPE, rank_params[first_row], units[first_row])
+    for k, error in errors.items():
+        refused.mark(plans[inv == k], error)
     dpc = dpc[inv]  # (g, pp, 4)
 
     # Chunk times as simulate's _RankCosts.chunk_times builds them.
@@ -448,7 +426,7 @@ def _group(ctx: _Context, col: dict, shared: np.ndarray, plans: np.ndarray, pids
     interleaved = schedule is PipelineSchedule.INTERLEAVED
     if interleaved:  # chunk v * pp + r is rank r's v-th
         combo, where, params = param_rows
-        chunk_params = np.einsum("unk,uk->un", _part_stack(sh, combo[:, 1], "counts"),
+        chunk_params = np.einsum("unk,uk->un", parts.stacked("counts")[combo[:, 1]],
                                  params[combo[:, 0]].sum(axis=2))[where]  # (g, chunks)
 
         def by_rank(x):
@@ -469,7 +447,7 @@ def _group(ctx: _Context, col: dict, shared: np.ndarray, plans: np.ndarray, pids
     opt = local * _optimizer_bytes_per_param(workload) / (gpu.hbm_bandwidth_bytes_per_s * gpu.efficiency.hbm_fraction)
     replay = _Replay(schedule, pp, vpp, m, fwd.T, bwd.T, wgt.T, overlap.T, p2p, exposed + opt + delay[:, None])
     step, bubble = replay.run(None, exact=False)
-    peak = stage_memory(sh, c, pids, rank_counts, m, edp, pp, vpp, schedule, plans, refused).max(axis=1)
+    peak = stage_memory(sh, c, keys_of, parts, m, edp, pp, vpp, schedule, found, refused).max(axis=1)
     return np.stack([step, peak, bubble], axis=1), replay
 
 
@@ -495,7 +473,14 @@ class _Replay:
         ``exact``, else :func:`fast_pipeline.bounds`' lower bounds."""
         s = slice(None) if sel is None else sel
         how = fast_pipeline.pipeline if exact else fast_pipeline.bounds
-        ends, busy = how(self.schedule, self.pp, self.vpp, self.m[s], self.fwd[:, s], self.bwd[:, s],
-                         self.wgt[:, s], self.overlap[:, s], self.p2p[s])
+        return self.finish(s, *how(*self.args(s)))
+
+    def args(self, s) -> tuple:
+        """The pipeline arguments of rows ``s`` (:func:`fast_pipeline.pipeline`)."""
+        return (self.schedule, self.pp, self.vpp, self.m[s], self.fwd[:, s], self.bwd[:, s], self.wgt[:, s],
+                self.overlap[:, s], self.p2p[s])
+
+    def finish(self, s, ends: np.ndarray, busy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(step, bubble) of rows ``s`` from their rank ends and busy seconds (pp, rows)."""
         bubble = np.maximum(0.0, ends.max(axis=0) - busy.max(axis=0))
         return (ends.T + self.after[s]).max(axis=1), bubble

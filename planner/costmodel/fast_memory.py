@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from planner.costmodel.fast_shapes import DUAL, PIECES, Shapes, canonical_plan, unique_rows
+from planner.costmodel.fast_keys import Keys, PartRows
+from planner.costmodel.fast_shapes import DUAL, PIECES, Shapes, canonical_plan
 from planner.costmodel.memory import _formats, inflight_microbatches, memory_constants, state_bytes_per_param
 from planner.costmodel.ops import ep_rank_imbalance
 from planner.costmodel.partition import Piece
@@ -16,21 +17,40 @@ from planner.specs.plan import PipelineSchedule, Precision
 __all__ = ["stage_memory"]
 
 _HEADS = np.array([p in (Piece.HEAD, Piece.MTP) for p in PIECES])
+_INFLIGHT: dict = {}
 
 
-def stage_memory(sh: Shapes, c: dict, pids, rank_counts, m, edp, pp: int, vpp: int,
-                 schedule: PipelineSchedule, plans: np.ndarray, refused) -> np.ndarray:
+def clear() -> None:
+    _INFLIGHT.clear()
+
+
+def _inflight(pp: int, vpp: int, schedule: PipelineSchedule, m: int) -> tuple[float, ...]:
+    """``memory.inflight_microbatches`` of every rank (it reads only these fields), memoised."""
+    key = (pp, vpp, schedule, m)
+    hit = _INFLIGHT.get(key)
+    if hit is None:
+        plan = canonical_plan(pp=pp, vpp=vpp, sched=schedule)
+        hit = _INFLIGHT[key] = tuple(inflight_microbatches(plan, m, r) for r in range(pp))
+    return hit
+
+
+def stage_memory(sh: Shapes, c: dict, local, parts: PartRows, m, edp, pp: int, vpp: int,
+                 schedule: PipelineSchedule, found: Keys, refused) -> np.ndarray:
     """(rows, pp) bytes per rank: ``memory.state_bytes`` + ``stage_memory``'s activations and
-    workspace, term by term over arrays. ``plans``: each row's plan; shapes the cost model
-    refuses mark them in ``refused`` (:class:`~planner.costmodel.fast_refusals.Refusals`)."""
+    workspace, term by term over arrays. ``c``: the rows' columns (``c["plan"]`` each row's
+    plan); ``local``: their distinct keys (:meth:`~planner.costmodel.fast_keys.Keys.local`
+    of their group, ``found``); ``parts``: their splits; shapes the cost model refuses mark
+    their plans in ``refused``
+    (:class:`~planner.costmodel.fast_refusals.Refusals`)."""
     model, workload = sh.model, sh.workload
     k = memory_constants()
-    g = len(pids)
+    plans = c["plan"]
+    g = len(plans)
     dual = schedule in DUAL
     # States (state_bytes): ZeRO shards dense over dp * cp, experts over edp; ZeRO-3 keeps
     # its shard (weights_zero3) and two pieces gathered, ZeRO-2 one piece's gradients unsharded.
     fp8 = workload.precision is Precision.FP8
-    uniq, inv = unique_rows(c["tp"], c["ep"], c["etp"], pids)
+    uniq, inv = local("rank_params")  # (tp, ep, etp, split)
     uniq = uniq.tolist()
     rp = refused.price(sh.rank_params, uniq, inv, plans, (pp, 3))[inv]  # (g, pp, 3)
     transient = np.zeros((g, pp))
@@ -52,23 +72,25 @@ def stage_memory(sh: Shapes, c: dict, pids, rank_counts, m, edp, pp: int, vpp: i
     # Activations: the largest working set of the rank's pieces, plus each chunk's share of
     # the micro-batches in flight (heads and MTP hold at most one).
     # Per distinct (activation shape, split, micro-batches), then gathered per row.
-    uniq, inv = unique_rows(c["tp"], c["cp"], c["ep"], c["etp"], c["mb"], c["sp"], c["rec"])
-    acts = refused.price(sh.activations, uniq.tolist(), inv, plans, (len(PIECES), 2))  # (u, pieces, 2)
-    ms, m_inv = np.unique(m, return_inverse=True)
-    combo, where = unique_rows(inv, pids, m_inv.reshape(-1))
+    uniq, inv = local("acts")  # (tp, cp, ep, etp, mb, sp, recompute)
+    acts = refused.take(found.priced("acts", sh.activations, (len(PIECES), 2)), uniq[:, 0], inv,
+                        plans)  # (u, pieces, 2)
+    ms = local("m")[0][:, 0]
+    # (activations, split, micro-batches)
+    combo, where = local("acts_split", (0, "acts"), (1, "parts"), (2, "m"))
     act = acts[combo[:, 0]]
-    info = [sh.part(int(p)) for p in combo[:, 1]]
-    present = np.stack([i.rank_counts for i in info]) > 0
+    present = parts.stacked("rank_counts")[combo[:, 1]] > 0
     ws = np.where(present, act[:, None, :, 1], 0.0).max(axis=2)
-    plan = canonical_plan(pp=pp, vpp=vpp, sched=schedule)
-    inflight = np.array([[inflight_microbatches(plan, int(mm), r) for r in range(pp)] for mm in ms])[combo[:, 2]]
-    alive = inflight[:, :, None] * np.stack([i.shares for i in info])  # (u, pp, own)
-    held = np.where(_HEADS, np.minimum(alive, 1.0)[..., None], alive[..., None]) * np.stack([i.own_counts for i in info])
+    inflight = np.array([_inflight(pp, vpp, schedule, mm) for mm in ms.tolist()])[combo[:, 2]]
+    alive = inflight[:, :, None] * parts.stacked("shares")[combo[:, 1]]  # (u, pp, own)
+    held = (np.where(_HEADS, np.minimum(alive, 1.0)[..., None], alive[..., None])
+            * parts.stacked("own_counts")[combo[:, 1]])
     activations = (ws + np.einsum("urjk,uk->ur", held, act[:, :, 0]))[where]
     # Workspace: the FP8 weight copy (above), MoE dispatch/combine buffers, p2p buffers.
     tokens = (workload.seq_length * c["mb"] / c["cp"])[:, None]
     d = model.hidden_size
     if model.moe is not None:
+        rank_counts = parts.get("rank_counts")
         moe_rank = (rank_counts[:, :, PIECES.index(Piece.MOE)] + rank_counts[:, :, PIECES.index(Piece.MTP)]) > 0
         # memory.stage_memory: the busiest EP rank's rows (ops.expert_load_factor, per row).
         load = np.where(c["ep"] > 1, ep_rank_imbalance(workload), 1.0)

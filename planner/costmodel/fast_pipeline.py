@@ -9,7 +9,10 @@ times. So the same compiled programs (``schedules._compiled``: same operation or
 dependency rules) are grouped into *waves* of operations that depend on no other operation
 of their wave, and each wave is evaluated for every plan of a group in a few numpy calls
 (``(operations, plans)`` arrays). Per plan and rank this gives exactly the simulator's end
-times and busy time (tests/test_fast.py checks equality to 1e-9).
+times and busy time (tests/test_fast.py checks equality to 1e-9). :func:`pipelines` replays
+the programs of several groups and micro-batch counts in one merged loop over wave indices
+(:func:`_run_merged`: the same arithmetic per operation and plan, so bit-identical ends):
+one numpy pass per wave index instead of one per wave of each program.
 
 Micro-batch counts beyond :func:`exact_limit` are extrapolated from two exact runs
 (``m1 = limit - q`` and ``m2 = limit``; q = one schedule period: pp micro-batches for
@@ -83,15 +86,23 @@ class _Program:
                           np.ascontiguousarray(w[:, 9])))
         return tuple(waves)
 
+    @functools.cached_property
+    def wave_of(self) -> np.ndarray:
+        """(operations,): each operation's wave index (for :func:`_run_merged`)."""
+        wave = np.zeros(len(self.ops), dtype=np.int64)
+        wave[self.cut] = 1
+        return np.cumsum(wave)
+
 
 def _by_end(counts: np.ndarray, cross: np.ndarray, to: np.ndarray, pp: int, own: np.ndarray | None = None) -> tuple:
     """Distinct paths sorted by the rank whose last end they reach: (counts, crossings, own
-    ranks or None, row bounds per rank (pp + 1,))."""
+    ranks or None, each rank's first row (pp,))."""
     key = np.hstack([counts, cross[:, None], to[:, None], (to if own is None else own)[:, None]])
     _, keep = np.unique(key, axis=0, return_index=True)
     rows = keep[np.argsort(to[keep], kind="stable")]
     bounds = np.searchsorted(to[rows], np.arange(pp + 1))
-    return (np.ascontiguousarray(counts[rows]), cross[rows], None if own is None else own[rows], bounds.tolist())
+    assert (np.diff(bounds) > 0).all(), "every rank has a path (_bound_run's reduceat needs it)"
+    return (np.ascontiguousarray(counts[rows]), cross[rows], None if own is None else own[rows], bounds[:-1])
 
 
 _PROGRAMS: dict = {}
@@ -262,6 +273,84 @@ def _run(prog: _Program, base: np.ndarray, p2p: np.ndarray) -> tuple[np.ndarray,
     return done[first_rank:first_rank + prog.pp], prog.counts @ dur
 
 
+MERGE_ELEMENTS = 400_000
+"""Most (operation, plan) elements replayed in one merged wave loop (:func:`_run_many`):
+about 30 MB of index and duration arrays; a larger job runs alone with :func:`_run`."""
+
+
+def _run_many(jobs: list[tuple[_Program, np.ndarray, np.ndarray]]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """:func:`_run` of each (program, base, p2p) job. Jobs of at most :data:`MERGE_ELEMENTS`
+    operations x plans are replayed together, in batches under that budget
+    (:func:`_run_merged`: one numpy pass per wave index for all their programs instead of one
+    per wave of each program); the same operations on the same values, so the same ends."""
+    out: list = [None] * len(jobs)
+    size = [len(prog.ops) * base.shape[1] for prog, base, _ in jobs]
+    batch: list[int] = []
+    used = 0
+    for j in sorted(range(len(jobs)), key=size.__getitem__):
+        if size[j] > MERGE_ELEMENTS:
+            out[j] = _run(*jobs[j])
+            continue
+        if used + size[j] > MERGE_ELEMENTS:
+            out = _place(out, batch, _run_merged([jobs[i] for i in batch]))
+            batch, used = [], 0
+        batch.append(j)
+        used += size[j]
+    return _place(out, batch, _run_merged([jobs[i] for i in batch])) if batch else out
+
+
+def _place(out: list, where: list[int], values: list) -> list:
+    for j, value in zip(where, values, strict=True):
+        out[j] = value
+    return out
+
+
+def _run_merged(jobs: list[tuple[_Program, np.ndarray, np.ndarray]]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """:func:`_run` of several jobs in one wave loop over flat arrays: job j's slot s for its
+    plan c is ``done[off_j + s * P_j + c]``; elements (operation, plan) sorted by wave index
+    (each job's operations already are), so wave w of every job is one contiguous slice.
+    Per element the same arithmetic as :func:`_run` (needed ends, + p2p where crossing, max,
+    + duration), so bit-identical ends."""
+    plans = np.array([base.shape[1] for _, base, _ in jobs])
+    slots = np.array([prog.num_slots for prog, _, _ in jobs])
+    durs = [base[prog.dur_rows[:, 0]] + base[prog.dur_rows[:, 1]] for prog, base, _ in jobs]
+    off = np.concatenate([[0], np.cumsum(slots * plans)])
+    doff = np.concatenate([[0], np.cumsum([d.size for d in durs])])
+    poff = np.concatenate([[0], np.cumsum(plans)])
+    order = np.argsort(np.concatenate([prog.wave_of for prog, _, _ in jobs]), kind="stable")
+    ops = np.concatenate([prog.ops for prog, _, _ in jobs])[order]
+    job = np.repeat(np.arange(len(jobs)), [len(prog.ops) for prog, _, _ in jobs])[order]
+    # Per operation (in wave order): its slots and duration as flat indices of its plan 0.
+    width = plans[job]
+    need = (ops[:, 0:3] * width[:, None] + off[job, None]).T
+    made = (ops[:, 7:10] * width[:, None] + off[job, None]).T
+    crossing = ops[:, 3:6].T > 0
+    at_dur = doff[job] + ops[:, 6] * width
+    at_p2p = poff[job]
+    # Per element (operation, plan c): the same + c.
+    ends = np.cumsum(width)
+    op = np.repeat(np.arange(len(ops)), width)
+    col = np.arange(ends[-1]) - np.repeat(ends - width, width)
+    need, made = np.take(need, op, axis=1) + col, np.take(made, op, axis=1) + col
+    p2p = np.take(np.concatenate([p for _, _, p in jobs]), np.take(at_p2p, op) + col)
+    cross = np.where(np.take(crossing, op, axis=1), p2p, 0.0)
+    dur = np.take(np.concatenate([d.ravel() for d in durs]), np.take(at_dur, op) + col)
+    wave = np.take(np.concatenate([prog.wave_of for prog, _, _ in jobs])[order], op)
+    cuts = np.searchsorted(wave, np.arange(wave[-1] + 2)).tolist()
+    done = np.zeros(off[-1])
+    for a, b in itertools.pairwise(cuts):
+        t = done[need[:, a:b]]
+        t += cross[:, a:b]
+        start = t.max(axis=0)
+        start += dur[a:b]
+        done[made[:, a:b]] = start
+    out = []
+    for j, (prog, _, _) in enumerate(jobs):
+        first = off[j] + (prog.num_slots - 2 - prog.pp) * plans[j]
+        out.append((done[first:first + prog.pp * plans[j]].reshape(prog.pp, plans[j]), prog.counts @ durs[j]))
+    return out
+
+
 def _base(schedule: PipelineSchedule, fwd: np.ndarray, bwd: np.ndarray, wgt: np.ndarray,
           overlap: np.ndarray) -> np.ndarray:
     """The base duration matrix [F; B; W; F k; (B + W) k; 0] (rows 3n.. only for the F&B
@@ -303,14 +392,19 @@ def _per_m(schedule: PipelineSchedule, pp: int, vpp: int, m: np.ndarray, fwd, bw
     base = _base(schedule, fwd, bwd, wgt, overlap)
     first = np.empty((pp, fwd.shape[1]))
     second = np.empty_like(first)
+    whole = len(m)
+
+    def cols(sel):  # the plans' base columns and p2p (no copy when they are all the plans)
+        return (base, p2p) if len(sel) == whole else (base[:, sel], p2p[sel])
+
     for mm in np.unique(m[m <= limit[0]]):
         sel = np.flatnonzero(m == mm)
-        first[:, sel], second[:, sel] = run(_program(schedule, int(mm), pp, vpp), base[:, sel], p2p[sel])
+        first[:, sel], second[:, sel] = run(_program(schedule, int(mm), pp, vpp), *cols(sel))
     sel = np.flatnonzero(m > limit[0])
     if sel.size:
         lim, period = limit
         first[:, sel], second[:, sel] = beyond(_program(schedule, lim - period, pp, vpp),
-                                               _program(schedule, lim, pp, vpp), base[:, sel], p2p[sel],
+                                               _program(schedule, lim, pp, vpp), *cols(sel),
                                                (m[sel] - lim) / period)
     return first, second
 
@@ -321,22 +415,45 @@ def pipeline(schedule: PipelineSchedule, pp: int, vpp: int, m: np.ndarray, fwd: 
 
     ``fwd``, ``bwd``, ``wgt``, ``overlap`` are (chunks, plans): ChunkTimes' F, B, W and
     overlap factor (F&B / (F + B + W); 1 without overlap); ``m`` and ``p2p`` (plans,)."""
-
-    def beyond(p1, p2, b, p, k):
-        e1, u1 = _run(p1, b, p)
-        e2, u2 = _run(p2, b, p)
-        # Ranks are coupled: every rank's end ends up growing at the fastest rank's rate.
-        return e2 + k * (e2 - e1).max(axis=0), u2 + k * (u2 - u1)
-
-    return _per_m(schedule, pp, vpp, m, fwd, bwd, wgt, overlap, p2p, exact_limit(schedule, pp), _run, beyond)
+    return pipelines([(schedule, pp, vpp, m, fwd, bwd, wgt, overlap, p2p)])[0]
 
 
-def _bound_run(prog: _Program, base: np.ndarray, p2p: np.ndarray,
-               busy: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def pipelines(requests: list[tuple]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """:func:`pipeline` of each (schedule, pp, vpp, m, fwd, bwd, wgt, overlap, p2p) request,
+    their programs (one per request and micro-batch count) replayed together
+    (:func:`_run_many`)."""
+    jobs, place = [], []
+    for i, (schedule, pp, vpp, m, fwd, bwd, wgt, overlap, p2p) in enumerate(requests):
+        base = _base(schedule, fwd, bwd, wgt, overlap)
+        lim, period = exact_limit(schedule, pp)
+        for mm in np.unique(m[m <= lim]).tolist():
+            sel = np.flatnonzero(m == mm)
+            jobs.append((_program(schedule, mm, pp, vpp), base[:, sel], p2p[sel]))
+            place.append((i, sel, None))
+        sel = np.flatnonzero(m > lim)
+        if sel.size:
+            for mm in (lim - period, lim):
+                jobs.append((_program(schedule, mm, pp, vpp), base[:, sel], p2p[sel]))
+            place.append((i, sel, (m[sel] - lim) / period))
+    done = iter(_run_many(jobs))
+    out = [(np.empty((pp, len(m))), np.empty((pp, len(m)))) for _, pp, _, m, *_ in requests]
+    for i, sel, k in place:
+        ends, busy = out[i]
+        if k is None:
+            ends[:, sel], busy[:, sel] = next(done)
+        else:  # ranks are coupled: every rank's end ends up growing at the fastest rank's rate
+            (e1, u1), (e2, u2) = next(done), next(done)
+            ends[:, sel], busy[:, sel] = e2 + k * (e2 - e1).max(axis=0), u2 + k * (u2 - u1)
+    return out
+
+
+def _bound_run(prog: _Program, base: np.ndarray, p2p: np.ndarray, busy: np.ndarray | None = None,
+               dur: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(rank end lower bounds, rank busy), each (pp, plans): per rank the longest of the
     program's paths that reach its last end; with ``busy`` (an extrapolated busy time) the
     ``ext`` paths only."""
-    dur = base[prog.dur_rows[:, 0]] + base[prog.dur_rows[:, 1]]
+    if dur is None:  # the program's durations (already there for an extrapolation)
+        dur = base[prog.dur_rows[:, 0]] + base[prog.dur_rows[:, 1]]
     if busy is None:
         counts, cross, _, rows = prog.full
         busy = prog.counts @ dur
@@ -345,7 +462,7 @@ def _bound_run(prog: _Program, base: np.ndarray, p2p: np.ndarray,
         counts, cross, own, rows = prog.ext
         length = counts @ dur + busy[own]
     length += cross[:, None] * p2p
-    return np.stack([length[a:b].max(axis=0) for a, b in itertools.pairwise(rows)]), busy
+    return np.maximum.reduceat(length, rows, axis=0), busy
 
 
 def bounds(schedule: PipelineSchedule, pp: int, vpp: int, m: np.ndarray, fwd: np.ndarray, bwd: np.ndarray,
@@ -361,7 +478,8 @@ def bounds(schedule: PipelineSchedule, pp: int, vpp: int, m: np.ndarray, fwd: np
 
     def beyond(p1, p2, b, p, k):
         u1 = p1.counts @ (b[p1.dur_rows[:, 0]] + b[p1.dur_rows[:, 1]])
-        u2 = p2.counts @ (b[p2.dur_rows[:, 0]] + b[p2.dur_rows[:, 1]])
-        return _bound_run(p2, b, p, u2 + k * (u2 - u1))
+        d2 = b[p2.dur_rows[:, 0]] + b[p2.dur_rows[:, 1]]
+        u2 = p2.counts @ d2
+        return _bound_run(p2, b, p, u2 + k * (u2 - u1), d2)
 
     return _per_m(schedule, pp, vpp, m, fwd, bwd, wgt, overlap, p2p, bound_limit(schedule, pp), _bound_run, beyond)

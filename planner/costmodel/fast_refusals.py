@@ -73,3 +73,15 @@ class Refusals:
             except REFUSALS as exc:
                 self.mark(plans[inv == u], exc)
         return out
+
+    def take(self, priced: tuple[np.ndarray, dict], ids: np.ndarray, inv: np.ndarray,
+             plans: np.ndarray) -> np.ndarray:
+        """:meth:`price` from values priced beforehand (``priced``: values and {id: refusal},
+        :meth:`planner.costmodel.fast_keys.Keys.priced`): the rows ``ids`` (the keys, in
+        :meth:`price`'s order), marking ``plans[inv == k]`` for each refused key k in turn."""
+        values, errors = priced
+        if errors:
+            for k, f in enumerate(ids.tolist()):
+                if f in errors:
+                    self.mark(plans[inv == k], errors[f])
+        return values[ids]

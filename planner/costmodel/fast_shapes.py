@@ -97,21 +97,6 @@ def by_stage(layout, stage_of: np.ndarray, name: str, experts: bool) -> np.ndarr
     return groups[order].reshape(layout.plan.pp, -1, groups.shape[1])
 
 
-def unique_rows(*cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct rows of the stacked (non-negative integer) columns, and per input row the
-    index of its distinct row (one mixed-radix key per row: a 1-D ``np.unique``)."""
-    radix = [int(c.max(initial=0)) + 1 for c in cols]
-    if np.prod(np.array(radix, dtype=float)) >= 2.0**62:
-        uniq, inverse = np.unique(np.stack(cols, axis=1), axis=0, return_inverse=True)
-        return uniq, inverse.reshape(-1)
-    key = np.zeros(len(cols[0]), dtype=np.int64)
-    for c, r in zip(cols, radix, strict=True):
-        key = key * r + c
-    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
-    return np.stack(cols, axis=1)[first], inverse.reshape(-1)
-
-
-
 class PartInfo:
     """A partition as arrays: chunk c sits on rank ``chunk_rank[c]`` and holds ``counts[c, k]``
     pieces of kind ``PIECES[k]``; rank r owns chunks ``own[r]`` (``chunks_of_rank``, the
@@ -135,22 +120,6 @@ class PartInfo:
             chunks = part.chunks_of_rank(r)
             self.shares[r, : len(own)] = _chunk_shares(plan, r, chunks)
             self.own_counts[r, : len(own)] = self.counts[list(own)]
-
-
-class PartRows:
-    """Per-row arrays of partitions ``pids`` (of one (pp, vpp, schedule)): each
-    :class:`PartInfo` attribute stacked once per distinct partition, then gathered per row."""
-
-    def __init__(self, shapes: Shapes, pids: np.ndarray):
-        uniq, inv = np.unique(pids, return_inverse=True)
-        self.inv = inv.reshape(-1)
-        self.infos = [shapes.part(int(p)) for p in uniq]
-
-    def get(self, name: str) -> np.ndarray:
-        return np.stack([getattr(info, name) for info in self.infos])[self.inv]
-
-    def kinds(self, row: int) -> list:
-        return self.infos[self.inv[row]].kinds
 
 
 class Shapes:

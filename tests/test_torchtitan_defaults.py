@@ -1,5 +1,6 @@
 """Framework defaults in `planner validate`: FlashAttention-2 rates on Hopper for TorchTitan (PyTorch
-SDPA) and for NeMo containers up to 24.07 (the launcher disabled cuDNN attention), and TorchTitan's
+SDPA) and for NeMo containers up to 24.07 (the launcher disabled cuDNN attention), FlashAttention's
+Triton kernel for MosaicML's MPT rows, and TorchTitan's
 pipeline defaults (stages per rank, one micro-batch per stage) for rows that leave vpp / micro_batch
 empty. Rows: the torchtitan H100 benchmarks (pytorch/torchtitan
 benchmarks/llama3_h100_202412_torchtitan.md) and NeMo's 2024 H100 tables in
@@ -11,6 +12,7 @@ import pytest
 
 from planner.costmodel import compute as C
 from planner.costmodel.partition import Piece
+from planner.costmodel.simulate import simulate
 from planner.errors import SpecError
 from planner.presets import data_root, load_gpu
 from planner.specs import PipelineSchedule
@@ -123,3 +125,27 @@ def test_nemo_launcher_rows_up_to_24_07_run_flash_attention_2(case_id):
     # a 2024 NeMo row that names no release is taken as the launcher's (8 of 2024's 12 months)
     undated = case_inputs({**row, "source": "NVIDIA NeMo 2024, performance summary", "notes": ""})
     assert undated.cluster.gpu.efficiency.attention_forward_fraction < cudnn
+
+
+MPT_LONG = "llmfoundry-a100-80gb-mpt-7b-s65536-8gpu"
+
+
+def test_triton_flash_attention_rows_run_at_the_fa2_papers_ratios():
+    """FA2 paper (arXiv 2307.08691) §4.1, A100: FlashAttention-2 is "around 1.3-1.5x faster than
+    FlashAttention in Triton in the forward pass and around 2x faster in the backward pass";
+    MosaicML's MPT rows name attn_impl triton in their notes. Tolerance: exact (the rates are
+    data/costmodel/compute.yaml's ratios times the A100 preset's FlashAttention-2 rates)."""
+    row = BY_ID[MPT_LONG]
+    assert "attn_impl triton" in row["notes"]
+    a100 = load_gpu("a100-sxm-80gb").efficiency
+    triton = case_inputs(row)
+    eff = triton.cluster.gpu.efficiency
+    assert eff.attention_forward_fraction == pytest.approx(a100.attention_forward_fraction * 0.714)
+    assert eff.attention_backward_fraction == pytest.approx(a100.attention_backward_fraction * 0.5)
+    assert eff.gemm_max_fraction == a100.gemm_max_fraction
+    assert any("Triton kernel" in n for n in triton.notes)
+    plain = case_inputs({**row, "notes": ""})
+    assert plain.cluster.gpu.efficiency.attention_forward_fraction == a100.attention_forward_fraction
+    # the long-sequence run is attention-bound: the slower kernel moves its prediction most
+    assert simulate(triton.model, triton.cluster, triton.plan, triton.workload).step_time_s > \
+        1.2 * simulate(plain.model, plain.cluster, plain.plan, plain.workload).step_time_s

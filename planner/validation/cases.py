@@ -72,8 +72,10 @@ attention kernel       (no column) ``unfused`` when the ``source`` cites a year 
                        2022 §4.1 store its 5as^2b bytes). No year: ``flash``. A TorchTitan
                        row (through 2025) and a NeMo row up to the 24.07 container run at the
                        GPU's FlashAttention-2 rates where its preset sets them (PyTorch SDPA's
-                       flash backend; NeMo's launcher set ``NVTE_FUSED_ATTN=0``)
-                       (:func:`~planner.validation.reconcile.flash_attention_2`)
+                       flash backend; NeMo's launcher set ``NVTE_FUSED_ATTN=0``); a row whose
+                       notes say ``attn_impl triton`` (MosaicML's MPT) at FlashAttention's Triton
+                       kernel's (FA2 paper §4.1 ratios)
+                       (:func:`~planner.validation.reconcile.attention_rates`)
 pp_schedule            pp = 1: irrelevant. pp > 1: ``interleaved`` if vpp > 1, else ``1f1b``
                        (Megatron without virtual stages, DeepSpeed's pipeline engine); the
                        same for ``none`` on a pp > 1 row
@@ -136,7 +138,7 @@ from planner.specs.compat import check_plan
 from planner.validation.case_model import _default, case_model
 from planner.validation.clusters import case_cluster
 from planner.validation.reconcile import (
-    default_etp, flash_attention_2, moe_dispatcher, pipeline_p2p, recipe, schedule_of, selective_ladder,
+    attention_rates, default_etp, moe_dispatcher, pipeline_p2p, recipe, schedule_of, selective_ladder,
     torchtitan_microbatch, torchtitan_row, whole_micro_batches,
 )
 
@@ -253,7 +255,7 @@ def case_inputs(row: dict[str, Any]) -> CaseInputs:
     workload = whole_micro_batches(workload, plan, notes)
     workload = revalidate(workload, pipeline_p2p=pipeline_p2p(cells, plan, notes))
     check_plan(model, workload, plan)
-    cluster = flash_attention_2(cells, case_cluster(cells, plan.world_size, notes), _source_year(cells), notes)
+    cluster = attention_rates(cells, case_cluster(cells, plan.world_size, notes), _source_year(cells), notes)
     if model.moe is not None and plan.ep > 1:
         workload = revalidate(workload, moe_dispatcher=moe_dispatcher(cells, model, cluster, notes))
     sets = selective_ladder(model, plan, torchtitan_row(cells))

@@ -13,6 +13,7 @@ import re
 from typing import TYPE_CHECKING
 
 from planner.costmodel.op_sac import op_sac_refusal
+from planner.costmodel.ops import compute_constants
 from planner.errors import SpecError
 from planner.presets import revalidate
 from planner.specs import (
@@ -138,6 +139,10 @@ _NEMO_RELEASE = re.compile(r"\bNeMo\s+(\d\d)\.(\d\d)\b")
 _NEMO = re.compile(r"\bNeMo\b")
 
 
+_TRITON_FLASH_ATTENTION = re.compile(r"attn_impl:?\s*triton|triton flash-?attention|flash-?attention triton",
+                                     re.IGNORECASE)
+
+
 def _flash_attention_2_runtime(cells: Row, year: int | None) -> str | None:
     """Why the row's attention ran FlashAttention-2 kernels, or None:
 
@@ -162,17 +167,34 @@ def _flash_attention_2_runtime(cells: Row, year: int | None) -> str | None:
     return None
 
 
-def flash_attention_2(cells: Row, cluster: ClusterSpec, year: int | None, notes: list[str]) -> ClusterSpec:
-    """The row's GPU with FlashAttention-2's attention rates when its runtime ran those kernels
-    (:func:`_flash_attention_2_runtime`). GPUs whose presets set no separate FA2 rates (those
-    where FlashAttention-2 is the rate they carry) keep theirs."""
+def attention_rates(cells: Row, cluster: ClusterSpec, year: int | None, notes: list[str]) -> ClusterSpec:
+    """The row's GPU with the attention rates of the kernel its runtime ran:
+
+    - FlashAttention's Triton implementation when the notes say so (MosaicML's MPT,
+      ``attn_impl: triton``): the GPU's FlashAttention-2 rates times
+      ``flash_attention_triton_{forward,backward}_over_fa2`` (data/costmodel/compute.yaml, FA2
+      paper §4.1);
+    - FlashAttention-2 (:func:`_flash_attention_2_runtime`) on GPUs whose presets carry a faster
+      kernel's rates (:attr:`~planner.specs.hardware.GPUEfficiency.flash_attention_2_fractions`);
+      the others keep theirs, which are FlashAttention-2's."""
     eff = cluster.gpu.efficiency
-    why = _flash_attention_2_runtime(cells, year)
-    if why is None or eff is None or eff.flash_attention_2_fractions is None:
+    if eff is None:
         return cluster
-    notes.append(f"attention: FlashAttention-2 rates ({why})")
-    gpu = cluster.gpu.model_copy(update={"efficiency": eff.with_flash_attention_2()})
-    return cluster.model_copy(update={"gpu": gpu})
+    if _TRITON_FLASH_ATTENTION.search(cells.text("notes") or ""):
+        constants = compute_constants()
+        forward = constants["flash_attention_triton_forward_over_fa2"]
+        backward = constants["flash_attention_triton_backward_over_fa2"]
+        fa2 = eff.with_flash_attention_2()
+        eff = fa2.model_copy(update={"attention_forward_fraction": fa2.attention_forward_fraction * forward,
+                                     "attention_backward_fraction": fa2.attention_backward_fraction * backward})
+        notes.append("attention: FlashAttention's Triton kernel (notes: attn_impl triton), FA2 paper §4.1 ratios")
+    else:
+        why = _flash_attention_2_runtime(cells, year)
+        if why is None or eff.flash_attention_2_fractions is None:
+            return cluster
+        eff = eff.with_flash_attention_2()
+        notes.append(f"attention: FlashAttention-2 rates ({why})")
+    return cluster.model_copy(update={"gpu": cluster.gpu.model_copy(update={"efficiency": eff})})
 
 
 TORCHTITAN_INTERLEAVED_STAGES_PER_RANK = 2
@@ -324,5 +346,5 @@ def reconciled_schedule(
     return schedule, 1
 
 
-__all__ = ["default_etp", "flash_attention_2", "moe_dispatcher", "pipeline_p2p", "reconciled_schedule",
+__all__ = ["attention_rates", "default_etp", "moe_dispatcher", "pipeline_p2p", "reconciled_schedule",
            "schedule_of", "selective_ladder", "torchtitan_microbatch", "torchtitan_row", "whole_micro_batches"]

@@ -229,3 +229,16 @@ def test_launch_overhead_block():
     assert e.field == "launch.mode" and "asynchronous" in e.rule
     assert err(GPUSpec, {**gpu, "launch": {"mode": "synchronous", "overhead_us": 5}}).field == "launch.source"
     assert load_cluster("local-cpu-8").gpu.launch.mode is LaunchMode.SYNCHRONOUS
+
+
+def test_model_copy_turns_enum_strings_into_members():
+    """A what-if copy with a string for an enum field gets the member (the cost model compares
+    members by identity), and a string no member has is refused."""
+    from planner.specs import MoERouting, PipelineP2P, Workload
+
+    w = Workload(global_batch_size=8, seq_length=1024)
+    real = w.model_copy(update={"moe_routing": "real", "pipeline_p2p": "deepspeed"})
+    assert real.moe_routing is MoERouting.REAL and real.pipeline_p2p is PipelineP2P.DEEPSPEED
+    with pytest.raises(ValueError, match="MoERouting"):
+        w.model_copy(update={"moe_routing": "realistic"})
+    assert w.model_copy(update={"seq_length": 2048}).seq_length == 2048

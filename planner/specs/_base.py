@@ -9,6 +9,7 @@ the rule so the CLI can print one line such as
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -27,6 +28,21 @@ class Spec(BaseModel):
         populate_by_name=True,
         use_attribute_docstrings=True,
     )
+
+    def model_copy(self, *, update: dict[str, Any] | None = None, deep: bool = False) -> Any:
+        """pydantic's copy (no validation), except that a string given for an enum field becomes
+        that enum's member, or raises ValueError naming the enum: the cost model compares enum
+        members by identity, so a bare string would silently take neither branch. Other rules
+        are not re-checked: use :func:`planner.presets.revalidate` for that."""
+        if update:
+            fields = type(self).model_fields
+            update = dict(update)
+            for name, value in update.items():
+                kind = fields[name].annotation if name in fields else None
+                if isinstance(value, str) and isinstance(kind, type) and issubclass(kind, Enum) \
+                        and not isinstance(value, kind):
+                    update[name] = kind(value)
+        return super().model_copy(update=update, deep=deep)
 
 
 def rule_error(field: str, value: Any, rule: str) -> PydanticCustomError:

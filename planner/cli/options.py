@@ -99,6 +99,13 @@ def pipeline_p2p() -> Any:
                              "1f1b only).")
 
 
+def cross_entropy() -> Any:
+    return typer.Option("unfused", "--cross-entropy",
+                        help="What the loss keeps for backward per logit: unfused (the FP32 softmax, 4 bytes: "
+                             "Megatron-LM, torchtitan) or fused (the BF16 logits, 2 bytes: flash-attn's Triton "
+                             "kernel as in llm-foundry, Transformer Engine's).")
+
+
 def grad_reduce() -> Any:
     return typer.Option("fp32", "--grad-reduce",
                         help="Format of the gradient buffer and its data-parallel reduction: fp32 (Megatron-LM's "

@@ -126,6 +126,7 @@ def sweep_command(
     moe_dispatcher: str = options.moe_dispatcher(),
     moe_routing: str = options.moe_routing(),
     pipeline_p2p: str = options.pipeline_p2p(),
+    cross_entropy: str = options.cross_entropy(),
     tp: int = options.knob("tp"),
     pp: int = options.knob("pp"),
     vpp: int = options.knob("vpp"),
@@ -165,7 +166,7 @@ def sweep_command(
                                    adam_moments, moe_dispatch,
                                    grad_reduce, overlap_param_gather,
                                    moe_dispatcher=moe_dispatcher, moe_routing=moe_routing,
-                                   pipeline_p2p=pipeline_p2p)
+                                   pipeline_p2p=pipeline_p2p, cross_entropy=cross_entropy)
     knobs = {"tp": tp, "pp": pp, "vpp": vpp, "cp": cp, "ep": ep, "etp": etp, "dp": dp, "zero_stage": zero,
              "sequence_parallel": sp, "recompute": recompute, "micro_batch_size": micro_batch,
              "pipeline_schedule": schedule}

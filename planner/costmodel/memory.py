@@ -146,6 +146,8 @@ class _Formats:
     fp32: float
     cached: float
     attn_out: float
+    logit: float
+    """Bytes per logit the loss keeps for backward."""
 
 
 def _formats(workload: Workload) -> _Formats:
@@ -156,6 +158,7 @@ def _formats(workload: Workload) -> _Formats:
         fp32=c.fp32_bytes,
         cached=c.fp8_cache_bytes if fp8 else c.activation_bytes,
         attn_out=c.attention_output_fp8_bytes if fp8 else c.activation_bytes,
+        logit=c.cross_entropy_saved_bytes[workload.cross_entropy],
     )
 
 
@@ -237,8 +240,9 @@ def _head_saved(model: ModelSpec, plan: Plan, f: _Formats) -> list[Saved]:
     return [
         Saved("final norm input", f.act * d / sd),
         Saved("final norm output (head input, BF16)", f.act * d / sd, _LN),
-        # Megatron's vocab-parallel cross entropy saves the fp32 softmax (see the YAML).
-        Saved("softmax of the logits", memory_constants().cross_entropy_saved_bytes * logits),
+        # Megatron's vocab-parallel cross entropy saves the fp32 softmax, a fused kernel the
+        # 16-bit logits (Workload.cross_entropy; see the YAML).
+        Saved("logits or their softmax, for the loss", f.logit * logits),
     ]
 
 

@@ -30,7 +30,7 @@ from planner.costmodel.partition import Chunk, Partition, Piece
 from planner.presets import data_root
 from planner.specs._base import Spec
 from planner.specs.model import FFNActivation, ModelSpec
-from planner.specs.plan import GradReduceDtype, MomentDtype, Plan, Precision, Workload, ZeroStage
+from planner.specs.plan import CrossEntropyKernel, GradReduceDtype, MomentDtype, Plan, Precision, Workload, ZeroStage
 from planner.units import to_si
 
 # ---------------------------------------------------------------------------------------
@@ -68,7 +68,7 @@ class MemoryConstants(Spec):
     fp32_bytes: float
     fp8_cache_bytes: float
     attention_output_fp8_bytes: float
-    cross_entropy_saved_bytes: float
+    cross_entropy_saved_bytes: dict[CrossEntropyKernel, float]
     token_index_bytes: float
     cuda_context_bytes: float
     nccl_buffers_bytes: float

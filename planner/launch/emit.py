@@ -25,6 +25,7 @@ from planner.specs.model import FFNActivation, ModelSpec, Normalization, Positio
 from planner.specs.plan import (
     DEFAULT_RANK_ORDER,
     AttentionKernel,
+    CrossEntropyKernel,
     GradReduceDtype,
     MoEDispatcher,
     PipelineP2P,
@@ -235,6 +236,8 @@ def _workload_args(plan: Plan, workload: Workload) -> list[str]:
         lines.append("--grad-reduce-in-bf16")
     if workload.pipeline_p2p is PipelineP2P.DEEPSPEED and plan.pp > 1:
         lines.append("# priced with DeepSpeed's blocking pipeline p2p; Megatron-LM batches its exchanges")
+    if workload.cross_entropy is CrossEntropyKernel.FUSED:  # TE's kernel keeps the BF16 logits
+        lines += ["--cross-entropy-loss-fusion", "--cross-entropy-fusion-impl te"]
     return lines
 
 

@@ -31,6 +31,7 @@ from planner.specs.model import (
 )
 from planner.specs.plan import (
     AttentionKernel,
+    CrossEntropyKernel,
     DEFAULT_RANK_ORDER,
     DispatchDtype,
     GradReduceDtype,
@@ -49,6 +50,7 @@ from planner.specs.plan import (
 
 __all__ = [
     "AttentionKernel",
+    "CrossEntropyKernel",
     "DEFAULT_RANK_ORDER",
     "DispatchDtype",
     "GradReduceDtype",

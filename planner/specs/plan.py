@@ -84,6 +84,21 @@ class MoERouting(StrEnum):
     ``moe_real_routing_rank_load_imbalance`` x the mean (data/costmodel/compute.yaml)."""
 
 
+class CrossEntropyKernel(StrEnum):
+    """What the loss keeps for backward, per logit."""
+
+    UNFUSED = "unfused"
+    """The logits cast to FP32 and the FP32 softmax saved for backward, which turns it into
+    the gradient in place: Megatron's ``vocab_parallel_cross_entropy`` (also its fused
+    ``native`` implementation), PyTorch's ``F.cross_entropy`` on ``logits.float()``
+    (torchtitan)."""
+    FUSED = "fused"
+    """A fused kernel that keeps the 16-bit logits and one FP32 log-sum-exp per row and
+    writes a 16-bit gradient: flash-attn's Triton ``cross_entropy`` (``ctx.save_for_backward
+    (logits, lse, labels)``, ``dlogits = torch.empty_like(logits)``; llm-foundry's default
+    ``loss_fn: fused_crossentropy``), Transformer Engine's (``cross_entropy_fusion_impl: te``)."""
+
+
 class PipelineP2P(StrEnum):
     """How the pipeline runtime moves activations and gradients between stages."""
 
@@ -227,6 +242,9 @@ class Workload(Spec):
     pipeline_p2p: PipelineP2P = PipelineP2P.MEGATRON
     """How stages exchange activations and gradients (see the enum): Megatron's unless the
     run says otherwise."""
+    cross_entropy: CrossEntropyKernel = CrossEntropyKernel.UNFUSED
+    """What the loss saves for backward (see the enum): Megatron's FP32 softmax unless the run
+    says otherwise."""
     overlap_param_gather: bool = True
     """ZeRO-1/2: the parameter all-gather after the optimizer step runs under the next
     step's forward passes, bucket by bucket, instead of before the step ends (Megatron-Core

@@ -138,7 +138,7 @@ from planner.specs.compat import check_plan
 from planner.validation.case_model import _default, case_model
 from planner.validation.clusters import case_cluster
 from planner.validation.reconcile import (
-    attention_rates, default_etp, moe_dispatcher, pipeline_p2p, recipe, schedule_of, selective_ladder,
+    attention_rates, cross_entropy, default_etp, moe_dispatcher, pipeline_p2p, recipe, schedule_of, selective_ladder,
     torchtitan_microbatch, torchtitan_row, whole_micro_batches,
 )
 
@@ -253,7 +253,8 @@ def case_inputs(row: dict[str, Any]) -> CaseInputs:
     workload = _workload(cells, notes)
     plan, candidates = _plan(cells, model, notes)
     workload = whole_micro_batches(workload, plan, notes)
-    workload = revalidate(workload, pipeline_p2p=pipeline_p2p(cells, plan, notes))
+    workload = revalidate(workload, pipeline_p2p=pipeline_p2p(cells, plan, notes),
+                          cross_entropy=cross_entropy(cells, notes))
     check_plan(model, workload, plan)
     cluster = attention_rates(cells, case_cluster(cells, plan.world_size, notes), _source_year(cells), notes)
     if model.moe is not None and plan.ep > 1:

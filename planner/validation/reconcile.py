@@ -17,7 +17,7 @@ from planner.costmodel.ops import compute_constants
 from planner.errors import SpecError
 from planner.presets import revalidate
 from planner.specs import (
-    ClusterSpec, ModelSpec, MoEDispatcher, MoERouting, PipelineP2P, PipelineSchedule, Plan, Precision,
+    ClusterSpec, CrossEntropyKernel, ModelSpec, MoEDispatcher, MoERouting, PipelineP2P, PipelineSchedule, Plan, Precision,
     RecomputeModule, Workload,
 )
 
@@ -233,6 +233,23 @@ def pipeline_p2p(cells: Row, plan: Plan, notes: list[str]) -> PipelineP2P:
     return PipelineP2P.MEGATRON
 
 
+_LLM_FOUNDRY = re.compile(r"llm-foundry|llmfoundry", re.IGNORECASE)
+_TORCH_CE = re.compile(r"torch_crossentropy", re.IGNORECASE)
+
+
+def cross_entropy(cells: Row, notes: list[str]) -> CrossEntropyKernel:
+    """Loss kernel of a row (no column states it): flash-attn's fused Triton kernel when the
+    row's ``source`` or ``notes`` name MosaicML's llm-foundry, whose MPT model defaults to it
+    (llmfoundry/models/mpt/modeling_mpt.py, v0.2.0: ``loss_fn`` defaults to
+    ``fused_crossentropy``, flash_attn.losses.cross_entropy.CrossEntropyLoss) unless the notes
+    say ``torch_crossentropy``; else Megatron's unfused FP32 softmax."""
+    text = f"{cells.text('source') or ''} {cells.text('notes') or ''}"
+    if _LLM_FOUNDRY.search(text) and not _TORCH_CE.search(text):
+        notes.append("cross entropy: fused (llm-foundry's default loss_fn fused_crossentropy keeps the BF16 logits)")
+        return CrossEntropyKernel.FUSED
+    return CrossEntropyKernel.UNFUSED
+
+
 def moe_dispatcher(cells: Row, model: ModelSpec, cluster: ClusterSpec, notes: list[str]) -> MoEDispatcher:
     """Token dispatcher of a MoE row (no column states it):
 
@@ -346,5 +363,5 @@ def reconciled_schedule(
     return schedule, 1
 
 
-__all__ = ["attention_rates", "default_etp", "moe_dispatcher", "pipeline_p2p", "reconciled_schedule",
+__all__ = ["attention_rates", "cross_entropy", "default_etp", "moe_dispatcher", "pipeline_p2p", "reconciled_schedule",
            "schedule_of", "selective_ladder", "torchtitan_microbatch", "torchtitan_row", "whole_micro_batches"]

@@ -119,3 +119,21 @@ def test_split_accumulating_fp8_gemm_never_below_bf16() -> None:
     assert backward_gemm_rate(gpu, Dtype.BF16, large) == gemm_rate(gpu, Dtype.BF16, large)
     with pytest.raises(ValueError):
         gpu.efficiency.model_validate({**gpu.efficiency.model_dump(), "fp8_split_accumulation_fraction": 1.2})
+
+
+def test_rotary_op_only_where_positions_are_rotary():
+    """The rotary embedding's memory pass belongs to RoPE models and MLA (whose decoupled key
+    is rotary); learned (GPT-3, MPT), ALiBi and position-free models have none."""
+    from planner.costmodel.ops import piece_ops
+    from planner.specs.model import PositionEmbedding
+
+    workload = Workload(global_batch_size=8, seq_length=2048)
+    plan = Plan(tp=1, pp=1, dp=1, micro_batch_size=1)
+    names = {}
+    for kind in PositionEmbedding:
+        model = load_model("llama3-8b").model_copy(update={"position_embedding": kind})
+        names[kind] = {op.name for op in piece_ops(model, plan, workload, Piece.DENSE)}
+    assert "rope" in names[PositionEmbedding.ROPE]
+    assert all("rope" not in names[k] for k in PositionEmbedding if k is not PositionEmbedding.ROPE)
+    v3 = load_model("deepseek-v3")
+    assert "rope" in {op.name for op in piece_ops(v3, Plan(tp=1, pp=1, dp=1, ep=1), workload, Piece.MOE)}

@@ -44,7 +44,7 @@ from planner.costmodel.op_sac import OP_SAC_UNREAD, op_sac_gemm_shares, op_sac_r
 from planner.costmodel.partition import Piece
 from planner.errors import UnsupportedError
 from planner.presets import data_root
-from planner.specs.model import FFNActivation, ModelSpec
+from planner.specs.model import FFNActivation, ModelSpec, PositionEmbedding
 from planner.specs.plan import AttentionKernel, MoERouting, Plan, Precision, RecomputeModule, Workload
 
 BF16_BYTES = 2.0
@@ -265,7 +265,8 @@ def attention_ops(model: ModelSpec, plan: Plan, s: Shard, precision: Precision) 
         ops += _grad_cast("qkv_grad_cast", T * (h + 2 * g) * c / t, precision)
         rope_elems = T * (h + g) * c / t
         out_in = h * c / t
-    ops.append(_mem("rope", 2 * rope_elems * BF16_BYTES))
+    if mla is not None or model.position_embedding is PositionEmbedding.ROPE:  # MLA's decoupled key is rotary
+        ops.append(_mem("rope", 2 * rope_elems * BF16_BYTES))
     if plan.attention_kernel is AttentionKernel.FLASH:
         core = 2.0 * T * (h / t) * (model.qk_head_dim + model.v_head_dim) * (s.seq_length / 2)
         ops.append(Op("core_attention", OpKind.ATTENTION, flops=core, modules=_CORE))

@@ -80,6 +80,17 @@ def test_gelu_rows_are_gpt_style():
     assert model.normalization == "layernorm" and model.position_embedding == "learned"
 
 
+def test_gelu_rows_noted_squared_relu_are_llama_style():
+    """The schema encodes non-gated squared-ReLU FFNs (Nemotron) as gelu with a note; those
+    models have rotary positions, no linear biases and an untied head (arXiv 2402.16819 §2.1)."""
+    row = _row("narayanan21-t1-gpt-3.6b-64gpu", notes="FFN is squared-ReLU (non-gated) encoded gelu")
+    case = case_inputs(row)
+    model = case.model
+    assert not model.add_bias_linear and not model.tie_word_embeddings
+    assert model.position_embedding == "rope" and model.normalization == "layernorm"
+    assert any("squared-ReLU" in n for n in case.notes)
+
+
 def test_defaults_are_recorded_in_notes():
     case = case_inputs(BY_ID["fireflyer-llama-13b-64gpu"])
     for note in ("precision empty: bf16", "micro_batch empty: 1", "zero empty: 1", "pp_schedule empty: 1f1b"):

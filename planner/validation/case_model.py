@@ -5,6 +5,7 @@ column for, taken from the shipped preset of the same architecture
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from functools import cache
 from typing import TYPE_CHECKING, Any
@@ -16,6 +17,8 @@ from planner.specs import FFNActivation, ModelSpec, Normalization, PositionEmbed
 if TYPE_CHECKING:
     from planner.validation.cases import Row
 
+_SQUARED_RELU = re.compile(r"squared[- _]?relu|relu\^?2\b", re.IGNORECASE)
+
 
 def case_model(cells: Row, notes: list[str]) -> ModelSpec:
     case = cells.text("case_id") or "case"
@@ -25,6 +28,12 @@ def case_model(cells: Row, notes: list[str]) -> ModelSpec:
         act = FFNActivation.SWIGLU
         notes.append("ffn_act empty: swiglu")
     gelu = act is FFNActivation.GELU
+    # The schema encodes non-gated squared-ReLU FFNs (Nemotron) as gelu "with a note"
+    # (validation README, ffn_act); such models are Llama-style elsewhere: rotary positions,
+    # no linear biases, an untied head (Nemotron-4 15B report, arXiv 2402.16819 §2.1).
+    gpt_style = gelu and not _SQUARED_RELU.search(cells.text("notes") or "")
+    if gelu and not gpt_style:
+        notes.append("ffn_act gelu noted squared-ReLU: rotary positions, no linear biases, untied head")
     spec: dict[str, Any] = {
         "name": cells.text("model_name") or case,
         "source": cells.text("source") or "",
@@ -36,9 +45,9 @@ def case_model(cells: Row, notes: list[str]) -> ModelSpec:
         "ffn_activation": act,
         # GPT-style (Megatron GPT defaults, GPT-2/3) for gelu; Llama/DeepSeek-style for swiglu.
         "normalization": Normalization.LAYERNORM if gelu else Normalization.RMSNORM,
-        "position_embedding": PositionEmbedding.LEARNED if gelu else PositionEmbedding.ROPE,
-        "add_bias_linear": gelu,
-        "tie_word_embeddings": gelu,
+        "position_embedding": PositionEmbedding.LEARNED if gpt_style else PositionEmbedding.ROPE,
+        "add_bias_linear": gpt_style,
+        "tie_word_embeddings": gpt_style,
     }
     spec.update(_attention(cells, heads, notes))
     if "mla" in spec and gelu:

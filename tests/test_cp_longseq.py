@@ -12,9 +12,14 @@ factor k reconciles each row; that k is the same with and without CP (about 1.5 
 rates), so what was missing is the attention throughput of that software stack, not a CP
 mechanism (ring exchange, chunked kernels, load balancing). The stack was FlashAttention-2:
 NeMo's launcher set ``NVTE_FUSED_ATTN=0`` through the 24.07 container, and the validator now
-prices those rows at FA2's rates (0.6 of cuDNN's), where k is 0.88-0.95. The test pins that structure: the k of every row, CP 1 to CP 32,
-within 10% of each other (today's spread 7%). It fails if CP attention FLOPs, the ring
-exchange or its overlap are mis-modelled (a CP-only error shows up in the CP rows only).
+prices those rows at FA2's rates (0.6 of cuDNN's), and the rows with TP > 1 run NeMo's
+Transformer Engine TP overlap (reconcile.tp_comm_overlap), where k is 0.96-0.98 for the five
+rows with TP 2 to 8 (CP 1 to 32) and 0.88 for the TP 1 / PP 2 row at 8k (before the TP
+overlap: 0.88-0.95). The test pins that structure: the k of the rows with TP > 1 within 5% of
+each other (today's spread 2.7%), every row within 15% (today 11.9%, the TP 1 / PP 2 row:
+something of its own, not CP), CP rows on average as the CP 1 rows. It fails if CP attention
+FLOPs, the ring exchange or its overlap are mis-modelled (a CP-only error shows up in the CP
+rows only).
 """
 
 from __future__ import annotations
@@ -70,12 +75,15 @@ def _attention_factor(row: dict, measured_s: float) -> float:
 
 def test_cp_rows_need_the_same_attention_rate_as_cp1_rows() -> None:
     base = next(r for r in read_cases(data_root() / "validation" / "extra_cases.csv") if r["case_id"] == BASE_ID)
-    factors = {}
+    factors, with_tp = {}, []
     for entry in TABLE:
         row, measured_s = _row(base, *entry)
-        factors[(entry[0], entry[6])] = _attention_factor(row, measured_s)
+        factors[(entry[0], entry[6])] = k = _attention_factor(row, measured_s)
+        if entry[3] > 1:
+            with_tp.append(k)
     cp1 = [k for (_, cp), k in factors.items() if cp == 1]
     cp_n = [k for (_, cp), k in factors.items() if cp > 1]
-    assert max(factors.values()) / min(factors.values()) < 1.10, factors
+    assert max(with_tp) / min(with_tp) < 1.05, factors
+    assert max(factors.values()) / min(factors.values()) < 1.15, factors
     # CP rows neither systematically slower nor faster than the CP 1 rows of the same table.
     assert sum(cp_n) / len(cp_n) == pytest.approx(sum(cp1) / len(cp1), rel=0.06), factors

@@ -4,7 +4,8 @@ Megatron's vocab-parallel cross entropy saves the FP32 softmax (4 bytes per logi
 kernel keeps the 16-bit logits (2 bytes: flash-attn's Triton kernel saves ``logits, lse,
 labels``, flash_attn/ops/triton/cross_entropy.py), so only the head's saved tensors change,
 by exactly 2 bytes per logit of the micro-batch. The validator picks the fused kernel for
-llm-foundry rows (MPT's default ``loss_fn: fused_crossentropy``).
+llm-foundry rows (MPT's default ``loss_fn: fused_crossentropy``) and Megatron-MoE-ModelZoo rows
+(``--cross-entropy-fusion-impl te`` in its benchmarking configs).
 """
 
 from __future__ import annotations
@@ -61,12 +62,12 @@ def test_peak_falls_on_the_head_stage_only(inputs):
     assert float(est.memory_peak_bytes[0]) == pytest.approx(fused.memory_peak_bytes, rel=1e-9)
 
 
-def test_validator_picks_fused_for_llm_foundry_rows():
+def test_validator_picks_fused_for_llm_foundry_and_modelzoo_rows():
     rows = list(csv.DictReader(EXTRA.open()))
     picked = {}
     for row in rows:
         text = f"{row['source']} {row['notes']}".lower()
-        named = "llm-foundry" in text or "llmfoundry" in text
+        named = any(name in text for name in ("llm-foundry", "llmfoundry", "megatron-moe-modelzoo"))
         picked[row["case_id"]] = (case_inputs(row).workload.cross_entropy is FUSED, named)
     assert sum(named for _, named in picked.values()) >= 10
     assert all(fused == named for fused, named in picked.values())

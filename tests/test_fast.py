@@ -132,6 +132,15 @@ SAMPLES = {
                                        {"pps": (2, 4), "mbs": (1, 2)}, 25),
     "llama3-8b/144 gb200-nvl72": ("llama3-8b", "gb200-nvl72", 144, Workload(global_batch_size=288, seq_length=4096),
                                   {"tps": (1, 2, 4), "pps": (2, 4), "mbs": (1, 2)}, 25),
+    # Transformer Engine TP overlap (planner.costmodel.tp_overlap): dense and MoE blocks, full
+    # recomputation repeating the overlapped forward, plans without sequence parallelism.
+    "llama3-8b/64xH100 tp_comm_overlap fp8": (
+        "llama3-8b", "dgx-h100", 64,
+        Workload(global_batch_size=256, seq_length=4096, precision="fp8", tp_comm_overlap=True),
+        {"tps": (2, 4, 8), "pps": (1, 2, 4), "mbs": (1, 2)}, 30),
+    "tiny-moe-mla/16 ep tp_comm_overlap": (
+        "tiny-moe-mla", "dgx-h100", 16, Workload(global_batch_size=64, seq_length=2048, tp_comm_overlap=True),
+        {"eps": (1, 2, 4), "tps": (2, 4), "pps": (1, 2)}, 30),
 }
 
 

@@ -447,3 +447,26 @@ def test_dualpipe_fp8_rows_take_deepseek_v3s_recipe():
     other = case_inputs({**row, "pp_schedule": "1f1b"})
     assert other.workload.adam_moment_dtype is MomentDtype.FP32
     assert other.workload.moe_dispatch_dtype is DispatchDtype.BF16
+
+
+def test_tp_comm_overlap_rule():
+    """NeMo and Megatron-Bridge rows with tp > 1 and sequence parallelism run TE's TP overlap
+    (their performance recipes: reconcile.tp_comm_overlap); tp 1, NeMo AutoModel and other
+    sources (Megatron-MoE-ModelZoo, Meta's Llama 3) keep Megatron-LM's default, off."""
+    on = ["nemo2407-h100-llama2-70b-64gpu", "mbridge2511-h100-llama3-70b-fp8cs-64gpu",
+          "nemolongseq-h100-llama2-7b-64k-cp2-64gpu", "mbridge2511-h100-qwen3-235b-a22b-fp8cs-256gpu"]
+    off = ["nemo2407-h100-llama2-7b-8gpu", "automodel-h100-dsv3-bf16-256gpu",
+           "mzoo-h100-qwen3-235b-a22b-bf16-256gpu-tp4-ep8-pp8", "llama3-t4-405b-8192gpu",
+           "torchtitan-h100-llama31-70b-fp8-256gpu"]
+    for case_id in on:
+        case = case_inputs(EXTRA_BY_ID[case_id])
+        assert case.plan.tp > 1 and case.plan.sequence_parallel
+        assert case.workload.tp_comm_overlap, case_id
+        assert any(n.startswith("tp_comm_overlap: on") for n in case.notes)
+    for case_id in off:
+        assert not case_inputs(EXTRA_BY_ID[case_id]).workload.tp_comm_overlap, case_id
+    # Without sequence parallelism Megatron-Core turns it off: so does the rule.
+    row = {**EXTRA_BY_ID["nemo2407-h100-llama2-70b-64gpu"], "sequence_parallel": "0"}
+    assert not case_inputs(row).workload.tp_comm_overlap
+    # Every public row is from other sources: all off.
+    assert not any(case_inputs(r).workload.tp_comm_overlap for r in ROWS)

@@ -98,6 +98,7 @@ def explain_command(
     moe_routing: str = options.moe_routing(),
     pipeline_p2p: str = options.pipeline_p2p(),
     cross_entropy: str = options.cross_entropy(),
+    tp_comm_overlap: bool = options.tp_comm_overlap(),
     plan_a: Path = typer.Option(..., "--plan-a", help="Plan A YAML (Megatron names or tp/pp/...)."),
     plan_b: Path = typer.Option(..., "--plan-b", help="Plan B YAML (Megatron names or tp/pp/...)."),
     with_sensitivity: bool = typer.Option(
@@ -113,7 +114,8 @@ def explain_command(
     workload = build_workload(model_spec, global_batch, seq_len, precision, adam_moments, moe_dispatch,
                               grad_reduce, overlap_param_gather,
                               moe_dispatcher=moe_dispatcher, moe_routing=moe_routing,
-                              pipeline_p2p=pipeline_p2p, cross_entropy=cross_entropy)
+                              pipeline_p2p=pipeline_p2p, cross_entropy=cross_entropy,
+                              tp_comm_overlap=tp_comm_overlap)
     pa = build_plan(plan_a, cluster_spec.num_gpus, {})
     pb = build_plan(plan_b, cluster_spec.num_gpus, {})
     ra = simulate(model_spec, cluster_spec, pa, workload)

@@ -106,6 +106,14 @@ def cross_entropy() -> Any:
                              "kernel as in llm-foundry, Transformer Engine's).")
 
 
+def tp_comm_overlap() -> Any:
+    return typer.Option(False, "--tp-comm-overlap/--no-tp-comm-overlap",
+                        help="Transformer Engine's TP communication overlap (Megatron-LM --tp-comm-overlap, "
+                             "NeMo and Megatron-Bridge performance recipes): a block's sequence-parallel "
+                             "all-gathers and reduce-scatters run under its Linear GEMMs (with sequence "
+                             "parallelism and tp > 1).")
+
+
 def grad_reduce() -> Any:
     return typer.Option("fp32", "--grad-reduce",
                         help="Format of the gradient buffer and its data-parallel reduction: fp32 (Megatron-LM's "

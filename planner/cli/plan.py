@@ -88,6 +88,7 @@ def plan_command(
     moe_routing: str = options.moe_routing(),
     pipeline_p2p: str = options.pipeline_p2p(),
     cross_entropy: str = options.cross_entropy(),
+    tp_comm_overlap: bool = options.tp_comm_overlap(),
     tp: str = options.knob("tp", many=True),
     pp: str = options.knob("pp", many=True),
     vpp: str = options.knob("vpp", many=True),
@@ -122,7 +123,8 @@ def plan_command(
                                         adam_moments, moe_dispatch, grad_reduce,
                                         overlap_param_gather,
                                         moe_dispatcher=moe_dispatcher, moe_routing=moe_routing,
-                                        pipeline_p2p=pipeline_p2p, cross_entropy=cross_entropy)
+                                        pipeline_p2p=pipeline_p2p, cross_entropy=cross_entropy,
+                                        tp_comm_overlap=tp_comm_overlap)
     constraints = constraints_from_options(tp, pp, vpp, cp, ep, micro_batch, zero, sp, recompute, schedule,
                                            max_memory_frac, etp, rank_order)
     result = run_search(model_spec, cluster_spec, workload, constraints, top_k, exhaustive,

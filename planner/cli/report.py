@@ -65,6 +65,7 @@ def report_command(
     moe_routing: str = options.moe_routing(),
     pipeline_p2p: str = options.pipeline_p2p(),
     cross_entropy: str = options.cross_entropy(),
+    tp_comm_overlap: bool = options.tp_comm_overlap(),
     tp: str = options.knob("tp", many=True),
     pp: str = options.knob("pp", many=True),
     vpp: str = options.knob("vpp", many=True),
@@ -111,7 +112,8 @@ def report_command(
                                                 precision, adam_moments, moe_dispatch, grad_reduce,
                                                 overlap_param_gather,
                                                 moe_dispatcher=moe_dispatcher, moe_routing=moe_routing,
-                                                pipeline_p2p=pipeline_p2p, cross_entropy=cross_entropy)
+                                                pipeline_p2p=pipeline_p2p, cross_entropy=cross_entropy,
+                                                tp_comm_overlap=tp_comm_overlap)
         plans = [validate_spec(Plan, {k: r[k] for k in _PLAN_FIELDS if r.get(k) is not None}, f"{saved}: plan {i + 1}")
                  for i, r in enumerate(records[:top_k])]
         ranked = [(p, simulate(model_spec, cluster_spec, p, workload)) for p in plans]
@@ -122,7 +124,8 @@ def report_command(
                                             precision, adam_moments, moe_dispatch, grad_reduce,
                                             overlap_param_gather,
                                             moe_dispatcher=moe_dispatcher, moe_routing=moe_routing,
-                                            pipeline_p2p=pipeline_p2p, cross_entropy=cross_entropy)
+                                            pipeline_p2p=pipeline_p2p, cross_entropy=cross_entropy,
+                                            tp_comm_overlap=tp_comm_overlap)
         constraints = constraints_from_options(tp, pp, vpp, cp, ep, micro_batch, zero, sp, recompute, schedule,
                                                max_memory_frac, etp, rank_order)
         result = run_search(model_spec, cluster_spec, workload, constraints, top_k, exhaustive, workers=workers)

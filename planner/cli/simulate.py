@@ -104,6 +104,7 @@ def simulate_command(
     moe_routing: str = options.moe_routing(),
     pipeline_p2p: str = options.pipeline_p2p(),
     cross_entropy: str = options.cross_entropy(),
+    tp_comm_overlap: bool = options.tp_comm_overlap(),
     tp: int = options.knob("tp"),
     pp: int = options.knob("pp"),
     vpp: int = options.knob("vpp"),
@@ -142,7 +143,8 @@ def simulate_command(
                                         adam_moments, moe_dispatch,
                                         grad_reduce, overlap_param_gather,
                                         moe_dispatcher=moe_dispatcher, moe_routing=moe_routing,
-                                        pipeline_p2p=pipeline_p2p, cross_entropy=cross_entropy)
+                                        pipeline_p2p=pipeline_p2p, cross_entropy=cross_entropy,
+                                        tp_comm_overlap=tp_comm_overlap)
     knobs = {
         "tp": tp, "pp": pp, "vpp": vpp, "cp": cp, "ep": ep, "etp": etp, "dp": dp, "zero_stage": zero,
         "sequence_parallel": sp, "recompute": recompute, "micro_batch_size": micro_batch,

@@ -10,7 +10,9 @@ activations), and the collective each becomes (Megatron-LM; DeepSeek-V3 §3.2):
   input gradient in backward, and the vocab-parallel cross-entropy (of the head and of
   every MTP module) all-reduces three FP32 values per token in forward: the logit max, the
   target logit and the sum of exponentials (Megatron-LM ``_VocabParallelCrossEntropy``).
-  Exposed: Megatron runs them on the compute stream.
+  Exposed: Megatron runs them on the compute stream; under the workload's
+  ``tp_comm_overlap`` (sequence parallel) a block's all-gathers and reduce-scatters run
+  under the TE Linear GEMMs next to them instead (:mod:`planner.costmodel.tp_overlap`).
 - CP: ring attention passes the key/value blocks around the cp ranks, (cp-1) blocks in
   forward, the blocks and their gradients in backward (Megatron-LM context parallelism);
   priced as an all-gather (forward) and all-gather + reduce-scatter (backward) of the
@@ -42,6 +44,7 @@ import numpy as np
 from planner.costmodel.memory import state_bytes_per_param
 from planner.costmodel.ops import BF16_BYTES, FP32_BYTES, expert_load_factor, selective_modules
 from planner.costmodel.partition import Chunk, Piece
+from planner.costmodel.tp_overlap import BlockTP, applies, block_tp
 from planner.hwmodels.alltoall import moe_all_to_all
 from planner.hwmodels.collectives import CollectiveOp, collective_cost, groups_digest
 from planner.hwmodels.placement import RankLayout, rank_layout
@@ -71,7 +74,8 @@ def _stage_groups(plan: Plan, dims: str, stage: int, experts: bool) -> np.ndarra
 
 @dataclass(frozen=True)
 class PieceComm:
-    """Seconds of communication for one micro-batch of one piece on one GPU."""
+    """Seconds of communication for one micro-batch of one piece on one GPU (TP: what it adds
+    to the compute, under ``tp_comm_overlap`` with the overlapped GEMMs' slowdown)."""
 
     tp_forward_s: float = 0.0
     tp_backward_s: float = 0.0
@@ -79,9 +83,16 @@ class PieceComm:
     cp_backward_s: float = 0.0
     ep_forward_s: float = 0.0
     ep_backward_s: float = 0.0
+    tp_recompute_s: float = 0.0
+    """What full recomputation would repeat in backward: the block's forward TP (not in
+    :meth:`astuple`)."""
+    tp_hidden_s: float = 0.0
+    """TP seconds hidden under GEMMs (``tp_comm_overlap``; not in :meth:`astuple`)."""
 
     def __add__(self, other: PieceComm) -> PieceComm:
-        return PieceComm(*(a + b for a, b in zip(self.astuple(), other.astuple())))
+        return PieceComm(*(a + b for a, b in zip(self.astuple(), other.astuple())),
+                         tp_recompute_s=self.tp_recompute_s + other.tp_recompute_s,
+                         tp_hidden_s=self.tp_hidden_s + other.tp_hidden_s)
 
     def astuple(self) -> tuple[float, ...]:
         return (
@@ -91,9 +102,11 @@ class PieceComm:
 
 
 def _tp_costs(cluster: ClusterSpec, groups: np.ndarray, sequence_parallel: bool, act_bytes: float,
-              tokens: float) -> tuple[float, float]:
+              tokens: float) -> tuple[float, float, float, float]:
     """One TP all-reduce of the activations (a reduce-scatter + all-gather under sequence
-    parallelism), and the cross-entropy's three per-token FP32 all-reduces."""
+    parallelism), the cross-entropy's three per-token FP32 all-reduces, and the all-gather
+    and reduce-scatter alone (0 without sequence parallelism)."""
+    rs = ag = 0.0
     if sequence_parallel:
         rs = collective_cost(cluster, CollectiveOp.REDUCE_SCATTER, groups, act_bytes).time_s
         ag = collective_cost(cluster, CollectiveOp.ALL_GATHER, groups, act_bytes).time_s
@@ -101,7 +114,7 @@ def _tp_costs(cluster: ClusterSpec, groups: np.ndarray, sequence_parallel: bool,
     else:
         allreduce = collective_cost(cluster, CollectiveOp.ALL_REDUCE, groups, act_bytes).time_s
     per_token = collective_cost(cluster, CollectiveOp.ALL_REDUCE, groups, tokens * FP32_BYTES).time_s
-    return allreduce, 3 * per_token
+    return allreduce, 3 * per_token, ag, rs
 
 
 def _cp_costs(cluster: ClusterSpec, groups: np.ndarray, kv_bytes: float) -> tuple[float, float]:
@@ -148,12 +161,16 @@ class StageComm:
         self.tokens = plan.micro_batch_size * workload.seq_length / plan.cp
         d = model.hidden_size
         act_bytes = self.tokens * d * BF16_BYTES
-        self.tp_allreduce_s = self.cross_entropy_s = 0.0
+        self.tp_allreduce_s = self.cross_entropy_s = self.tp_all_gather_s = self.tp_reduce_scatter_s = 0.0
         if plan.tp > 1:
             groups = stage_groups(layout, "tp", stage)
-            self.tp_allreduce_s, self.cross_entropy_s = _MEMO.get(
+            tp_costs = _MEMO.get(
                 cluster, ("tp", groups_digest(groups), plan.sequence_parallel, act_bytes, self.tokens),
                 lambda: _tp_costs(cluster, groups, plan.sequence_parallel, act_bytes, self.tokens))
+            self.tp_allreduce_s, self.cross_entropy_s = tp_costs[:2]
+            self.tp_all_gather_s, self.tp_reduce_scatter_s = tp_costs[2:]
+        self._overlap = applies(plan, workload)
+        self._block_tp: dict[Piece, BlockTP] = {}
         self.cp_forward_s = self.cp_backward_s = 0.0
         if plan.cp > 1:
             groups = stage_groups(layout, "cp", stage)
@@ -197,18 +214,34 @@ class StageComm:
         # (Megatron's checkpointed forward is the same code path); recomputing a whole MoE
         # block re-runs its dispatch/combine.
         full = self.plan.recompute is Recompute.FULL and piece in (Piece.DENSE, Piece.MOE, Piece.MTP)
-        tp_again = 2 * tp if full else 0.0
+        block_f = block_b = 2 * tp
+        hidden_f = hidden_b = 0.0
+        if self._overlap:
+            block = self._block(piece)
+            block_f, block_b = block.forward_s, block.backward_s
+            hidden_f, hidden_b = block.forward_hidden_s, block.backward_hidden_s
+        tp_again = block_f if full else 0.0
         ep_again = ep if (full or self._moe_recomputed) else 0.0
         extra_head = tp if piece is Piece.MTP else 0.0
         loss = self.cross_entropy_s if piece is Piece.MTP else 0.0
         return PieceComm(
-            tp_forward_s=2 * tp + loss,
-            tp_backward_s=2 * tp + extra_head + tp_again,
+            tp_forward_s=block_f + loss,
+            tp_backward_s=block_b + extra_head + tp_again,
             cp_forward_s=self.cp_forward_s,
             cp_backward_s=self.cp_backward_s,
             ep_forward_s=ep,
             ep_backward_s=ep + ep_again,
+            tp_recompute_s=block_f,
+            tp_hidden_s=hidden_f + hidden_b + (hidden_f if full else 0.0),
         )
+
+    def _block(self, piece: Piece) -> BlockTP:
+        """The block's TP under ``tp_comm_overlap`` (:func:`~planner.costmodel.tp_overlap.block_tp`)."""
+        hit = self._block_tp.get(piece)
+        if hit is None:
+            hit = self._block_tp[piece] = block_tp(self.model, self.plan, self.workload, self.cluster.gpu,
+                                                   piece, self.tp_all_gather_s, self.tp_reduce_scatter_s)
+        return hit
 
     def chunk(self, chunk: Chunk) -> PieceComm:
         total = PieceComm()

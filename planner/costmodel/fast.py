@@ -366,11 +366,11 @@ def _group(ctx: _Context, found: Keys, u: int, pp: int, vpp: int, schedule: Pipe
                                        (len(PIECES), 4)), uniq[:, 0], inv, plans)
     combo, where = keys_of("compute_split", (0, "compute"), (1, "parts"))  # (compute, split)
     comp = np.einsum("unk,ukj->unj", parts.stacked("counts")[combo[:, 1]], tables[combo[:, 0]])[where]
-    # TP/CP/EP per chunk: (g, chunks, 6); the p2p time per row.
+    # TP/CP/EP per chunk: (g, chunks, 7, the last: TP repeated by full recomputation); the p2p time per row.
     uniq, inv = keys_of("stage")
     keys = [(t, cp_, ep, etp, dp, pp, ctx.orders[order], mb, sp)
             for t, cp_, ep, etp, dp, order, mb, sp in uniq.tolist()]
-    stages = refused.price(sh.stage_comm, keys, inv, plans, (pp, len(PIECES), 6))
+    stages = refused.price(sh.stage_comm, keys, inv, plans, (pp, len(PIECES), 7))
     p2p = np.zeros(len(keys))
     if pp > 1:
         p2p = refused.price(lambda t, cp_, ep, etp, dp, pp_, order, mb, sp: sh.p2p(t, cp_, dp, pp_, order, mb, sp),

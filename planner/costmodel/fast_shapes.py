@@ -79,11 +79,11 @@ _BLOCKS = [PIECES.index(p) for p in (Piece.DENSE, Piece.MOE, Piece.MTP)]
 
 
 def with_full_recompute(stages: np.ndarray) -> np.ndarray:
-    """(..., pieces, 6) tables of :meth:`Shapes.stage_comm` under full recomputation: each
-    block's backward repeats its forward TP (2 x the stage's all-reduce, the dense piece's
-    forward) and its dispatch/combine, as ``StageComm.piece`` prices them."""
+    """(..., pieces, 7) tables of :meth:`Shapes.stage_comm` under full recomputation: each
+    block's backward repeats its forward TP (column 6, ``PieceComm.tp_recompute_s``) and its
+    dispatch/combine, as ``StageComm.piece`` prices them."""
     out = stages.copy()
-    out[..., _BLOCKS, 1] += stages[..., [PIECES.index(Piece.DENSE)], 0]
+    out[..., _BLOCKS, 1] += stages[..., _BLOCKS, 6]
     out[..., _BLOCKS, 5] += stages[..., _BLOCKS, 4]
     return out
 
@@ -278,9 +278,10 @@ class Shapes:
         return fabric_forms(self._maps, groups)
 
     def stage_comm(self, tp, cp, ep, etp, dp, pp, order, mb, sp) -> np.ndarray:
-        """(pp, pieces, 6): per stage and piece, TP forward/backward, CP forward/backward and
+        """(pp, pieces, 7): per stage and piece, TP forward/backward, CP forward/backward and
         EP forward/backward seconds of one micro-batch (``StageComm.piece``) without full
-        recomputation (:func:`with_full_recompute` adds it)."""
+        recomputation (:func:`with_full_recompute` adds it from the 7th column, the TP that
+        full recomputation repeats)."""
         degrees = (tp, cp, ep, etp, dp, pp, order)
         whole = self._comm.get((degrees, mb, sp))
         if whole is None:
@@ -289,7 +290,7 @@ class Shapes:
 
     def _stages(self, degrees: tuple, mb: int, sp: int) -> np.ndarray:
         tp, cp, ep, etp, dp, pp, order = degrees
-        out = np.zeros((pp, len(PIECES), 6))
+        out = np.zeros((pp, len(PIECES), 7))
         for stage, sig in enumerate(self._signatures(degrees)):
             key = (tp, cp, ep, etp, mb, sp, sig)
             hit = self._comm.get(key)
@@ -301,7 +302,8 @@ class Shapes:
 
     def _stage_comm(self, plan: Plan, stage: int) -> np.ndarray:
         comm = StageComm(self.model, self.cluster, plan, self.workload, rank_layout(plan), stage)
-        return np.array([comm.piece(p).astuple() for p in PIECES])
+        pieces = [comm.piece(p) for p in PIECES]
+        return np.array([(*c.astuple(), c.tp_recompute_s) for c in pieces])
 
     def p2p(self, tp, cp, dp, pp, order, mb, sp) -> float:
         key = (tp, cp, dp, pp, order, mb, sp)

@@ -15,7 +15,9 @@ One pure function over three frozen inputs (DESIGN.md §3-4):
 
 Overlap rules (what hides what):
 
-- TP and the embedding/head all-reduces: exposed (Megatron's default, no TP comm overlap).
+- TP and the embedding/head all-reduces: exposed (Megatron's default, no TP comm overlap);
+  under ``Workload.tp_comm_overlap`` a block's sequence-parallel collectives hide behind the
+  TE Linear GEMMs next to them, whose SMs they share (:mod:`~planner.costmodel.tp_overlap`).
 - CP ring exchange: hidden behind the attention core it feeds, exposed beyond it.
 - EP dispatch/combine: exposed under 1F1B, interleaved and zero-bubble; under DualPipe and
   DualPipeV a forward and a backward chunk run as an overlapped pair whose time is the
@@ -279,6 +281,7 @@ def _simulate_partition(
         compute_s += runs * (comp.forward_s + comp.backward_input_s + comp.backward_weight_s)
         recompute_s += runs * comp.recompute_s
         exposed[Dim.TP] += runs * (comm.tp_forward_s + comm.tp_backward_s)
+        hidden[Dim.TP] += runs * comm.tp_hidden_s
         exposed[Dim.CP] += runs * sum(info["cp_exposed"])
         hidden[Dim.CP] += runs * sum(info["cp_hidden"])
         a2a = runs * (comm.ep_forward_s + comm.ep_backward_s)

@@ -234,6 +234,8 @@ def _workload_args(plan: Plan, workload: Workload) -> list[str]:
         lines.append("--overlap-param-gather")
     if workload.grad_reduce_dtype is GradReduceDtype.BF16 and workload.precision is not Precision.FP16:
         lines.append("--grad-reduce-in-bf16")
+    if workload.tp_comm_overlap and plan.sequence_parallel and plan.tp > 1:
+        lines.append("--tp-comm-overlap")  # Transformer Engine userbuffers (planner.costmodel.tp_overlap)
     if workload.pipeline_p2p is PipelineP2P.DEEPSPEED and plan.pp > 1:
         lines.append("# priced with DeepSpeed's blocking pipeline p2p; Megatron-LM batches its exchanges")
     if workload.cross_entropy is CrossEntropyKernel.FUSED:  # TE's kernel keeps the BF16 logits

@@ -252,6 +252,15 @@ class Workload(Spec):
     distributed-optimizer configs; Megatron-LM's ``--overlap-param-gather``). False: the
     gather follows the gradient reduction at the end of the step (DeepSpeed ZeRO-1,
     DeepSeek's HAI-LLM as DeepSeek LLM §2.4 describes it)."""
+    tp_comm_overlap: bool = False
+    """Transformer Engine's TP communication overlap (Megatron-LM ``--tp-comm-overlap``,
+    default off; NeMo's ``ub_tp_comm_overlap`` / ``MegatronCommOverlapCallback(tp_comm_overlap=
+    True)`` and Megatron-Bridge's ``CommOverlapConfig(tp_comm_overlap=True)``, on in their
+    performance recipes): the sequence-parallel all-gathers and reduce-scatters of a
+    transformer block's attention and dense-MLP Linear layers run through userbuffers
+    concurrently with the GEMM next to them (:mod:`planner.costmodel.tp_overlap`). Effective
+    only with ``sequence_parallel`` and tp > 1 (Megatron-Core turns it off otherwise);
+    elsewhere it has no effect."""
 
     @property
     def tokens_per_step(self) -> int:

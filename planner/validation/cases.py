@@ -87,6 +87,10 @@ pipeline p2p           (no column) pp > 1 with ``1f1b`` and DeepSpeed named in `
                        ``notes`` (Megatron-DeepSpeed, BLOOM, MT-NLG): DeepSpeed's blocking
                        send/recv of the whole activation; else Megatron's
                        (:func:`~planner.validation.reconcile.pipeline_p2p`)
+tp comm overlap        (no column) on for a NeMo or Megatron-Bridge row (``source``; not NeMo
+                       AutoModel) with tp > 1 and sequence parallelism: their performance
+                       recipes run Transformer Engine's userbuffers overlap; else off
+                       (Megatron-LM's default) (:func:`~planner.validation.reconcile.tp_comm_overlap`)
 =====================  ===================================================================
 
 Cells that disagree are resolved the same way every time and noted: with dp given and
@@ -138,8 +142,8 @@ from planner.specs.compat import check_plan
 from planner.validation.case_model import _default, case_model
 from planner.validation.clusters import case_cluster
 from planner.validation.reconcile import (
-    attention_rates, cross_entropy, default_etp, moe_dispatcher, pipeline_p2p, recipe, schedule_of, selective_ladder,
-    torchtitan_microbatch, torchtitan_row, whole_micro_batches,
+    attention_rates, cross_entropy, default_etp, moe_dispatcher, pipeline_p2p, recipe, schedule_of,
+    selective_ladder, torchtitan_microbatch, torchtitan_row, tp_comm_overlap, whole_micro_batches,
 )
 
 REQUIRED_COLUMNS = (
@@ -254,7 +258,8 @@ def case_inputs(row: dict[str, Any]) -> CaseInputs:
     plan, candidates = _plan(cells, model, notes)
     workload = whole_micro_batches(workload, plan, notes)
     workload = revalidate(workload, pipeline_p2p=pipeline_p2p(cells, plan, notes),
-                          cross_entropy=cross_entropy(cells, notes))
+                          cross_entropy=cross_entropy(cells, notes),
+                          tp_comm_overlap=tp_comm_overlap(cells, plan, notes))
     check_plan(model, workload, plan)
     cluster = attention_rates(cells, case_cluster(cells, plan.world_size, notes), _source_year(cells), notes)
     if model.moe is not None and plan.ep > 1:

@@ -233,21 +233,55 @@ def pipeline_p2p(cells: Row, plan: Plan, notes: list[str]) -> PipelineP2P:
     return PipelineP2P.MEGATRON
 
 
-_LLM_FOUNDRY = re.compile(r"llm-foundry|llmfoundry", re.IGNORECASE)
+_FUSED_CE = re.compile(r"llm-foundry|llmfoundry|Megatron-MoE-ModelZoo", re.IGNORECASE)
 _TORCH_CE = re.compile(r"torch_crossentropy", re.IGNORECASE)
 
 
 def cross_entropy(cells: Row, notes: list[str]) -> CrossEntropyKernel:
-    """Loss kernel of a row (no column states it): flash-attn's fused Triton kernel when the
-    row's ``source`` or ``notes`` name MosaicML's llm-foundry, whose MPT model defaults to it
-    (llmfoundry/models/mpt/modeling_mpt.py, v0.2.0: ``loss_fn`` defaults to
-    ``fused_crossentropy``, flash_attn.losses.cross_entropy.CrossEntropyLoss) unless the notes
-    say ``torch_crossentropy``; else Megatron's unfused FP32 softmax."""
+    """Loss kernel of a row (no column states it): a fused kernel that keeps the BF16 logits
+    when the row's ``source`` or ``notes`` name
+
+    - MosaicML's llm-foundry, whose MPT model defaults to flash-attn's Triton kernel
+      (llmfoundry/models/mpt/modeling_mpt.py, v0.2.0: ``loss_fn`` defaults to
+      ``fused_crossentropy``), unless the notes say ``torch_crossentropy``;
+    - Megatron-MoE-ModelZoo, whose benchmarking configs run Transformer Engine's
+      (model_configs/benchmarking/*.yaml: ``--cross-entropy-loss-fusion: true``,
+      ``--cross-entropy-fusion-impl: te``);
+
+    else Megatron's unfused FP32 softmax."""
     text = f"{cells.text('source') or ''} {cells.text('notes') or ''}"
-    if _LLM_FOUNDRY.search(text) and not _TORCH_CE.search(text):
-        notes.append("cross entropy: fused (llm-foundry's default loss_fn fused_crossentropy keeps the BF16 logits)")
+    if _FUSED_CE.search(text) and not _TORCH_CE.search(text):
+        notes.append("cross entropy: fused (the framework's default loss kernel keeps the BF16 logits)")
         return CrossEntropyKernel.FUSED
     return CrossEntropyKernel.UNFUSED
+
+
+_TP_OVERLAP_FRAMEWORKS = re.compile(r"\bNeMo\b(?!\s+AutoModel)|\bMegatron-Bridge\b")
+
+
+def tp_comm_overlap(cells: Row, plan: Plan, notes: list[str]) -> bool:
+    """Whether the row ran Transformer Engine's TP communication overlap
+    (:attr:`~planner.specs.Workload.tp_comm_overlap`): on for a row whose ``source`` names
+    NeMo (not NeMo AutoModel, a PyTorch-native trainer) or Megatron-Bridge, with tp > 1 and
+    sequence parallelism. Their performance recipes turn it on: NeMo-Framework-Launcher
+    (NeMo 24.07) launcher_scripts/conf/training/llama/llama3_70b.yaml and
+    nemotron/nemotron_340b.yaml ``ub_tp_comm_overlap: true`` with the userbuffers
+    configurations of conf/training/tp_overlap/ub_cfg_h100_*; NeMo 2.0's recipes
+    (nemo/collections/llm/recipes/gpt3_175b.py ``pretrain_performance_optimizations``:
+    ``MegatronCommOverlapCallback(tp_comm_overlap=True, tp_comm_overlap_cfg=userbuffers_bf16_
+    h100_h12288_tp4_mbs1_seqlen2048)``); Megatron-Bridge's scripts/performance/configs/llama/
+    llama3_llm_pretrain.py (``CommOverlapConfig(tp_comm_overlap=bool(tensor_model_parallel_size
+    > 1))``; the 70B configs set ``tp_comm_overlap_cfg = userbuffers_fp8_h100_h8192_tp4_mbs1_
+    seqlen8192``) and its Qwen3 MoE configs (``CommOverlapConfig(tp_comm_overlap=True)``).
+    Megatron-LM's ``--tp-comm-overlap`` defaults to off and Megatron-MoE-ModelZoo's Qwen3 H100
+    script (best_practice/qwen3/run_h100_235b.sh) passes none, so other sources keep it off.
+    Megatron-Core turns the overlap off without sequence parallelism or with tp 1, as the
+    cost model does."""
+    if plan.tp > 1 and plan.sequence_parallel and _TP_OVERLAP_FRAMEWORKS.search(cells.text("source") or ""):
+        notes.append("tp_comm_overlap: on (NeMo / Megatron-Bridge performance recipes: Transformer Engine "
+                     "userbuffers overlap of the sequence-parallel collectives)")
+        return True
+    return False
 
 
 def moe_dispatcher(cells: Row, model: ModelSpec, cluster: ClusterSpec, notes: list[str]) -> MoEDispatcher:
@@ -363,5 +397,6 @@ def reconciled_schedule(
     return schedule, 1
 
 
-__all__ = ["attention_rates", "cross_entropy", "default_etp", "moe_dispatcher", "pipeline_p2p", "reconciled_schedule",
-           "schedule_of", "selective_ladder", "torchtitan_microbatch", "torchtitan_row", "whole_micro_batches"]
+__all__ = ["attention_rates", "cross_entropy", "default_etp", "moe_dispatcher", "pipeline_p2p",
+           "reconciled_schedule", "schedule_of", "selective_ladder", "torchtitan_microbatch", "torchtitan_row",
+           "tp_comm_overlap", "whole_micro_batches"]

@@ -55,8 +55,8 @@ def test_peak_falls_on_the_head_stage_only(inputs):
     unfused = simulate(model, cluster, plan, workload)
     fused = simulate(model, cluster, plan, workload.model_copy(update={"cross_entropy": FUSED}))
     assert fused.step_time_s == unfused.step_time_s
-    first, last = (s.memory.total_bytes for s in unfused.stages), (s.memory.total_bytes for s in fused.stages)
-    before, after = list(first), list(last)
+    before = [s.memory.total_bytes for s in unfused.stages]
+    after = [s.memory.total_bytes for s in fused.stages]
     assert after[0] == before[0] and after[-1] < before[-1]
     est = estimate(model, cluster, workload.model_copy(update={"cross_entropy": FUSED}), [plan])
     assert float(est.memory_peak_bytes[0]) == pytest.approx(fused.memory_peak_bytes, rel=1e-9)

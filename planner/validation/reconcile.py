@@ -122,10 +122,16 @@ Hopper default again by PR #162073 (Sept 2025, gated on a cuDNN newer than 9.15,
 PyTorch wheels bundled from 2026)."""
 
 
+def free_text(cells: Row) -> str:
+    """The row's ``source`` and ``notes``: the free text the framework rules below read (no
+    column names the framework)."""
+    return f"{cells.text('source') or ''} {cells.text('notes') or ''}"
+
+
 def torchtitan_row(cells: Row) -> bool:
     """The row's ``source`` or ``notes`` name TorchTitan (no column names the framework;
     its defaults below differ from Megatron's, which the other defaults follow)."""
-    return bool(_TORCHTITAN.search(f"{cells.text('source') or ''} {cells.text('notes') or ''}"))
+    return bool(_TORCHTITAN.search(free_text(cells)))
 
 
 NEMO_FLASH_ATTENTION_2_LAST_RELEASE = (24, 7)
@@ -152,7 +158,7 @@ def _flash_attention_2_runtime(cells: Row, year: int | None) -> str | None:
     - a NeMo container up to :data:`NEMO_FLASH_ATTENTION_2_LAST_RELEASE` (the release named as
       ``NeMo YY.MM`` in ``source`` or ``notes``; with none named, a NeMo row from 2024 or
       earlier): its launcher turned cuDNN attention off."""
-    text = f"{cells.text('source') or ''} {cells.text('notes') or ''}"
+    text = free_text(cells)
     if torchtitan_row(cells):
         if year is None or year <= SDPA_FLASH_ATTENTION_2_LAST_YEAR:
             return "TorchTitan: PyTorch SDPA's default flash backend"
@@ -226,7 +232,7 @@ def pipeline_p2p(cells: Row, plan: Plan, notes: list[str]) -> PipelineP2P:
     DeepSpeed (Megatron-DeepSpeed trains every pipelined model with that engine and its 1F1B
     ``TrainSchedule``), else Megatron's. A row whose schedule is not 1F1B keeps Megatron's:
     the engine has no other training schedule."""
-    text = f"{cells.text('source') or ''} {cells.text('notes') or ''}"
+    text = free_text(cells)
     if plan.pp > 1 and plan.pipeline_schedule is PipelineSchedule.ONE_F_ONE_B and _DEEPSPEED.search(text):
         notes.append("pipeline p2p: deepspeed (blocking send/recv of the whole activation; DeepSpeed named)")
         return PipelineP2P.DEEPSPEED
@@ -249,7 +255,7 @@ def cross_entropy(cells: Row, notes: list[str]) -> CrossEntropyKernel:
       ``--cross-entropy-fusion-impl: te``);
 
     else Megatron's unfused FP32 softmax."""
-    text = f"{cells.text('source') or ''} {cells.text('notes') or ''}"
+    text = free_text(cells)
     if _FUSED_CE.search(text) and not _TORCH_CE.search(text):
         notes.append("cross entropy: fused (the framework's default loss kernel keeps the BF16 logits)")
         return CrossEntropyKernel.FUSED

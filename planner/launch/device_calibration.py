@@ -54,8 +54,12 @@ MIN_TIMED_S = 0.05
 """Shortest timed batch of repeats per measurement (timer resolution and noise)."""
 CPU_GEMM_SHAPES = ((64, 64, 64), (128, 128, 128), (256, 256, 256), (512, 512, 512),
                    (1024, 256, 256), (256, 1024, 64), (64, 512, 512))
-CUDA_GEMM_SHAPES = ((256, 256, 256), (1024, 1024, 1024), (4096, 4096, 4096), (8192, 8192, 8192),
-                    (16384, 1024, 1024), (1024, 8192, 256))
+CUDA_GEMM_SHAPES = ((2048, 2048, 2048), (4096, 4096, 4096), (8192, 8192, 8192), (8192, 8192, 2048),
+                    (2048, 8192, 8192), (16384, 4096, 4096))
+"""Every dimension >= 2048: on an H100 (data/hardware/measurements/h100-sxm-80gb-2026-11-24,
+squares.json) a 1024^3 GEMM takes ~10 us, launch- and latency-bound (223 TFLOP/s against 773
+at 4096^3), outside the shape curve the fit assumes; 256^3 pulled the fitted half dimension
+to 1448 when it was in the list."""
 ATTENTION_SHAPE = (2, 4, 256, 32)
 """(batch, heads, seq, head_dim) of the CPU attention measurement; CUDA: (4, 16, 4096, 128)."""
 CUDA_ATTENTION_SHAPE = (4, 16, 4096, 128)

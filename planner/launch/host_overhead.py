@@ -19,8 +19,9 @@ tiny torch op is measured too and written beside it, for comparison.
 CUDA, asynchronous (the host queues kernels ahead of the GPU, so an op takes the larger of
 its device time and its launch): an in-place add of two one-element tensors, repeated and
 synchronised once at the end, per op: the rate at which the host issues one PyTorch op,
-about one modelled kernel of a fused framework (Megatron-LM with fused kernels). Written
-without a GPU at hand: the CUDA path has not been run.
+about one modelled kernel of a fused framework (Megatron-LM with fused kernels). First run on
+an H100 80GB HBM3 on 2026-11-24 (PyTorch 2.11, two processes sharing the one GPU): 9.3 us per
+op.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ FROZEN = {
         "-o",
     ),
     "explain": (
-        "--adam-moments", "--moe-dispatch", "--moe-dispatcher", "--moe-routing", "--pipeline-p2p", "--cross-entropy",
+        "--adam-moments", "--moe-dispatch", "--moe-dispatcher", "--moe-routing", "--pipeline-p2p", "--cross-entropy", "--fp8-impl",
         "--grad-reduce", "--overlap-param-gather", "--no-overlap-param-gather", "--tp-comm-overlap", "--no-tp-comm-overlap",
         "--cluster", "--format", "--global-batch", "--global-batch-size", "--gpus", "--model",
         "--out", "--plan-a", "--plan-b", "--precision", "--sensitivity", "--seq-len",
@@ -39,7 +39,7 @@ FROZEN = {
         "--zero", "-c", "-m",
     ),
     "plan": (
-        "--adam-moments", "--moe-dispatch", "--moe-dispatcher", "--moe-routing", "--pipeline-p2p", "--cross-entropy",
+        "--adam-moments", "--moe-dispatch", "--moe-dispatcher", "--moe-routing", "--pipeline-p2p", "--cross-entropy", "--fp8-impl",
         "--grad-reduce", "--overlap-param-gather", "--no-overlap-param-gather", "--tp-comm-overlap", "--no-tp-comm-overlap",
         "--workers", "--etp", "--expert-tensor-parallel-size", "--rank-order",
         "--cluster", "--context-parallel-size", "--cp", "--emit", "--ep", "--exhaustive",
@@ -50,7 +50,7 @@ FROZEN = {
         "--vpp", "--zero", "-c", "-f", "-m", "-o",
     ),
     "report": (
-        "--adam-moments", "--moe-dispatch", "--moe-dispatcher", "--moe-routing", "--pipeline-p2p", "--cross-entropy",
+        "--adam-moments", "--moe-dispatch", "--moe-dispatcher", "--moe-routing", "--pipeline-p2p", "--cross-entropy", "--fp8-impl",
         "--grad-reduce", "--overlap-param-gather", "--no-overlap-param-gather", "--tp-comm-overlap", "--no-tp-comm-overlap",
         "--workers", "--etp", "--expert-tensor-parallel-size", "--rank-order",
         "--cluster", "--context-parallel-size", "--cp", "--ep", "--exhaustive", "--expert-model-parallel-size",
@@ -62,7 +62,7 @@ FROZEN = {
         "-m", "-o",
     ),
     "simulate": (
-        "--adam-moments", "--moe-dispatch", "--moe-dispatcher", "--moe-routing", "--pipeline-p2p", "--cross-entropy",
+        "--adam-moments", "--moe-dispatch", "--moe-dispatcher", "--moe-routing", "--pipeline-p2p", "--cross-entropy", "--fp8-impl",
         "--grad-reduce", "--overlap-param-gather", "--no-overlap-param-gather", "--tp-comm-overlap", "--no-tp-comm-overlap",
         "--cluster", "--context-parallel-size", "--cp", "--data-parallel-size", "--dp", "--ep",
         "--etp", "--expert-model-parallel-size", "--expert-tensor-parallel-size", "--format", "--global-batch", "--global-batch-size",
@@ -74,7 +74,7 @@ FROZEN = {
         "-c", "-f", "-m", "-o",
     ),
     "sweep": (
-        "--adam-moments", "--moe-dispatch", "--moe-dispatcher", "--moe-routing", "--pipeline-p2p", "--cross-entropy",
+        "--adam-moments", "--moe-dispatch", "--moe-dispatcher", "--moe-routing", "--pipeline-p2p", "--cross-entropy", "--fp8-impl",
         "--grad-reduce", "--overlap-param-gather", "--no-overlap-param-gather", "--tp-comm-overlap", "--no-tp-comm-overlap",
         "--cluster", "--context-parallel-size", "--cp", "--data-parallel-size", "--dp", "--ep",
         "--etp", "--expert-model-parallel-size", "--expert-tensor-parallel-size", "--format", "--global-batch", "--global-batch-size",

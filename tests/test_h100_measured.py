@@ -103,8 +103,11 @@ def test_flash_attention_2_fractions_match_the_long_sequence_measurement() -> No
 
 
 PROFILES = {
-    # profile file: its label in the note below
-    "profile": "dense-0.9b", "profile-llama3-8b-6l": "llama3-8b-6l",
+    # profile file: (GEMM, attention) tolerances. FP8 GEMMs: the preset is conservative (see the
+    # sustained test); 8 heads x 8192 tokens at tp 8: cuDNN attention runs below the preset.
+    "profile": (0.20, 0.20), "profile-llama3-8b-6l": (0.20, 0.20),
+    "profile-llama3-8b-6l-fp8-tensorwise": (0.30, 0.20),
+    "profile-llama3-70b-tp8-8l": (0.20, 0.25), "profile-llama3-70b-tp8-8l-fp8-tensorwise": (0.35, 0.25),
 }
 
 
@@ -113,17 +116,22 @@ def test_reference_step_on_one_h100(name: str) -> None:
     """profile*.json: the reference model training on one H100 (fp32 weights, bf16 autocast,
     fused AdamW), the whole loss under torch.compile so that element-wise work is fused as
     the simulator prices it. dense-0.9b (16 layers, d 2048, 2 x 4096 tokens): 112.6 ms
-    measured, 105.6 simulated; llama3-8b-6l (Llama-3-8B's block x 6, 1 x 8192 tokens): 199.2
-    ms, 200.8 simulated. Step within 10%; the compiled step's GEMM, attention and optimizer
-    kernel time each within 20% of the compute model's (today 8%, 14%, 9% at most); peak
-    memory of the eager step within 10% of the simulated peak (today 4%, 7%)."""
+    measured, 105.6 simulated; llama3-8b-6l (Llama-3-8B's block x 6, 1 x 8192 tokens): 197.1
+    ms, 200.8 simulated; the same with torchao float8 (tensorwise, every Linear but the head;
+    Workload.fp8_implementation torchao): 182.9 ms, 191.4 simulated; one tp-8 rank of
+    Llama-3-70B (8 of its layers, 1 x 8192 tokens, no collectives): 114.8 ms, 105.8 simulated,
+    and in float8 103.6 ms, 103.7 simulated. Step within 10%; the compiled step's optimizer
+    kernel time within 20% of the compute model's, its attention within 20% (25% at 8 heads:
+    10.2 measured, 8.0 modelled) and its GEMM time within 20% (BF16; today 10% at most) or
+    30-35% (FP8: 98.7 modelled against 78.8 measured, 50.2 against 38.9); peak memory of the
+    eager step within 10% of the simulated (today 8% at most)."""
     from planner.costmodel.simulate import simulate
 
     prof = _load(name)
     spec = ModelSpec.model_validate(prof["spec"])
     plan = Plan.model_validate({"tp": 1, "pp": 1, "dp": 1, "micro_batch_size": prof["micro_batch"]})
-    workload = Workload.model_validate({"global_batch_size": prof["micro_batch"], "seq_length": prof["seq_len"],
-                                        "precision": "bf16"})
+    fp8 = {"precision": "fp8", "fp8_implementation": "torchao"} if prof.get("fp8") else {"precision": "bf16"}
+    workload = Workload.model_validate({"global_batch_size": prof["micro_batch"], "seq_length": prof["seq_len"], **fp8})
     dgx = load_cluster("dgx-h100")
     node = revalidate(dgx.node, gpus_per_node=1, scale_up=revalidate(dgx.node.scale_up, domain_gpus=1))
     report = simulate(spec, revalidate(dgx, num_nodes=1, node=node), plan, workload)
@@ -139,5 +147,7 @@ def test_reference_step_on_one_h100(name: str) -> None:
     measured = dict(prof["compiled_kernel_s_by_kind"])
     # torch.profiler also books the optimizer's CPU-side annotation as device time: its kernels only.
     measured["optimizer"] = sum(t for kernel, t, _ in prof["compiled_top_kernels"] if "multi_tensor_apply" in kernel)
-    for kind in ("gemm", "attention", "optimizer"):
-        assert modelled[kind] == pytest.approx(measured[kind], rel=0.20), kind
+    gemm_rel, attention_rel = PROFILES[name]
+    assert modelled["optimizer"] == pytest.approx(measured["optimizer"], rel=0.20)
+    assert modelled["attention"] == pytest.approx(measured["attention"], rel=attention_rel)
+    assert modelled["gemm"] == pytest.approx(measured["gemm"], rel=gemm_rel)

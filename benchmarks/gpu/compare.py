@@ -186,15 +186,16 @@ def _profile_lines(prof: dict, gpu, cluster) -> list[str]:
 
     spec = ModelSpec.model_validate(prof["spec"])
     plan = Plan.model_validate({"tp": 1, "pp": 1, "dp": 1, "micro_batch_size": prof["micro_batch"]})
-    workload = Workload.model_validate({"global_batch_size": prof["micro_batch"], "seq_length": prof["seq_len"],
-                                        "precision": "bf16"})
+    fp8 = {"precision": "fp8", "fp8_implementation": "torchao"} if prof.get("fp8") else {"precision": "bf16"}
+    workload = Workload.model_validate({"global_batch_size": prof["micro_batch"], "seq_length": prof["seq_len"], **fp8})
     report = simulate(spec, cluster, plan, workload)
     modelled = modelled_by_kind(spec, plan, workload, gpu)
     modelled["optimizer"] = report.breakdown.optimizer_s
     eager = measured_by_kind(prof["kernel_s_by_kind"], prof["top_kernels"])
     compiled = measured_by_kind(prof["compiled_kernel_s_by_kind"], prof["compiled_top_kernels"])
     step = statistics.median(prof["compiled_step_s"])
-    lines = [f"  {prof['label']} ({spec.num_layers} layers, d {spec.hidden_size}, {prof['micro_batch']} x {prof['seq_len']}"
+    label = prof["label"] + (f" torchao float8 {prof['fp8']}" if prof.get("fp8") else "")
+    lines = [f"  {label} ({spec.num_layers} layers, d {spec.hidden_size}, {prof['micro_batch']} x {prof['seq_len']}"
              f" tokens): eager {statistics.median(prof['eager_wall_s']) * 1e3:.1f} ms, torch.compile {step * 1e3:.1f} ms;"
              f" simulated {report.step_time_s * 1e3:.1f} ms ({report.step_time_s / step - 1:+.1%} against compiled);"
              f" peak memory eager {prof['eager_peak_allocated_bytes'] / 2**30:.1f} GiB, simulated"

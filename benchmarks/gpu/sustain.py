@@ -195,6 +195,12 @@ PROFILE_MODELS = {
     # Llama-3-8B's block (d 4096, GQA 32/8, SwiGLU 14336, vocab 128256, 8k tokens), 6 of its
     # 32 layers so that fp32 weights, gradients and Adam states fit one 80 GB GPU.
     "llama3-8b-6l": ("llama3-8b", {"name": "llama3-8b-6l", "num_layers": 6}, 1, 8192),
+    # One tensor-parallel rank of Llama-3-70B at tp 8 (no sequence parallelism): the same
+    # per-GPU GEMMs and attention (8 query heads, 1 KV head, FFN 28672 / 8, the head's 128256 / 8
+    # vocabulary columns) on one GPU, without the TP collectives; 8 of its 80 layers.
+    "llama3-70b-tp8-8l": ("llama3-70b", {"name": "llama3-70b-tp8-8l", "num_layers": 8, "num_attention_heads": 8,
+                                         "num_kv_heads": 1, "head_dim": 128, "ffn_hidden_size": 3584,
+                                         "vocab_size": 16032}, 1, 8192),
 }
 
 
@@ -211,7 +217,16 @@ def _by_kind(prof, steps: int) -> tuple[dict[str, float], list]:
     return by_kind, top[:40]
 
 
-def profile(dev, steps: int, label: str = "dense-0.9b") -> dict:
+def _float8(model, recipe: str):
+    """torchao's float8 training (as TorchTitan runs it) on every Linear but the output head:
+    dynamic scaling of the ``recipe`` (tensorwise: one scale per tensor)."""
+    from torchao.float8 import Float8LinearConfig, convert_to_float8_training
+
+    config = Float8LinearConfig.from_recipe_name(recipe)
+    return convert_to_float8_training(model, config=config, module_filter_fn=lambda mod, fqn: fqn != "head")
+
+
+def profile(dev, steps: int, label: str = "dense-0.9b", fp8: str | None = None) -> dict:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
@@ -223,6 +238,8 @@ def profile(dev, steps: int, label: str = "dense-0.9b") -> dict:
     spec = spec.model_validate({**spec.model_dump(), **update})
     torch.manual_seed(0)
     model = Transformer(spec).to(dev)
+    if fp8:
+        model = _float8(model, fp8)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
 
     def step(loss_fn):
@@ -243,7 +260,8 @@ def profile(dev, steps: int, label: str = "dense-0.9b") -> dict:
             times.append(time.perf_counter() - t)
         return times
 
-    out = {"label": label, "spec": spec.model_dump(mode="json"), "micro_batch": micro_batch, "seq_len": seq}
+    out = {"label": label, "spec": spec.model_dump(mode="json"), "micro_batch": micro_batch, "seq_len": seq,
+           "fp8": fp8}
     timed(model.loss, 3)
     with torch_profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
         wall = timed(model.loss, steps)
@@ -271,6 +289,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=12.0)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--model", default="dense-0.9b", choices=sorted(PROFILE_MODELS), help="profiled configuration")
+    ap.add_argument("--fp8", default=None, help="torchao float8 recipe for the profiled model's Linears (tensorwise)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("needs a CUDA device")
@@ -300,8 +319,9 @@ def main() -> None:
                   f"{r['eager_in_sequence_s'] * 1e6:.1f} us eager, {r['graph_in_sequence_s'] * 1e6:.1f} us graphed "
                   f"({flops / r['graph_in_sequence_s'] / 1e12:.0f} TFLOP/s)", flush=True)
     if "profile" in parts:
-        p = profile(dev, args.steps, args.model)
-        _write(args.out, "profile.json" if args.model == "dense-0.9b" else f"profile-{args.model}.json", p)
+        p = profile(dev, args.steps, args.model, args.fp8)
+        name = "profile" + ("" if args.model == "dense-0.9b" else f"-{args.model}") + (f"-fp8-{args.fp8}" if args.fp8 else "")
+        _write(args.out, f"{name}.json", p)
         compiled = (f"compiled {statistics.median(p['compiled_step_s']) * 1e3:.1f} ms/step"
                     if "compiled_step_s" in p else p.get("compile_error"))
         kinds = ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in sorted(p["kernel_s_by_kind"].items()))

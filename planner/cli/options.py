@@ -106,6 +106,14 @@ def cross_entropy() -> Any:
                              "kernel as in llm-foundry, Transformer Engine's).")
 
 
+def fp8_implementation() -> Any:
+    return typer.Option("te", "--fp8-impl",
+                        help="Whose kernels quantise FP8 Linears (with --precision fp8): te (Transformer Engine: "
+                             "fused cast-transpose, Megatron-LM / NeMo) or torchao (float8 tensorwise dynamic "
+                             "scaling under torch.compile, TorchTitan: amax and casts per Linear, weights every "
+                             "micro-batch).")
+
+
 def tp_comm_overlap() -> Any:
     return typer.Option(False, "--tp-comm-overlap/--no-tp-comm-overlap",
                         help="Transformer Engine's TP communication overlap (Megatron-LM --tp-comm-overlap, "

@@ -65,6 +65,7 @@ def report_command(
     moe_routing: str = options.moe_routing(),
     pipeline_p2p: str = options.pipeline_p2p(),
     cross_entropy: str = options.cross_entropy(),
+    fp8_implementation: str = options.fp8_implementation(),
     tp_comm_overlap: bool = options.tp_comm_overlap(),
     tp: str = options.knob("tp", many=True),
     pp: str = options.knob("pp", many=True),
@@ -113,6 +114,7 @@ def report_command(
                                                 overlap_param_gather,
                                                 moe_dispatcher=moe_dispatcher, moe_routing=moe_routing,
                                                 pipeline_p2p=pipeline_p2p, cross_entropy=cross_entropy,
+                                                fp8_implementation=fp8_implementation,
                                                 tp_comm_overlap=tp_comm_overlap)
         plans = [validate_spec(Plan, {k: r[k] for k in _PLAN_FIELDS if r.get(k) is not None}, f"{saved}: plan {i + 1}")
                  for i, r in enumerate(records[:top_k])]
@@ -125,6 +127,7 @@ def report_command(
                                             overlap_param_gather,
                                             moe_dispatcher=moe_dispatcher, moe_routing=moe_routing,
                                             pipeline_p2p=pipeline_p2p, cross_entropy=cross_entropy,
+                                            fp8_implementation=fp8_implementation,
                                             tp_comm_overlap=tp_comm_overlap)
         constraints = constraints_from_options(tp, pp, vpp, cp, ep, micro_batch, zero, sp, recompute, schedule,
                                                max_memory_frac, etp, rank_order)

@@ -104,6 +104,7 @@ def simulate_command(
     moe_routing: str = options.moe_routing(),
     pipeline_p2p: str = options.pipeline_p2p(),
     cross_entropy: str = options.cross_entropy(),
+    fp8_implementation: str = options.fp8_implementation(),
     tp_comm_overlap: bool = options.tp_comm_overlap(),
     tp: int = options.knob("tp"),
     pp: int = options.knob("pp"),
@@ -144,6 +145,7 @@ def simulate_command(
                                         grad_reduce, overlap_param_gather,
                                         moe_dispatcher=moe_dispatcher, moe_routing=moe_routing,
                                         pipeline_p2p=pipeline_p2p, cross_entropy=cross_entropy,
+                                        fp8_implementation=fp8_implementation,
                                         tp_comm_overlap=tp_comm_overlap)
     knobs = {
         "tp": tp, "pp": pp, "vpp": vpp, "cp": cp, "ep": ep, "etp": etp, "dp": dp, "zero_stage": zero,

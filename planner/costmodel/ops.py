@@ -45,7 +45,15 @@ from planner.costmodel.partition import Piece
 from planner.errors import UnsupportedError
 from planner.presets import data_root
 from planner.specs.model import FFNActivation, ModelSpec, PositionEmbedding
-from planner.specs.plan import AttentionKernel, MoERouting, Plan, Precision, RecomputeModule, Workload
+from planner.specs.plan import (
+    AttentionKernel,
+    FP8Implementation,
+    MoERouting,
+    Plan,
+    Precision,
+    RecomputeModule,
+    Workload,
+)
 
 BF16_BYTES = 2.0
 FP32_BYTES = 4.0
@@ -99,6 +107,9 @@ class Op:
     backward_bytes: float | None = None
     """Backward HBM traffic of a memory-bound kernel; None: twice :attr:`bytes` (the
     gradient kernel reads the saved input and the incoming gradient, writes one gradient)."""
+    fp8_cast: bool = False
+    """A Transformer Engine quantisation kernel (:func:`_cast`, :func:`_grad_cast`), which
+    torchao's float8 replaces with its own (:func:`torchao_casts`)."""
 
     def backward_traffic(self) -> float:
         return 2 * self.bytes if self.backward_bytes is None else self.backward_bytes
@@ -216,7 +227,7 @@ def _cast(name: str, elements: float, precision: Precision, norm_fused: bool = F
         return []
     c = compute_constants()
     per_element = c["fp8_norm_fused_quantise_bytes"] if norm_fused else c["fp8_cast_transpose_bytes"]
-    return [_mem(name, elements * per_element, backward_bytes=0.0)]
+    return [Op(name, OpKind.MEMORY, bytes=elements * per_element, backward_bytes=0.0, fp8_cast=True)]
 
 
 def _grad_cast(name: str, elements: float, precision: Precision) -> list[Op]:
@@ -224,7 +235,47 @@ def _grad_cast(name: str, elements: float, precision: Precision) -> list[Op]:
     (dgrad row-wise, wgrad column-wise), in backward only."""
     if precision is not Precision.FP8:
         return []
-    return [_mem(name, 0.0, backward_bytes=elements * compute_constants()["fp8_cast_transpose_bytes"])]
+    return [Op(name, OpKind.MEMORY, backward_bytes=elements * compute_constants()["fp8_cast_transpose_bytes"],
+               fp8_cast=True)]
+
+
+TP_INPUT_GATHERED = frozenset({"qkv", "ffn_up_gate", "ffn_up"})
+"""Column-parallel Linears, whose input is all-gathered from the sequence-parallel shards."""
+TP_GRAD_GATHERED = frozenset({"out_proj", "ffn_down"})
+"""Row-parallel Linears, whose output gradient is all-gathered from the sequence-parallel shards."""
+
+
+def torchao_casts(ops: list[Op], sp_rows_share: float = 1.0) -> list[Op]:
+    """``ops`` with torchao's float8 quantisation (tensorwise dynamic scaling; data/costmodel/
+    compute.yaml ``fp8_torchao_*``) in place of Transformer Engine's: after every FP8 Linear
+    GEMM (m, n, k) x count, its input's (m x k) and weight's (n x k) amax and casts in forward,
+    the weight's transposed cast and the output gradient's (m x n) amax and casts in backward.
+    Under sequence parallelism (``sp_rows_share`` = 1 / tp) torchao casts a column-parallel
+    Linear's input and a row-parallel Linear's output gradient on the sequence shard, before
+    their FP8 all-gather (torchao/float8/float8_tensor_parallel.py: Float8ColwiseParallel's
+    ``_prepare_input_fn`` casts, then redistributes; Float8RowwiseParallel's
+    ``_prepare_output_fn`` redistributes, then casts the gradient in backward). Every byte
+    count is over the measured share of the HBM rate these compiled kernels reach."""
+    c = compute_constants()
+    scale = 1.0 / c["fp8_torchao_cast_hbm_share"]
+    out: list[Op] = []
+    for op in ops:
+        if op.fp8_cast:
+            continue
+        out.append(op)
+        if op.kind is OpKind.GEMM and op.fp8 and op.weight_grad:
+            m, n, k = op.shape
+            m_in = m * sp_rows_share if op.name in TP_INPUT_GATHERED else m
+            m_grad = m * sp_rows_share if op.name in TP_GRAD_GATHERED else m
+            mk, nk, mn = m_in * k * op.count, n * k * op.count, m_grad * n * op.count
+            out += [
+                Op(f"{op.name}_f8_input", OpKind.MEMORY, bytes=mk * c["fp8_torchao_input_bytes"] * scale,
+                   backward_bytes=0.0, modules=op.modules),
+                Op(f"{op.name}_f8_weight", OpKind.MEMORY, bytes=nk * c["fp8_torchao_weight_forward_bytes"] * scale,
+                   backward_bytes=nk * c["fp8_torchao_weight_backward_bytes"] * scale, modules=op.modules),
+                Op(f"{op.name}_f8_grad", OpKind.MEMORY, backward_bytes=mn * c["fp8_torchao_grad_output_bytes"] * scale),
+            ]
+    return out
 
 
 def attention_ops(model: ModelSpec, plan: Plan, s: Shard, precision: Precision) -> list[Op]:
@@ -394,6 +445,8 @@ def piece_ops(model: ModelSpec, plan: Plan, workload: Workload, piece: Piece) ->
         ops = head_ops(model, plan, s)
     else:
         ops = _block_ops(model, plan, s, piece, precision)
+    if precision is Precision.FP8 and workload.fp8_implementation is FP8Implementation.TORCHAO:
+        ops = torchao_casts(ops, s.elementwise_tokens / s.tokens)
     if RecomputeModule.OP_SAC in selected:  # TorchTitan checkpoints the transformer blocks only
         if piece is Piece.DENSE:
             _mark_op_sac(model, ops)

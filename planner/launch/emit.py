@@ -26,6 +26,7 @@ from planner.specs.plan import (
     DEFAULT_RANK_ORDER,
     AttentionKernel,
     CrossEntropyKernel,
+    FP8Implementation,
     GradReduceDtype,
     MoEDispatcher,
     PipelineP2P,
@@ -238,6 +239,9 @@ def _workload_args(plan: Plan, workload: Workload) -> list[str]:
         lines.append("--tp-comm-overlap")  # Transformer Engine userbuffers (planner.costmodel.tp_overlap)
     if workload.pipeline_p2p is PipelineP2P.DEEPSPEED and plan.pp > 1:
         lines.append("# priced with DeepSpeed's blocking pipeline p2p; Megatron-LM batches its exchanges")
+    if workload.precision is Precision.FP8 and workload.fp8_implementation is FP8Implementation.TORCHAO:
+        lines.append("# priced with torchao float8 (TorchTitan's quantisation); Megatron-LM quantises with "
+                     "Transformer Engine")
     if workload.cross_entropy is CrossEntropyKernel.FUSED:  # TE's kernel keeps the BF16 logits
         lines += ["--cross-entropy-loss-fusion", "--cross-entropy-fusion-impl te"]
     return lines

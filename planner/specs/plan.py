@@ -99,6 +99,20 @@ class CrossEntropyKernel(StrEnum):
     ``loss_fn: fused_crossentropy``), Transformer Engine's (``cross_entropy_fusion_impl: te``)."""
 
 
+class FP8Implementation(StrEnum):
+    """Whose kernels quantise an FP8 Linear's operands (``Workload.fp8_implementation``)."""
+
+    TRANSFORMER_ENGINE = "te"
+    """Transformer Engine (Megatron-LM, NeMo, Megatron-Bridge): a fused cast-transpose per
+    input and output gradient, the norm writing the FP8 input itself, weights cast once per
+    step (data/costmodel/compute.yaml ``fp8_cast_transpose_bytes``)."""
+    TORCHAO = "torchao"
+    """torchao's float8 training with tensorwise dynamic scaling under torch.compile
+    (TorchTitan): every Float8Linear computes its input's, weight's and output gradient's
+    amax and casts each into both layouts, the weight in every micro-batch (data/costmodel/
+    compute.yaml ``fp8_torchao_*``)."""
+
+
 class PipelineP2P(StrEnum):
     """How the pipeline runtime moves activations and gradients between stages."""
 
@@ -245,6 +259,9 @@ class Workload(Spec):
     cross_entropy: CrossEntropyKernel = CrossEntropyKernel.UNFUSED
     """What the loss saves for backward (see the enum): Megatron's FP32 softmax unless the run
     says otherwise."""
+    fp8_implementation: FP8Implementation = FP8Implementation.TRANSFORMER_ENGINE
+    """Whose kernels quantise FP8 Linears (see the enum; only with ``precision`` fp8):
+    Transformer Engine's unless the run says otherwise."""
     overlap_param_gather: bool = True
     """ZeRO-1/2: the parameter all-gather after the optimizer step runs under the next
     step's forward passes, bucket by bucket, instead of before the step ends (Megatron-Core

@@ -91,6 +91,9 @@ tp comm overlap        (no column) on for a NeMo or Megatron-Bridge row (``sourc
                        AutoModel) with tp > 1 and sequence parallelism: their performance
                        recipes run Transformer Engine's userbuffers overlap; else off
                        (Megatron-LM's default) (:func:`~planner.validation.reconcile.tp_comm_overlap`)
+fp8 implementation     (no column) an fp8 TorchTitan row: torchao's float8 (tensorwise dynamic
+                       scaling); else Transformer Engine's
+                       (:func:`~planner.validation.reconcile.fp8_implementation`)
 =====================  ===================================================================
 
 Cells that disagree are resolved the same way every time and noted: with dp given and
@@ -142,7 +145,7 @@ from planner.specs.compat import check_plan
 from planner.validation.case_model import _default, case_model
 from planner.validation.clusters import case_cluster
 from planner.validation.reconcile import (
-    attention_rates, cross_entropy, default_etp, moe_dispatcher, pipeline_p2p, recipe, schedule_of,
+    attention_rates, cross_entropy, default_etp, fp8_implementation, moe_dispatcher, pipeline_p2p, recipe, schedule_of,
     selective_ladder, torchtitan_microbatch, torchtitan_row, tp_comm_overlap, whole_micro_batches,
 )
 
@@ -259,6 +262,7 @@ def case_inputs(row: dict[str, Any]) -> CaseInputs:
     workload = whole_micro_batches(workload, plan, notes)
     workload = revalidate(workload, pipeline_p2p=pipeline_p2p(cells, plan, notes),
                           cross_entropy=cross_entropy(cells, notes),
+                          fp8_implementation=fp8_implementation(cells, workload, notes),
                           tp_comm_overlap=tp_comm_overlap(cells, plan, notes))
     check_plan(model, workload, plan)
     cluster = attention_rates(cells, case_cluster(cells, plan.world_size, notes), _source_year(cells), notes)

@@ -17,8 +17,8 @@ from planner.costmodel.ops import compute_constants
 from planner.errors import SpecError
 from planner.presets import revalidate
 from planner.specs import (
-    ClusterSpec, CrossEntropyKernel, ModelSpec, MoEDispatcher, MoERouting, PipelineP2P, PipelineSchedule, Plan, Precision,
-    RecomputeModule, Workload,
+    ClusterSpec, CrossEntropyKernel, FP8Implementation, ModelSpec, MoEDispatcher, MoERouting, PipelineP2P,
+    PipelineSchedule, Plan, Precision, RecomputeModule, Workload,
 )
 
 if TYPE_CHECKING:
@@ -262,6 +262,17 @@ def cross_entropy(cells: Row, notes: list[str]) -> CrossEntropyKernel:
     return CrossEntropyKernel.UNFUSED
 
 
+def fp8_implementation(cells: Row, workload: Workload, notes: list[str]) -> FP8Implementation:
+    """Whose kernels quantise a row's FP8 Linears (no column states it): torchao's float8 with
+    tensorwise dynamic scaling for a TorchTitan row (:func:`torchtitan_row`; TorchTitan's
+    ``float8`` converter runs torchao's ``convert_to_float8_training``, tensorwise by default),
+    else Transformer Engine's (Megatron-LM, NeMo, Megatron-Bridge)."""
+    if workload.precision is Precision.FP8 and torchtitan_row(cells):
+        notes.append("fp8: torchao float8, tensorwise dynamic scaling (TorchTitan's float8 converter)")
+        return FP8Implementation.TORCHAO
+    return FP8Implementation.TRANSFORMER_ENGINE
+
+
 _TP_OVERLAP_FRAMEWORKS = re.compile(r"\bNeMo\b(?!\s+AutoModel)|\bMegatron-Bridge\b")
 
 
@@ -403,6 +414,6 @@ def reconciled_schedule(
     return schedule, 1
 
 
-__all__ = ["attention_rates", "cross_entropy", "default_etp", "moe_dispatcher", "pipeline_p2p",
+__all__ = ["attention_rates", "cross_entropy", "default_etp", "fp8_implementation", "moe_dispatcher", "pipeline_p2p",
            "reconciled_schedule", "schedule_of", "selective_ladder", "torchtitan_microbatch", "torchtitan_row",
            "tp_comm_overlap", "whole_micro_batches"]

@@ -15,8 +15,10 @@ NeMo's launcher set ``NVTE_FUSED_ATTN=0`` through the 24.07 container, and the v
 prices those rows at FA2's rates (0.6 of cuDNN's), and the rows with TP > 1 run NeMo's
 Transformer Engine TP overlap (reconcile.tp_comm_overlap), where k is 0.96-0.98 for the five
 rows with TP 2 to 8 (CP 1 to 32) and 0.88 for the TP 1 / PP 2 row at 8k (before the TP
-overlap: 0.88-0.95). The test pins that structure: the k of the rows with TP > 1 within 5% of
-each other (today's spread 2.7%), every row within 15% (today 11.9%, the TP 1 / PP 2 row:
+overlap: 0.88-0.95). The test pins that structure: the k of the rows with TP > 1 within 7% of
+each other (today's spread 6.0%: the 1024k row runs 1024-tile attention launches, 4 heads at TP 8,
+which the H100's measured attention shape curve prices at 0.94 of the 2048-tile rows'; 2.7%
+without the curve), every row within 15% (today 11.9%, the TP 1 / PP 2 row:
 something of its own, not CP), CP rows on average as the CP 1 rows. It fails if CP attention
 FLOPs, the ring exchange or its overlap are mis-modelled (a CP-only error shows up in the CP
 rows only).
@@ -83,7 +85,7 @@ def test_cp_rows_need_the_same_attention_rate_as_cp1_rows() -> None:
             with_tp.append(k)
     cp1 = [k for (_, cp), k in factors.items() if cp == 1]
     cp_n = [k for (_, cp), k in factors.items() if cp > 1]
-    assert max(with_tp) / min(with_tp) < 1.05, factors
+    assert max(with_tp) / min(with_tp) < 1.07, factors
     assert max(factors.values()) / min(factors.values()) < 1.15, factors
     # CP rows neither systematically slower nor faster than the CP 1 rows of the same table.
     assert sum(cp_n) / len(cp_n) == pytest.approx(sum(cp1) / len(cp1), rel=0.06), factors

@@ -120,6 +120,29 @@ def gemm_efficiency(gpu: GPUSpec, dtype: Dtype, shape: tuple[float, float, float
     return plateau * scale
 
 
+def attention_rates(gpu: GPUSpec, op: Op) -> tuple[float, float]:
+    """Forward and backward FLOP/s of an attention core ``op``: the BF16 peak times the GPU's
+    attention fractions, scaled down by its measured shape curve (:class:`~planner.specs.
+    hardware.AttentionShape`) from the reference shape to the op's (query tiles, key length)."""
+    eff = _efficiency(gpu)
+    peak = gpu.peak(Dtype.BF16)
+    forward, backward = peak * eff.attention_forward_fraction, peak * eff.attention_backward_fraction
+    shape = eff.attention_shape
+    tiles, seq = op.attention_shape
+    if shape is None or tiles <= 0 or seq <= 0:
+        return forward, backward
+
+    def curve(t: float, s: float, i: int) -> float:
+        t, s = max(t, shape.min_tiles), max(s, shape.min_seq)  # within the measured range
+        t_half = shape.half_tiles_per_sm[i] * gpu.num_sms
+        return t / (t + t_half) * s / (s + shape.half_seq[i])
+
+    # Only ever lowered: past the reference shape the measured rates stop rising (65k-131k
+    # keys on the H100: 0.51-0.63 forward, 0.49-0.56 backward, against 0.62 / 0.58 at 16k).
+    scale = [min(1.0, curve(tiles, seq, i) / curve(shape.reference_tiles, shape.reference_seq, i)) for i in (0, 1)]
+    return forward * scale[0], backward * scale[1]
+
+
 def _efficiency(gpu: GPUSpec):
     if gpu.efficiency is None:
         raise UnsupportedError(f"GPU {gpu.name} has no efficiency data (efficiency: block in its preset)")
@@ -171,12 +194,12 @@ def with_launches_s(device_s: float, launches: int, gpu: GPUSpec) -> float:
 
 
 def _op_device_s(op: Op, gpu: GPUSpec, precision: Precision, compute_share: float) -> float:
-    eff = _efficiency(gpu)
+    _efficiency(gpu)  # a GPU without efficiency data is refused here
     compute_share *= compute_constants()["sustained_kernel_fraction"]
     if op.kind is OpKind.MEMORY:
         return _memory_s(op.bytes, gpu)
     if op.kind is OpKind.ATTENTION:
-        return op.flops / (gpu.peak(Dtype.BF16) * eff.attention_forward_fraction * compute_share)
+        return op.flops / (attention_rates(gpu, op)[0] * compute_share)
     return op.flops / (gemm_rate(gpu, _op_dtype(op, precision), op.shape) * compute_share)
 
 
@@ -210,7 +233,6 @@ def piece_time(
 ) -> PieceTime:
     """Forward, backward-input and backward-weight seconds of a piece's ops, each phase's
     device time with its launches (:func:`op_launches`, :func:`with_launches_s`)."""
-    eff = _efficiency(gpu)
     bwd_ratio = compute_constants()["attention_backward_flops_ratio"]
     fwd = b = w = rec = 0.0
     for op in ops:
@@ -224,8 +246,7 @@ def piece_time(
             # dgrad and wgrad: the same (m, n, k) up to a permutation, FP8 split-accumulating
             b_device_s = w_device_s = _weight_gemm_backward_s(op, gpu, precision, compute_share)
         elif op.kind is OpKind.ATTENTION:
-            rate = gpu.peak(Dtype.BF16) * eff.attention_backward_fraction * compute_share
-            b_device_s = bwd_ratio * op.flops / rate
+            b_device_s = bwd_ratio * op.flops / (attention_rates(gpu, op)[1] * compute_share)
         host_f, host_b, host_w = expert_host_s(op, gpu, precision)
         t = max(t, host_f)
         b_device_s, w_device_s = max(b_device_s, host_b), max(w_device_s, host_w)

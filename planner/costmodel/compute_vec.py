@@ -83,8 +83,8 @@ class OpArrays:
             if op.kind is C.OpKind.MEMORY:
                 rows.append((op.bytes, memory_rate, 0.0, 0.0, 0.0, 1.0, 0.0, _selective_share(op)))
             elif op.kind is C.OpKind.ATTENTION:
-                rows.append((op.flops, gpu.peak(Dtype.BF16) * eff.attention_forward_fraction, 1.0, 1.0,
-                             ratio * op.flops, gpu.peak(Dtype.BF16) * eff.attention_backward_fraction, 0.0,
+                attention_f, attention_b = C.attention_rates(gpu, op)
+                rows.append((op.flops, attention_f, 1.0, 1.0, ratio * op.flops, attention_b, 0.0,
                              _selective_share(op)))
             else:
                 fp8 = op.fp8 and precision is Precision.FP8

@@ -57,6 +57,9 @@ from planner.specs.plan import (
 
 BF16_BYTES = 2.0
 FP32_BYTES = 4.0
+ATTENTION_TILE_ROWS = 128
+"""Query rows per thread block of the flash-attention kernels (FA2, FA3 and cuDNN's
+``64x128`` / ``128x128`` tiles on Hopper)."""
 
 
 @functools.cache
@@ -107,6 +110,9 @@ class Op:
     backward_bytes: float | None = None
     """Backward HBM traffic of a memory-bound kernel; None: twice :attr:`bytes` (the
     gradient kernel reads the saved input and the incoming gradient, writes one gradient)."""
+    attention_shape: tuple[float, float] = (0.0, 0.0)
+    """The attention core's (query tiles of 128 rows per launch, key length): what its rate
+    depends on (:func:`planner.costmodel.compute.attention_rates`)."""
     fp8_cast: bool = False
     """A Transformer Engine quantisation kernel (:func:`_cast`, :func:`_grad_cast`), which
     torchao's float8 replaces with its own (:func:`torchao_casts`)."""
@@ -320,7 +326,10 @@ def attention_ops(model: ModelSpec, plan: Plan, s: Shard, precision: Precision) 
         ops.append(_mem("rope", 2 * rope_elems * BF16_BYTES))
     if plan.attention_kernel is AttentionKernel.FLASH:
         core = 2.0 * T * (h / t) * (model.qk_head_dim + model.v_head_dim) * (s.seq_length / 2)
-        ops.append(Op("core_attention", OpKind.ATTENTION, flops=core, modules=_CORE))
+        # The kernel's shape: T query rows per GPU in tiles of 128, each head its own; the sequence.
+        tiles = T * (h / t) / ATTENTION_TILE_ROWS
+        ops.append(Op("core_attention", OpKind.ATTENTION, flops=core, modules=_CORE,
+                      attention_shape=(tiles, s.seq_length)))
     else:
         ops += _unfused_core(model, plan, s)
     ops += _cast("out_in_cast", T * out_in, precision)

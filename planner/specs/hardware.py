@@ -33,6 +33,29 @@ class Dtype(StrEnum):
     FP4 = "fp4"
 
 
+class AttentionShape(Spec):
+    """How flash attention's rate moves with the kernel's shape, measured on the GPU: each
+    direction's rate goes as ``t / (t + t_half) * s / (s + s_half)``, ``t`` the query tiles
+    of 128 rows one launch runs (micro-batch x heads per GPU x query length / 128), per SM,
+    and ``s`` the sequence length. The preset's attention fractions hold at the reference
+    shape; a smaller or shorter launch scales them by the ratio of the two curves (never up:
+    the measured rates stop rising past the reference)."""
+
+    half_tiles_per_sm: tuple[PositiveFloat, PositiveFloat]
+    """(forward, backward) query tiles per SM at which occupancy alone halves the rate."""
+    half_seq: tuple[NonNegativeFloat, NonNegativeFloat]
+    """(forward, backward) key length at which the length alone halves the rate."""
+    reference_tiles: PositiveFloat
+    """Query tiles of the shape the attention fractions were quoted at."""
+    reference_seq: PositiveFloat
+    """Key length of that shape."""
+    min_tiles: PositiveFloat
+    """Fewest query tiles measured: a smaller launch is priced as this one (latency-bound
+    launches are outside the curve)."""
+    min_seq: PositiveFloat
+    """Shortest sequence measured: a shorter one is priced as this one."""
+
+
 class GPUEfficiency(Spec):
     """Achievable shares of the datasheet peaks, each set in the preset with its source.
 
@@ -60,6 +83,9 @@ class GPUEfficiency(Spec):
     """(forward, backward) of FlashAttention-2 on this GPU, where the two fractions above
     are a faster kernel's (cuDNN on Hopper): what PyTorch's SDPA runs by default (its
     ``flash`` backend), as PyTorch-native trainers do; see :meth:`with_flash_attention_2`."""
+    attention_shape: AttentionShape | None = None
+    """How the attention fractions move with occupancy and length (None: they hold for every
+    shape)."""
     hbm_fraction: float = Fraction
     """Achievable share of HBM bandwidth for memory-bound kernels (norms, casts, optimizer)."""
     fp8_split_accumulation_fraction: float | None = Field(default=None, gt=0.0, le=1.0)

@@ -200,3 +200,29 @@ def test_reference_step_on_one_h100(name: str) -> None:
     for kind in ("attention", "optimizer"):
         assert modelled[kind] == pytest.approx(measured[kind], rel=0.20), kind
     assert modelled["gemm"] == pytest.approx(measured["gemm"], rel=PROFILES[name])
+
+
+def test_presets_hold_what_the_fit_script_derives() -> None:
+    """benchmarks/gpu/fit.py, the procedure behind the measured constants, run on the committed
+    measurement: the H100 preset's attention_shape, its FP8 split-accumulation fraction and
+    compute.yaml's torchao cast share are what it prints (rounded as stored)."""
+    import importlib.util
+
+    from planner.presets import data_root as root
+
+    path = root().parent / "benchmarks" / "gpu" / "fit.py"
+    if not path.exists():  # an installed wheel carries data, not benchmarks
+        pytest.skip("benchmarks/gpu/fit.py is not in this tree")
+    spec = importlib.util.spec_from_file_location("gpu_fit", path)
+    fit = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fit)
+    shape = fit.attention_shape(MEASURED, GPU.peak(Dtype.BF16), GPU.num_sms)
+    preset = GPU.efficiency.attention_shape
+    assert preset.half_tiles_per_sm == (shape["forward"]["half_tiles_per_sm"], shape["backward"]["half_tiles_per_sm"])
+    assert preset.half_seq == (shape["forward"]["half_seq"], shape["backward"]["half_seq"])
+    assert (preset.min_tiles, preset.min_seq) == (shape["min_tiles"], shape["min_seq"])
+    assert GPU.efficiency.fp8_split_accumulation_fraction == pytest.approx(
+        fit.split_accumulation(MEASURED)["fraction"], abs=0.005)
+    hbm = GPU.hbm_bandwidth_bytes_per_s * GPU.efficiency.hbm_fraction
+    assert compute_constants()["fp8_torchao_cast_hbm_share"] == pytest.approx(
+        fit.torchao_share(MEASURED, hbm)["share"], abs=0.005)

@@ -28,16 +28,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from planner.costmodel.ops import ATTENTION_TILE_ROWS, OpKind, piece_ops  # noqa: E402
+from planner.costmodel.ops import ATTENTION_TILE_ROWS, OpKind, compute_constants, piece_ops  # noqa: E402
 from planner.costmodel.partition import Piece  # noqa: E402
 from planner.presets import load_gpu  # noqa: E402
 from planner.specs import ModelSpec, Plan, Workload  # noqa: E402
 from planner.specs.hardware import Dtype  # noqa: E402
 
 DEFAULT_DIR = ROOT / "data" / "hardware" / "measurements" / "h100-sxm-80gb-2026-11-24"
-TORCHAO_BYTES_FP32_WEIGHTS = {"input": 6.0, "grad_output": 6.0, "weight": 4.0 + (4.0 + 1.0) + (4.0 + 1.0)}
-"""torchao's roofline per element (roofline_utils.py, tensorwise) with the weight read as fp32
-(the measured run kept fp32 weights under bf16 autocast): amax + forward cast + backward cast."""
+FP32_WEIGHT_BYTES = 4.0 + (4.0 + 1.0) + (4.0 + 1.0)
+"""torchao's roofline per weight element (roofline_utils.py, tensorwise: amax read, forward
+cast, backward cast) with the weight read as fp32, as the measured run kept it under bf16
+autocast (compute.yaml's fp8_torchao_weight_* count BF16 weights, as TorchTitan's FSDP runs)."""
 AUTOCAST_WEIGHT_CAST_BYTES = 4.0 + 2.0
 """BF16 autocast's weight copy per element and forward (read fp32, write bf16)."""
 
@@ -78,10 +79,11 @@ def torchao_share(directory: Path, hbm_bytes_per_s: float) -> dict:
     plan = Plan.model_validate({"tp": 1, "pp": 1, "dp": 1, "micro_batch_size": fp8["micro_batch"]})
     workload = Workload.model_validate({"global_batch_size": fp8["micro_batch"], "seq_length": fp8["seq_len"],
                                         "precision": "fp8"})
+    c = compute_constants()
     gemms = [op for op in piece_ops(spec, plan, workload, Piece.DENSE) if op.kind is OpKind.GEMM and op.fp8]
-    per_layer = sum(op.shape[0] * op.shape[2] * TORCHAO_BYTES_FP32_WEIGHTS["input"]
-                    + op.shape[0] * op.shape[1] * TORCHAO_BYTES_FP32_WEIGHTS["grad_output"]
-                    + op.shape[1] * op.shape[2] * TORCHAO_BYTES_FP32_WEIGHTS["weight"] for op in gemms)
+    per_layer = sum(op.shape[0] * op.shape[2] * c["fp8_torchao_input_bytes"]
+                    + op.shape[0] * op.shape[1] * c["fp8_torchao_grad_output_bytes"]
+                    + op.shape[1] * op.shape[2] * FP32_WEIGHT_BYTES for op in gemms)
     weights = sum(op.shape[1] * op.shape[2] for op in gemms) * spec.num_layers
     roofline_s = per_layer * spec.num_layers / hbm_bytes_per_s
     measured_s = (fp8["compiled_kernel_s_by_kind"]["other"] - bf16["compiled_kernel_s_by_kind"]["other"]

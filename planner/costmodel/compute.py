@@ -123,7 +123,7 @@ def gemm_efficiency(gpu: GPUSpec, dtype: Dtype, shape: tuple[float, float, float
 def attention_rates(gpu: GPUSpec, op: Op) -> tuple[float, float]:
     """Forward and backward FLOP/s of an attention core ``op``: the BF16 peak times the GPU's
     attention fractions, scaled down by its measured shape curve (:class:`~planner.specs.
-    hardware.AttentionShape`) from the reference shape to the op's (query tiles, key length)."""
+    hardware.AttentionShape`) from the reference shape to the op's (query tiles, sequence length)."""
     eff = _efficiency(gpu)
     peak = gpu.peak(Dtype.BF16)
     forward, backward = peak * eff.attention_forward_fraction, peak * eff.attention_backward_fraction
@@ -194,7 +194,6 @@ def with_launches_s(device_s: float, launches: int, gpu: GPUSpec) -> float:
 
 
 def _op_device_s(op: Op, gpu: GPUSpec, precision: Precision, compute_share: float) -> float:
-    _efficiency(gpu)  # a GPU without efficiency data is refused here
     compute_share *= compute_constants()["sustained_kernel_fraction"]
     if op.kind is OpKind.MEMORY:
         return _memory_s(op.bytes, gpu)

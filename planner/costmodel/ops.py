@@ -111,8 +111,8 @@ class Op:
     """Backward HBM traffic of a memory-bound kernel; None: twice :attr:`bytes` (the
     gradient kernel reads the saved input and the incoming gradient, writes one gradient)."""
     attention_shape: tuple[float, float] = (0.0, 0.0)
-    """The attention core's (query tiles of 128 rows per launch, key length): what its rate
-    depends on (:func:`planner.costmodel.compute.attention_rates`)."""
+    """The attention core's (query tiles of 128 rows per launch, sequence length): what its
+    rate depends on (:func:`planner.costmodel.compute.attention_rates`)."""
     fp8_cast: bool = False
     """A Transformer Engine quantisation kernel (:func:`_cast`, :func:`_grad_cast`), which
     torchao's float8 replaces with its own (:func:`torchao_casts`)."""

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import yaml
 
+from planner.costmodel.tp_overlap import applies as tp_overlap_applies
 from planner.errors import SpecError
 from planner.specs.model import FFNActivation, ModelSpec, Normalization, PositionEmbedding, RouterScore
 from planner.specs.plan import (
@@ -235,7 +236,7 @@ def _workload_args(plan: Plan, workload: Workload) -> list[str]:
         lines.append("--overlap-param-gather")
     if workload.grad_reduce_dtype is GradReduceDtype.BF16 and workload.precision is not Precision.FP16:
         lines.append("--grad-reduce-in-bf16")
-    if workload.tp_comm_overlap and plan.sequence_parallel and plan.tp > 1:
+    if tp_overlap_applies(plan, workload):
         lines.append("--tp-comm-overlap")  # Transformer Engine userbuffers (planner.costmodel.tp_overlap)
     if workload.pipeline_p2p is PipelineP2P.DEEPSPEED and plan.pp > 1:
         lines.append("# priced with DeepSpeed's blocking pipeline p2p; Megatron-LM batches its exchanges")

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from planner.errors import SpecError
 from planner.presets import data_root
 from planner.validation import read_cases
 from planner.validation.calibrate import calibrate
@@ -183,3 +184,32 @@ def test_launch_overhead_fit_reproduces_the_probe() -> None:
     # Launches of the whole model at PROBE_SEQ tokens: the MoE + MLA + MTP model has more.
     assert 50 < rows[0].launches < rows[1].launches
 
+
+
+def test_gpu_fit_runs_only_that_gpus_rows_and_tries_its_own_value() -> None:
+    rows = read_cases(data_root() / "validation" / "extra_cases.csv")
+    picked = [r for r in rows if r["gpu"] == "b200"][:2] + [r for r in rows if r["gpu"] == "h100-sxm-80gb"][:2]
+    result = calibrate(picked, (0.6, 0.9), gpus=("B200",))
+    assert result.cases == 2 and result.best_fraction in (0.6, 0.9)
+    from planner.validation.calibrate import _predict
+
+    b200 = picked[:2]
+    slow, fast = _predict(b200, 0.6, per_gpu=True), _predict(b200, 0.9, per_gpu=True)
+    assert all(f < s for f, s in zip(fast, slow))
+    with pytest.raises(SpecError):
+        calibrate(picked, (0.6,), gpus=("tpu-v5",))
+
+
+def test_blackwell_value_is_the_fit() -> None:
+    """data/hardware/gpus/b200.yaml and gb200.yaml ship sustained_kernel_fraction 0.72: the
+    in-sample best of `planner calibrate --from-cases data/validation/extra_cases.csv --gpu
+    b200 --gpu gb200` (grid step 0.02-0.05 around it), whose leave-one-source-out error the
+    YAML states. Re-fit on the neighbours of the shipped value."""
+    from planner.presets import load_gpu
+
+    shipped = load_gpu("b200").efficiency.sustained_kernel_fraction
+    assert shipped == load_gpu("gb200").efficiency.sustained_kernel_fraction
+    rows = read_cases(data_root() / "validation" / "extra_cases.csv")
+    result = calibrate(rows, (0.68, shipped, 0.75), gpus=("b200", "gb200"))
+    assert result.best_fraction == shipped
+    assert result.loso_median_ape < 0.08 and result.loso_within >= 0.85

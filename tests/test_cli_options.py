@@ -11,7 +11,7 @@ from planner.cli.main import app
 
 FROZEN = {
     "calibrate": (
-        "--device", "--format", "--from-cases", "--grid", "--name", "--nproc", "--out", "-f",
+        "--device", "--format", "--from-cases", "--gpu", "--grid", "--name", "--nproc", "--out", "-f",
     ),
     "collective": (
         "--algorithm", "--bytes", "--cluster", "--first-node", "--format", "--gpus",

@@ -1,7 +1,8 @@
 """``planner calibrate``: fit the cost model to measurements.
 
 - ``--from-cases FILE.csv``: fit ``sustained_kernel_fraction`` on published runs and report
-  its leave-one-source-out error (the honest accuracy figure);
+  its leave-one-source-out error (the honest accuracy figure); with ``--gpu NAME`` (repeatable)
+  a GPU preset's own value on that GPU's rows only;
 - ``--device cpu|cuda [--nproc N] --out HW.yaml``: measure this machine's GEMM, attention,
   memory and gloo collective speeds and its host time per kernel launch on N local
   processes and write a one-node cluster YAML the simulator accepts
@@ -34,6 +35,8 @@ def calibrate_command(
     name: str = typer.Option(None, "--name", help="Cluster name written with --device \\[default: local-DEVICE-N]."),
     grid: str = typer.Option(",".join(f"{v:g}" for v in DEFAULT_GRID), "--grid",
                              help="Comma-separated sustained_kernel_fraction values to try (0 < v <= 1)."),
+    gpu: list[str] = typer.Option([], "--gpu", help="With --from-cases: fit the own value of this GPU preset "
+                                   "(repeatable: one value for several) on its rows only."),
     out: Path = typer.Option(None, "--out", help="Write the fitted constant as YAML here."),
     fmt: Format = typer.Option(Format.TABLE, "--format", "-f", help="Output format (csv: one row per held-out source or measured term)."),
 ) -> None:
@@ -44,6 +47,8 @@ def calibrate_command(
     """
     if (from_cases is None) == (device is None):
         raise SpecError("--from-cases/--device", None, "give exactly one of --from-cases FILE.csv and --device cpu|cuda")
+    if gpu and device is not None:
+        raise SpecError("--gpu", ",".join(gpu), "goes with --from-cases")
     if device is not None:
         _calibrate_device(device, nproc, name, out, fmt)
         return
@@ -54,11 +59,13 @@ def calibrate_command(
     if not values or any(not 0 < v <= 1 for v in values):
         raise SpecError("--grid", grid, "every value must be in (0, 1]")
     rows = read_cases(from_cases)
+    gpus = tuple(gpu)
     with progress_bar("calibrating", "case runs") as update:
-        result = calibrate(rows, values, progress=update)
+        result = calibrate(rows, values, progress=update, gpus=gpus)
     if out is not None:
         out.write_text(yaml.safe_dump({
             "sustained_kernel_fraction": result.best_fraction,
+            **({"gpus": list(gpus)} if gpus else {}),
             "fitted_on": str(from_cases),
             "loso_median_ape": round(result.loso_median_ape, 4),
             "loso_within_15pct": round(result.loso_within, 4),
@@ -73,8 +80,9 @@ def calibrate_command(
         }, fmt, rows=[{"source": k, "fitted": f, "held_out_median_ape": a} for k, (f, a) in result.per_source.items()])
         return
     console = Console()
+    scope = f" of {', '.join(gpus)} ({result.cases} cases)" if gpus else ""
     console.print(
-        f"sustained_kernel_fraction: in-sample best [bold]{result.best_fraction:g}[/bold] "
+        f"sustained_kernel_fraction{scope}: in-sample best [bold]{result.best_fraction:g}[/bold] "
         f"(median APE {result.in_sample_median_ape:.1%}); leave-one-source-out: median APE "
         f"[bold]{result.loso_median_ape:.1%}[/bold], {result.loso_within:.0%} of cases within 15%"
     )

@@ -193,8 +193,15 @@ def with_launches_s(device_s: float, launches: int, gpu: GPUSpec) -> float:
     return max(device_s, host_s)
 
 
+def sustained_fraction(gpu: GPUSpec) -> float:
+    """Share of the preset's kernel rates sustained inside a step: the GPU's own fitted
+    value, else the one of data/costmodel/compute.yaml."""
+    own = _efficiency(gpu).sustained_kernel_fraction
+    return compute_constants()["sustained_kernel_fraction"] if own is None else own
+
+
 def _op_device_s(op: Op, gpu: GPUSpec, precision: Precision, compute_share: float) -> float:
-    compute_share *= compute_constants()["sustained_kernel_fraction"]
+    compute_share *= sustained_fraction(gpu)
     if op.kind is OpKind.MEMORY:
         return _memory_s(op.bytes, gpu)
     if op.kind is OpKind.ATTENTION:
@@ -209,7 +216,7 @@ def _op_dtype(op: Op, precision: Precision) -> Dtype:
 def _weight_gemm_backward_s(op: Op, gpu: GPUSpec, precision: Precision, compute_share: float) -> float:
     """Device seconds of a weight GEMM's dgrad (and, alike, of its wgrad): the forward's shape
     at :func:`backward_gemm_rate`."""
-    compute_share *= compute_constants()["sustained_kernel_fraction"]
+    compute_share *= sustained_fraction(gpu)
     return op.flops / (backward_gemm_rate(gpu, _op_dtype(op, precision), op.shape) * compute_share)
 
 

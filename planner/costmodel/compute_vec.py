@@ -117,7 +117,7 @@ class OpArrays:
         compute_share)`` as (forward, backward-input, backward-weight, recompute) seconds,
         and under the key ``None`` the attention core's forward seconds (as summed
         :func:`compute.op_forward_s`) in the first place."""
-        share = compute_share * C.compute_constants()["sustained_kernel_fraction"]
+        share = compute_share * C.sustained_fraction(self.gpu)
         shares = np.where(self.shared > 0, share, 1.0)
         t = self.numerator / (self.rate * shares)
         weight_b = self.numerator / (self.backward_rate * shares)  # dgrad, and alike wgrad

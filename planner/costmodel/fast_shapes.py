@@ -153,7 +153,7 @@ class Shapes:
         self._act: dict = {}
         self._gemm: dict = {}
         node = cluster.node
-        self.island = max(node.gpus_per_node, node.scale_up.domain_gpus)
+        self.island = max(node.gpus_per_node, cluster.job_domain_gpus)
         self._maps = cluster_maps(cluster)
 
     # -- compute ------------------------------------------------------------------------

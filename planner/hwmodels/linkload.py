@@ -114,10 +114,11 @@ class ClusterMaps:
         self.num_nodes = cluster.num_nodes
         self.num_gpus = cluster.num_gpus
         self.nics = node.nics_per_node
-        self.domain_gpus = up.domain_gpus
+        self.domain_gpus = cluster.job_domain_gpus
         self.scale_up_kind = up.kind
-        # An island is what NVLink joins without a NIC: the node, or an NVL72 rack.
-        self.island_gpus = max(self.gpn, up.domain_gpus)
+        # An island is what NVLink joins without a NIC: the node, or the job's segment of an
+        # NVL72 rack.
+        self.island_gpus = max(self.gpn, self.domain_gpus)
         self.local_rail = np.array([nic_index(node, i) for i in range(self.gpn)], dtype=np.int64)
         # The GPU a NIC's traffic enters through (the first on its rail; GPU 0 for a NIC no
         # GPU is next to).

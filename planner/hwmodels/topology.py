@@ -94,7 +94,7 @@ class Topology:
         return gpu // self.cluster.node.gpus_per_node
 
     def domain_of(self, gpu: int) -> int:
-        return gpu // self.cluster.node.scale_up.domain_gpus
+        return gpu // self.cluster.job_domain_gpus
 
     def zone_of(self, node: int) -> int:
         per_zone = self.cluster.fabric.nodes_per_zone
@@ -235,7 +235,7 @@ def _add_node_internals(g: nx.DiGraph, cluster: ClusterSpec, n: int) -> None:
     for gpu in gpus:
         g.add_node(("gpu", gpu), node=n)
         if up.kind is ScaleUpKind.NVSWITCH:
-            _link(g, ("gpu", gpu), ("nvswitch", gpu // up.domain_gpus), nvlink_bw, "nvlink")
+            _link(g, ("gpu", gpu), ("nvswitch", gpu // cluster.job_domain_gpus), nvlink_bw, "nvlink")
         elif up.kind is ScaleUpKind.NVLINK_BRIDGE_PAIRS and gpu % 2 == 0:
             _link(g, ("gpu", gpu), ("gpu", gpu + 1), nvlink_bw, "nvlink")
     for k in range(node.nics_per_node):

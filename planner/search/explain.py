@@ -204,7 +204,7 @@ def _vs(a, b, fmt: str = "{}") -> str:
 def _link(cluster: ClusterSpec | None, group: int) -> str:
     if cluster is None or group <= 1:
         return ""
-    if group <= cluster.node.scale_up.domain_gpus:
+    if group <= cluster.job_domain_gpus:
         kind = cluster.node.scale_up.kind.value
         return " over NVLink" if kind.startswith("nv") else f" over {kind}"
     return " across nodes"

@@ -93,6 +93,11 @@ class GPUEfficiency(Spec):
     sums promoted to FP32 registers), as FP8 training runs a Linear's dgrad and wgrad; None:
     the FP8 rate above already holds for every FP8 GEMM (an in-training rate, or a GPU
     without a faster accumulation mode)."""
+    sustained_kernel_fraction: float | None = Field(default=None, gt=0.0, le=1.0)
+    """Share of the GEMM and attention rates above that kernels sustain inside a training
+    step on this GPU, fitted with ``planner calibrate --from-cases FILE --gpu NAME`` and set
+    with its leave-one-source-out error; None: data/costmodel/compute.yaml's
+    ``sustained_kernel_fraction``, the value fitted on the other GPUs' cases."""
 
     @model_validator(mode="after")
     def _check(self) -> GPUEfficiency:
@@ -342,6 +347,24 @@ class ClusterSpec(Spec):
     @property
     def num_gpus(self) -> int:
         return self.num_nodes * self.node.gpus_per_node
+
+    @property
+    def job_domain_gpus(self) -> int:
+        """GPUs of this cluster (one job's allocation) that share one NVLink domain, in rank
+        order. A domain no wider than a node is the spec's. A multi-node domain (NVL72: 18
+        trays of 4) holds a *segment* of the job: all its nodes when they fit in one domain,
+        else the largest divisor of the node count that fits, so that every segment is whole
+        and lies in one domain. That is the Slurm ``--segment`` default of NVIDIA's
+        Megatron-Bridge launcher ("4-GPU-node jobs use all nodes when the job has at most 18
+        nodes, otherwise the largest divisor of the node count up to 18";
+        scripts/performance/README.md), and Megatron-MoE-ModelZoo runs EP64 on GB200 with
+        ``SEGMENT=16`` (best_practice/qwen3/run_gb200_235b.sh): 256 GPUs in 4 domains of 64."""
+        per_node, domain = self.node.gpus_per_node, self.node.scale_up.domain_gpus
+        if domain <= per_node:
+            return domain
+        fit = domain // per_node
+        segment = max(d for d in range(1, min(fit, self.num_nodes) + 1) if self.num_nodes % d == 0)
+        return segment * per_node
 
     def with_num_gpus(self, num_gpus: int) -> ClusterSpec:
         """The same cluster with ``num_gpus`` GPUs (whole nodes)."""

@@ -67,3 +67,14 @@ def test_gpu_sustained_fraction_is_validated():
 
     with pytest.raises(SpecError):
         revalidate(b200.efficiency, sustained_kernel_fraction=1.2)
+
+
+def test_describe_names_the_segment():
+    from planner.cli.describe import _cluster_rows
+
+    def scale_up(cluster):
+        return dict(_cluster_rows(cluster))["scale-up"]
+
+    assert "segments of 64" in scale_up(load_cluster("gb200-nvl72", num_gpus=256))
+    assert "segments" not in scale_up(load_cluster("gb200-nvl72"))
+    assert "segments" not in scale_up(load_cluster("dgx-h100", num_gpus=16))

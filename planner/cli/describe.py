@@ -83,6 +83,13 @@ def _gpu_rows(gpu: GPUSpec) -> list[tuple[str, str]]:
     ]
 
 
+def _segment(c: ClusterSpec) -> str:
+    """How this many GPUs share the multi-node domains (:attr:`ClusterSpec.job_domain_gpus`)."""
+    if c.job_domain_gpus == c.node.scale_up.domain_gpus:
+        return ""
+    return f" (this job: segments of {c.job_domain_gpus})"
+
+
 def _cluster_rows(c: ClusterSpec) -> list[tuple[str, str]]:
     node, fabric, up = c.node, c.fabric, c.node.scale_up
     return [
@@ -91,7 +98,7 @@ def _cluster_rows(c: ClusterSpec) -> list[tuple[str, str]]:
         *_gpu_rows(c.gpu)[1:],
         (
             "scale-up",
-            f"{up.kind.value}, {up.domain_gpus} GPUs per domain, {up.bandwidth_bytes_per_s / 1e9:,.0f} GB/s "
+            f"{up.kind.value}, {up.domain_gpus} GPUs per domain{_segment(c)}, {up.bandwidth_bytes_per_s / 1e9:,.0f} GB/s "
             f"per GPU per direction ({up.achievable_fraction:.0%} achievable), {up.latency_s * 1e6:.2f} us",
         ),
         (

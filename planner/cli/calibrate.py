@@ -35,7 +35,7 @@ def calibrate_command(
     name: str = typer.Option(None, "--name", help="Cluster name written with --device \\[default: local-DEVICE-N]."),
     grid: str = typer.Option(",".join(f"{v:g}" for v in DEFAULT_GRID), "--grid",
                              help="Comma-separated sustained_kernel_fraction values to try (0 < v <= 1)."),
-    gpu: list[str] = typer.Option([], "--gpu", help="With --from-cases: fit the own value of this GPU preset "
+    gpu: list[str] = typer.Option([], "--gpu", metavar="NAME", help="With --from-cases: fit the own value of this GPU preset "
                                    "(repeatable: one value for several) on its rows only."),
     out: Path = typer.Option(None, "--out", help="Write the fitted constant as YAML here."),
     fmt: Format = typer.Option(Format.TABLE, "--format", "-f", help="Output format (csv: one row per held-out source or measured term)."),

@@ -152,9 +152,8 @@ class Shapes:
         self._rank_params: dict = {}
         self._act: dict = {}
         self._gemm: dict = {}
-        node = cluster.node
-        self.island = max(node.gpus_per_node, cluster.job_domain_gpus)
         self._maps = cluster_maps(cluster)
+        self.island = self._maps.island_gpus
 
     # -- compute ------------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ nodes (ISCA'25 Table 5); PCIe-only paths need ``pcie.latency_s`` in the preset.
 from __future__ import annotations
 
 import itertools
+from functools import cached_property
 from dataclasses import dataclass, field
 
 import networkx as nx
@@ -93,8 +94,12 @@ class Topology:
     def node_of(self, gpu: int) -> int:
         return gpu // self.cluster.node.gpus_per_node
 
+    @cached_property
+    def _domain_gpus(self) -> int:
+        return self.cluster.job_domain_gpus
+
     def domain_of(self, gpu: int) -> int:
-        return gpu // self.cluster.job_domain_gpus
+        return gpu // self._domain_gpus
 
     def zone_of(self, node: int) -> int:
         per_zone = self.cluster.fabric.nodes_per_zone
@@ -230,12 +235,12 @@ def _add_node_internals(g: nx.DiGraph, cluster: ClusterSpec, n: int) -> None:
     up, pcie = node.scale_up, node.pcie
     nvlink_bw = up.bandwidth_bytes_per_s * up.achievable_fraction
     nic_bw = node.nic_bandwidth_bytes_per_s * node.nic_achievable_fraction
-    per_node = node.gpus_per_node
+    per_node, domain = node.gpus_per_node, cluster.job_domain_gpus
     gpus = range(n * per_node, (n + 1) * per_node)
     for gpu in gpus:
         g.add_node(("gpu", gpu), node=n)
         if up.kind is ScaleUpKind.NVSWITCH:
-            _link(g, ("gpu", gpu), ("nvswitch", gpu // cluster.job_domain_gpus), nvlink_bw, "nvlink")
+            _link(g, ("gpu", gpu), ("nvswitch", gpu // domain), nvlink_bw, "nvlink")
         elif up.kind is ScaleUpKind.NVLINK_BRIDGE_PAIRS and gpu % 2 == 0:
             _link(g, ("gpu", gpu), ("gpu", gpu + 1), nvlink_bw, "nvlink")
     for k in range(node.nics_per_node):

@@ -51,14 +51,14 @@ def _predict(rows, fraction: float, progress=None, per_gpu: bool = False) -> lis
             return simulate(model, cluster, plan, workload)
 
         results = run_cases(rows, with_fraction, progress=progress)
-        return [r.predicted_step_time_s if r.status is CaseStatus.OK else None for r in results]
-    constants = compute.compute_constants()
-    saved = constants["sustained_kernel_fraction"]
-    constants["sustained_kernel_fraction"] = fraction
-    try:
-        results = run_cases(rows, progress=progress)
-    finally:
-        constants["sustained_kernel_fraction"] = saved
+    else:
+        constants = compute.compute_constants()
+        saved = constants["sustained_kernel_fraction"]
+        constants["sustained_kernel_fraction"] = fraction
+        try:
+            results = run_cases(rows, progress=progress)
+        finally:
+            constants["sustained_kernel_fraction"] = saved
     return [r.predicted_step_time_s if r.status is CaseStatus.OK else None for r in results]
 
 

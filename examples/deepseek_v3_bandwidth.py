@@ -33,7 +33,8 @@ def main(small: bool = False, out: str | Path | None = None) -> pd.DataFrame:
         cluster=cluster,
         plan=planner.Plan(pp=16, ep=64, dp=128, zero_stage=1, recompute="selective",
                           pipeline_schedule="dualpipe"),
-        workload=planner.Workload(global_batch_size=15360, seq_length=4096, precision="fp8", adam_moment_dtype="bf16", moe_dispatch_dtype="fp8"),
+        workload=planner.Workload(global_batch_size=15360, seq_length=4096, precision="fp8", adam_moment_dtype="bf16",
+                                  moe_dispatch_dtype="fp8", moe_routing="real"),
     )
     df = planner.sweep(base, {"cluster.node.nic_bandwidth_bytes_per_s": [nic * f for f in factors]})
     df.insert(0, "nic_scale", factors)

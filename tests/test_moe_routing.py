@@ -79,7 +79,7 @@ def _rows() -> dict[str, dict]:
 def test_validator_reads_the_routing_column() -> None:
     """balanced -> balanced; real and empty -> real (Megatron-Core's
     moe_router_force_load_balancing is off by default); DeepSeek-V3's recipe (dualpipe + fp8)
-    -> balanced (V3 §2.1.2, §4.5.3)."""
+    keeps the row's routing: its auxiliary-loss-free balancing forces nothing (V3 §2.1.2)."""
     rows = _rows()
     pair = "mzoo-h100-qwen3-235b-a22b-bf16-256gpu-16k-cp1-"
     assert case_inputs(rows[pair + "balanced"]).workload.moe_routing is MoERouting.BALANCED
@@ -87,7 +87,9 @@ def test_validator_reads_the_routing_column() -> None:
     empty = {**rows[pair + "dropless"], "moe_routing": ""}
     assert case_inputs(empty).workload.moe_routing is MoERouting.REAL
     deepseek = {**rows[pair + "dropless"], "pp_schedule": "dualpipe", "precision": "fp8"}
-    assert case_inputs(deepseek).workload.moe_routing is MoERouting.BALANCED
+    assert case_inputs(deepseek).workload.moe_routing is MoERouting.REAL
+    forced = {**deepseek, "moe_routing": "balanced"}
+    assert case_inputs(forced).workload.moe_routing is MoERouting.BALANCED
 
 
 MEASURED_TFLOPS = {"16k-cp1": (295, 237), "32k-cp2": (335, 277), "64k-cp4": (368, 320), "128k-cp8": (389, 357)}

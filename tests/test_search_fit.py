@@ -5,12 +5,14 @@ from __future__ import annotations
 import pytest
 
 from planner import load_cluster, load_model
+from planner.costmodel.partition import Piece
+from planner.costmodel.partition_solver import fit_pipeline_layers
 from planner.costmodel.simulate import simulate
 from planner.search.fit import refit_splits
 from planner.specs import Plan, Workload
 
 V3_WORKLOAD = Workload(global_batch_size=15360, seq_length=4096, precision="fp8", adam_moment_dtype="bf16",
-                       moe_dispatch_dtype="fp8", overlap_param_gather=False)
+                       moe_dispatch_dtype="fp8", overlap_param_gather=False, moe_routing="real")
 
 
 @pytest.fixture(scope="module")
@@ -18,21 +20,23 @@ def v3():
     return load_model("deepseek-v3"), load_cluster("deepseek-v3-h800")
 
 
-def test_deepseek_v3s_plan_gains_from_a_fitted_split(v3):
+def test_deepseek_v3s_plan_keeps_the_simulators_split(v3):
     """DeepSeek-V3's published plan (PP16 DualPipe, 61 blocks + embedding, head and MTP):
-    the simulator's balanced split puts 3 blocks on the first and last chunks; CP-SAT moves
-    blocks off the chunks that carry the embedding and the head + MTP, and the simulated step
-    gets shorter while every rank still fits (measured: 19.84 s -> 18.19 s)."""
+    among the simulator's own candidates the forward-balanced split (3, 4 x 14, 2) is the
+    fastest (19.68 s); CP-SAT's fit, which balances per-rank F&B pair time, lands on
+    Megatron-Bridge's layout (4 x 15, 1) at 19.75 s, not faster, so the refit keeps the
+    simulator's split and report. Both within 2% of each other: the two methods agree."""
     model, cluster = v3
     plan = Plan(pp=16, ep=64, dp=128, zero_stage=1, recompute="selective", pipeline_schedule="dualpipe")
     before = simulate(model, cluster, plan, V3_WORKLOAD)
     limit = cluster.gpu.hbm_capacity_bytes
     (after,) = refit_splits(model, cluster, V3_WORKLOAD, [(plan, before)], limit)
-    assert after.fitted and after.plan.pipeline_layers is not None
-    assert sum(after.plan.pipeline_layers) == model.num_layers
-    assert after.report.step_time_s < 0.95 * before.step_time_s
-    assert after.report.fits and after.report.memory_peak_bytes <= limit
-    assert after.report.step_time_s == simulate(model, cluster, after.plan, V3_WORKLOAD).step_time_s
+    assert not after.fitted and after.plan.pipeline_layers is None
+    assert after.report.step_time_s == before.step_time_s
+    fit = fit_pipeline_layers(model, cluster, plan, V3_WORKLOAD, capacity_bytes=limit)
+    layers = tuple(sum(p in (Piece.DENSE, Piece.MOE) for p in c.pieces) for c in fit.partition.chunks)
+    fitted = simulate(model, cluster, plan.model_copy(update={"pipeline_layers": layers}), V3_WORKLOAD)
+    assert fitted.fits and before.step_time_s <= fitted.step_time_s < 1.02 * before.step_time_s
 
 
 def test_refit_never_slows_a_plan_and_reranks(v3):

@@ -49,8 +49,8 @@ def print_report(report: StepReport, console: Console) -> None:
     table.add_column("seconds", justify="right")
     table.add_column("share", justify="right")
     rows = [
-        ("forward only", b.forward_s), ("backward (inputs) only", b.backward_input_s),
-        ("backward (weights) only", b.backward_weight_s), ("steady F&B", b.overlapped_fb_s),
+        ("forward only", b.forward_s), ("backward only", b.backward_input_s),
+        ("deferred weight gradients", b.backward_weight_s), ("steady F&B", b.overlapped_fb_s),
         ("pipeline bubble", b.bubble_s), ("exposed DP/ZeRO comm", b.dp_exposed_s),
         ("optimizer", b.optimizer_s),
     ]

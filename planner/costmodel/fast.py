@@ -32,9 +32,10 @@ How (the simulator's numbers, assembled per plan with numpy instead of per plan 
      as with every plan replayed.
      ``FastEstimates.exact`` tells which plans were replayed; ``exact_top=None`` replays all.
 4. The split, as ``simulate`` picks it: Megatron's even split when the blocks divide and the
-   schedule is not DualPipe(V); otherwise both candidate splits (forward-time and count
-   balanced) are priced and the faster that fits is kept (on the bounds, for plans not
-   replayed: their memory may then be the other split's; the fits verdict cannot differ).
+   schedule is not DualPipe(V); otherwise every candidate split (forward-time and count
+   balanced, and Megatron-Bridge's filled split where the blocks allow it) is priced and the
+   fastest that fits is kept (on the bounds, for plans not replayed: their memory may then
+   be another split's; the fits verdict cannot differ).
 
 Plans the cost model refuses (``simulate`` raises :data:`~planner.costmodel.fast_refusals.
 REFUSALS` for them, e.g. an EP group over more nodes than the node-limited routing serves)
@@ -90,7 +91,7 @@ from planner.costmodel.fast_refusals import REFUSALS, Refusals
 from planner.costmodel.fast_shapes import (
     DUAL, KERNELS, PIECES, RECOMPUTES, SCHEDULES, Shapes, with_full_recompute,
 )
-from planner.costmodel.simulate import _optimizer_bytes_per_param
+from planner.costmodel.simulate import _optimizer_bytes_per_param, dualpipe_pair_s
 from planner.errors import PlannerError, UnsupportedError
 from planner.specs.hardware import ClusterSpec
 from planner.specs.model import ModelSpec
@@ -262,9 +263,10 @@ def _evaluate(ctx: _Context, keys: np.ndarray, exact_top: int | None, refused: R
     # DualPipe(V) with EP gives the all-to-all SMs (simulate's compute share).
     shared = (dual & (col["ep"] > 1)).astype(np.int64)
     # Rows: every plan with its first split (even, or count-balanced), then the uneven plans
-    # again with the forward-balanced split.
+    # again with the forward-balanced split, then with the filled split where there is one.
     second = np.flatnonzero(~even)
-    plan_of = np.concatenate([np.arange(n), second])
+    plan_of = np.concatenate([np.arange(n), second, second])
+    slot = np.repeat([0, 1, 2], [n, len(second), len(second)])
     pids = np.empty(len(plan_of), dtype=np.int64)
     # The forward-balanced split reads the pieces' forward times: an id per distinct times
     # (0: even split), then the splits per (pp, vpp, schedule, id).
@@ -280,8 +282,8 @@ def _evaluate(ctx: _Context, keys: np.ndarray, exact_top: int | None, refused: R
             refused.mark(second[inv == u], exc)
     fid[second] = ids[inv]
     uniq, inv = unique_rows(pp, vpp, sched, fid)
-    last_pid = np.full(len(uniq), -1, dtype=np.int64)
-    first_pid = np.full(len(uniq), -1, dtype=np.int64)
+    # Per (pp, vpp, schedule, times): the pid of the split each row slot prices.
+    slot_pid = np.full((3, len(uniq)), -1, dtype=np.int64)
     even_u = np.zeros(len(uniq), dtype=bool)
     even_u[inv] = even  # a (pp, vpp, schedule) is even or not for all its plans
     for u, row in enumerate(uniq.tolist()):
@@ -292,13 +294,16 @@ def _evaluate(ctx: _Context, keys: np.ndarray, exact_top: int | None, refused: R
         except REFUSALS as exc:
             refused.mark(np.flatnonzero(inv == u), exc)
             continue
-        last_pid[u], first_pid[u] = splits[-1].pid, splits[0].pid
-    pids[:n] = last_pid[inv]
-    pids[n:] = first_pid[inv[second]]
-    alt_row = np.arange(len(plan_of)) >= n  # the second split's rows
-    if (pids < 0).any():  # rows without a split (refused) are left out
+        # (even,) or (forward-balanced, count[, filled]); slot 0 is count (or even)
+        slot_pid[0, u] = splits[min(1, len(splits) - 1)].pid
+        slot_pid[1, u] = splits[0].pid
+        if len(splits) > 2:
+            slot_pid[2, u] = splits[2].pid
+    pids[:n] = slot_pid[0, inv]
+    pids[n:] = slot_pid[slot[n:], np.concatenate([inv[second], inv[second]])]
+    if (pids < 0).any():  # rows without a split (refused, or no filled split) are left out
         keep = pids >= 0
-        plan_of, pids, alt_row = plan_of[keep], pids[keep], alt_row[keep]
+        plan_of, pids, slot = plan_of[keep], pids[keep], slot[keep]
     out = np.zeros((len(plan_of), 3))
     groups = []
     uniq, inv = unique_rows(pp[plan_of], vpp[plan_of], sched[plan_of])
@@ -318,17 +323,19 @@ def _evaluate(ctx: _Context, keys: np.ndarray, exact_top: int | None, refused: R
     out[bad] = (np.inf, np.nan, np.nan)  # never replayed: not "fits"
     cap = sh.cluster.gpu.hbm_capacity_bytes
     exact = refine(out, groups, plan_of, n, out[:, 1] <= cap, (pp[plan_of] == 1) & ~bad, exact_top)
-    # The faster split that fits (the first when neither fits).
+    # The fastest split that fits (the fastest when none fits).
     step, peak, bubble = np.full(n, np.inf), np.full(n, np.nan), np.full(n, np.nan)
-    one = ~alt_row
+    one = slot == 0
     step[plan_of[one]], peak[plan_of[one]], bubble[plan_of[one]] = out[one].T
-    alt_rows = np.flatnonzero(alt_row)
-    alt, second = out[alt_rows], plan_of[alt_rows]
-    fit0, fit1 = peak[second] <= cap, alt[:, 1] <= cap
-    # simulate lists the forward-balanced split first: it wins ties.
-    take = (fit1 & ~fit0) | ((fit1 == fit0) & (alt[:, 0] <= step[second]))
-    idx = second[take]
-    step[idx], peak[idx], bubble[idx] = alt[take].T
+    # simulate lists forward-balanced, count, filled: the earlier wins a tie.
+    for s_, earlier in ((1, True), (2, False)):
+        alt_rows = np.flatnonzero(slot == s_)
+        alt, who = out[alt_rows], plan_of[alt_rows]
+        fit0, fit1 = peak[who] <= cap, alt[:, 1] <= cap
+        faster = alt[:, 0] <= step[who] if earlier else alt[:, 0] < step[who]
+        take = (fit1 & ~fit0) | ((fit1 == fit0) & faster)
+        idx = who[take]
+        step[idx], peak[idx], bubble[idx] = alt[take].T
     gone = refused.code >= 0
     step[gone], peak[gone], bubble[gone], exact[gone] = np.inf, np.nan, np.nan, False
     return step, peak, bubble, exact
@@ -416,8 +423,10 @@ def _group(ctx: _Context, found: Keys, u: int, pp: int, vpp: int, schedule: Pipe
     overlap = np.ones_like(fwd)
     if dual:  # F&B pairs: ZeRO-3 traffic shares the network with the all-to-all
         busy = comp[:, :, 0] + comp[:, :, 1] + comp[:, :, 2] + cp_f + cp_b
-        pair = np.maximum(busy, comm[:, :, 4] + comm[:, :, 5] + 2 * gather + scatter) + comm[:, :, 0] + comm[:, :, 1]
         serial = fwd + bwd + wgt
+        pair = dualpipe_pair_s(busy, comm[:, :, 4] + comm[:, :, 5], 2 * gather + scatter,
+                               comm[:, :, 0] + comm[:, :, 1], serial,
+                               C.compute_constants()["dualpipe_pair_compute_busy_fraction"])
         overlap = np.where(serial > 0, pair / np.where(serial > 0, serial, 1.0), 1.0)
     if workload.pipeline_p2p is PipelineP2P.DEEPSPEED and pp > 1:  # blocking: inside F and B (simulate)
         waits = p2p[:, None] * pp_blocking_transfers(pp)

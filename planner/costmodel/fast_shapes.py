@@ -208,7 +208,8 @@ class Shapes:
     def splits(self, pp: int, vpp: int, sched: int, fid: int) -> tuple[PartInfo, ...]:
         """The splits ``simulate`` may pick (:class:`planner.costmodel.splits.SplitCache`, the
         simulator's partitions): Megatron's even split alone
-        when the blocks divide (not DualPipe), else (forward-time balanced, count balanced);
+        when the blocks divide (not DualPipe), else (forward-time balanced, count balanced[,
+        Megatron-Bridge filled]);
         ``fid``: the :meth:`forward_id` of the pieces' forward seconds at full SMs (0 for
         the even split)."""
         memo = (pp, vpp, sched, fid)

@@ -20,7 +20,9 @@ chunk, head on the last); otherwise, or when the ends carry heavy pieces (a larg
 Under DualPipe/DualPipeV a rank runs *both* its chunks for every micro-batch, so what must
 balance is the pair: :func:`pair_balanced_counts` water-fills blocks onto ranks around
 the fixed pieces (embedding, head, MTP) of their chunks, which is how DeepSeek-V3 can put
-the embedding and the head on one rank (§3.2.3).
+the embedding and the head on one rank (§3.2.3). :func:`filled_counts` is Megatron-Bridge's
+rule for DeepSeek-V3's uneven 61 blocks (full chunks, the remainder beside the head), which
+the simulator also tries.
 """
 
 from __future__ import annotations
@@ -176,6 +178,21 @@ def _dual_counts(model: ModelSpec, plan: Plan, piece_cost: dict[Piece, float]) -
     if plan.pipeline_schedule is PipelineSchedule.DUALPIPE:
         rank_chunks = rank_chunks[: plan.pp // 2]
     return pair_balanced_counts(rank_chunks, fixed, blocks, block_cost)
+
+
+def filled_counts(blocks: int, parts: int) -> list[int] | None:
+    """``ceil(blocks / parts)`` blocks in every chunk but the last, which takes the rest
+    beside the head, loss and MTP; None when that leaves a chunk before the last empty.
+
+    Megatron-Bridge's DeepSeek-V3 layouts are this rule (recipes/deepseek/deepseek_v3.py,
+    ``set_deepseek_v3_pipeline_model_parallel_layout``): 61 blocks over PP16 (or PP8 x VPP2)
+    are ``[embedding + 4] + [4] * 14 + [1 + mtp + loss]``, over PP8 ``[embedding + 8] +
+    [8] * 6 + [5 + mtp + loss]``, over PP4 ``16, 16, 16, 13``."""
+    per = -(-blocks // parts)
+    rest = blocks - per * (parts - 1)
+    if parts < 2 or rest < 0:
+        return None
+    return [per] * (parts - 1) + [rest]
 
 
 def partition_from_counts(model: ModelSpec, plan: Plan, counts: Sequence[int]) -> Partition:

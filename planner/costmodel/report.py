@@ -94,13 +94,17 @@ class TimeBreakdown(_Out):
     """Seconds of one optimizer step, by phase; the phases sum to the step time."""
 
     forward_s: float
-    """Forward-only work on the critical rank (pipeline warm-up and ends)."""
+    """Forward passes on the critical rank not overlapped with a backward (all of them
+    outside DualPipe; its warm-up and ends under it)."""
     backward_input_s: float
-    """Backward-for-inputs work not overlapped with a forward."""
+    """Backward passes not overlapped with a forward: input-gradient passes (B, their weight
+    gradients deferred) and full backward passes (BW, input and weight gradients in one
+    pass, as 1F1B runs every backward and DualPipe its unsplit chunks; ISCA'25 Table 4's
+    1B)."""
     backward_weight_s: float
-    """Weight-gradient work not overlapped with a forward."""
+    """Deferred weight-gradient passes (zero-bubble W) not overlapped with a forward."""
     overlapped_fb_s: float
-    """Steady phase: forward and backward chunks (overlapped in pairs under DualPipe)."""
+    """DualPipe's overlapped forward-and-backward pairs (zero for other schedules)."""
     bubble_s: float
     """Idle time of the critical rank inside the pipeline makespan."""
     dp_exposed_s: float

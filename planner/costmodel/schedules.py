@@ -115,11 +115,12 @@ class RankPhases:
     """Seconds of one rank in the makespan; the five phases sum to the makespan."""
 
     forward_s: float
-    """Forward chunks run alone."""
+    """Forward passes run alone."""
     backward_input_s: float
-    """Backward for inputs run alone (every B, and the B part of every BW)."""
+    """Backward passes run alone: every B (input gradients, its W deferred) and every BW
+    (a full backward, input and weight gradients in one pass, as 1F1B runs them all)."""
     backward_weight_s: float
-    """Weight gradients run alone (every W, and the W part of every BW)."""
+    """Deferred weight-gradient passes (zero-bubble W) run alone."""
     overlapped_fb_s: float
     """DualPipe F&B pairs."""
     bubble_s: float
@@ -421,11 +422,9 @@ def _run(prog: _Compiled, chunk_times: Sequence[ChunkTimes], p2p_s: float) -> Pi
         sums = [0.0] * 4  # forward, backward input, weight, overlapped pairs
         for did, count in hist:
             code, c = divmod(did, n)
-            if code == _BW:
-                sums[1] += count * bwd[c]
-                sums[2] += count * wgt[c]
-            else:
-                sums[min(code, 3)] += count * dur[did]
+            # A full backward (BW) is one backward pass: it counts as backward, as DualPipe
+            # profiles label it (ISCA'25 Table 4's 1B); 1W is the deferred W passes only.
+            sums[1 if code == _BW else min(code, 3)] += count * dur[did]
         phases.append(RankPhases(*sums, bubble_s=max(0.0, makespan - sum(sums))))
     most = max(p.busy_s for p in phases)
     critical = next(r for r, p in enumerate(phases) if p.busy_s >= most * (1.0 - 1e-12))

@@ -48,7 +48,9 @@ from planner.costmodel.comm import StageComm, dp_step_comm, pp_blocking_transfer
 from planner.costmodel.dp_overlap import plan_exposure
 from planner.costmodel.flops import flops_per_token_train
 from planner.costmodel.memory import adam_moment_bytes, inflight_microbatches, piece_params, stage_memory
-from planner.costmodel.partition import Chunk, Partition, Piece, model_pieces, partition
+from planner.costmodel.partition import (
+    Chunk, Partition, Piece, filled_counts, model_pieces, num_chunks, partition, partition_from_counts,
+)
 from planner.costmodel.report import Dim, StageReport, Status, StepReport, TimeBreakdown
 from planner.costmodel.schedules import ChunkTimes, simulate_pipeline
 from planner.hwmodels.placement import rank_layout
@@ -88,6 +90,18 @@ def piece_compute(model, plan, workload, gpu, piece, compute_share) -> tuple[C.P
 _PIECE_CACHE: dict = {}
 
 
+def dualpipe_pair_s(compute_s, a2a_s, zero3_s, tp_s, serial_s, busy_fraction):
+    """Seconds of one chunk's forward overlapped with its own backward (DualPipe's F&B,
+    scalars or arrays): the compute stream (with the CP exchange its attention does not
+    hide) against the network (the EP all-to-all and the ZeRO-3 traffic sharing it), plus
+    the TP collectives, which stall both. A pair that hides all-to-all computes only
+    ``busy_fraction`` of its span (data/costmodel/compute.yaml,
+    ``dualpipe_pair_compute_busy_fraction``), and it never takes longer than the chunk's F, B
+    and W run one after another (``serial_s``, each with its communication exposed)."""
+    stalled = compute_s / np.where(a2a_s > 0, busy_fraction, 1.0)
+    return np.minimum(np.maximum(stalled, a2a_s + zero3_s) + tp_s, serial_s)
+
+
 class _RankCosts:
     """Per-rank chunk timings, communication and parameter counts."""
 
@@ -96,8 +110,10 @@ class _RankCosts:
         self.rank = rank
         self.chunks = part.chunks_of_rank(rank)
         dual_ep = plan.pipeline_schedule in DUAL and plan.ep > 1
-        sms = C.compute_constants()["ep_overlap_communication_sms"]
+        constants = C.compute_constants()
+        sms = constants["ep_overlap_communication_sms"]
         self.compute_share = 1.0 - sms / gpu.num_sms if dual_ep else 1.0
+        self.pair_busy_fraction = constants["dualpipe_pair_compute_busy_fraction"]
         self.comm = StageComm(model, cluster, plan, workload, layout, rank)
         self.model, self.plan, self.workload, self.gpu = model, plan, workload, gpu
         self.dense_params = self.expert_params = 0.0
@@ -148,7 +164,9 @@ class _RankCosts:
             # all-to-all and hide behind the same compute; the CP exchange not hidden by its
             # attention stalls the compute stream (busy + cp_f + cp_b never rises with FLOP/s).
             a2a = comm.ep_forward_s + comm.ep_backward_s
-            pair = max(busy + cp_f + cp_b, a2a + 2 * gather + scatter) + comm.tp_forward_s + comm.tp_backward_s
+            pair = float(dualpipe_pair_s(busy + cp_f + cp_b, a2a, 2 * gather + scatter,
+                                         comm.tp_forward_s + comm.tp_backward_s, fwd + bwd + wgrad,
+                                         self.pair_busy_fraction))
             ep_hidden = min(busy, a2a)
         info = {
             "compute": comp,
@@ -189,9 +207,10 @@ def simulate(model: ModelSpec, cluster: ClusterSpec, plan: Plan, workload: Workl
 
     The layer-to-stage split is the plan's ``pipeline_layers`` when given; otherwise the
     runtime's choice: Megatron's even split when the blocks divide evenly (and the schedule
-    is not DualPipe), else the faster of a split balanced by forward time and one balanced
-    by block count among those that fit in memory (the report's ``pipeline_layers`` says
-    which). A split fitted to memory is :func:`planner.costmodel.partition_solver.fit_pipeline_layers`."""
+    is not DualPipe), else the fastest among those that fit in memory of a split balanced by
+    forward time, one balanced by block count and Megatron-Bridge's filled split
+    (:func:`~planner.costmodel.partition.filled_counts`; the report's ``pipeline_layers``
+    and its note say which). A split fitted to memory is :func:`planner.costmodel.partition_solver.fit_pipeline_layers`."""
     check_plan(model, workload, plan, cluster.num_gpus)
     layout = rank_layout(plan)
     even = model.num_layers % (plan.pp * plan.vpp) == 0 and plan.pipeline_schedule not in DUAL
@@ -206,6 +225,11 @@ def simulate(model: ModelSpec, cluster: ClusterSpec, plan: Plan, workload: Workl
         (partition(model, plan, {Piece.DENSE: 1.0, Piece.MOE: 1.0, Piece.HEAD: 1.0, Piece.MTP: 1.0}),
          "layers split over pipeline chunks by count (head and MTP count as blocks)"),
     ]
+    filled = filled_counts(model.num_layers, num_chunks(plan))
+    if filled is not None:
+        candidates.append((partition_from_counts(model, plan, filled),
+                           "layers split over pipeline chunks as Megatron-Bridge fills them (ceil(layers / chunks) "
+                           "per chunk, the rest beside the head)"))
     reports = [
         _simulate_partition(model, cluster, plan, workload, layout, part, [note]) for part, note in candidates
     ]

@@ -1,13 +1,15 @@
 """The layer-to-stage splits the simulator may pick for a plan, computed once per shape.
 
 :func:`planner.costmodel.simulate.simulate` splits the model evenly when the blocks divide
-(and the schedule is not DualPipe), otherwise it simulates two candidates, a split balanced
-by forward time and one by block count, and keeps the faster that fits. A bound that holds
-for both holds for whichever it keeps, so the search prices both (:class:`SplitCache`).
+(and the schedule is not DualPipe), otherwise it simulates up to three candidates, a split
+balanced by forward time, one by block count and Megatron-Bridge's filled split
+(:func:`~planner.costmodel.partition.filled_counts`), and keeps the fastest that fits. A
+bound that holds for each holds for whichever it keeps, so the search prices them all
+(:class:`SplitCache`).
 
-Speed: the two candidates are :func:`planner.costmodel.partition.partition` calls, once per
-(pp, vpp, schedule, forward times); the block-count split does not depend on the plan's
-times and is computed once per shape.
+Speed: the candidates are :func:`planner.costmodel.partition.partition` calls, once per
+(pp, vpp, schedule, forward times); the block-count and filled splits do not depend on the
+plan's times and are computed once per shape.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from planner.costmodel.partition import Partition, Piece, model_pieces, partition
+from planner.costmodel.partition import (
+    Partition, Piece, filled_counts, model_pieces, num_chunks, partition, partition_from_counts,
+)
 from planner.specs.model import ModelSpec
 from planner.specs.plan import PipelineSchedule, Plan
 
@@ -72,7 +76,12 @@ class SplitCache:
         # Keyed by each piece's time (the partition reads those of the model's pieces only).
         timed = self._split(shape + tuple(forward_s.get(p) for p in self.pieces),
                             lambda: self._partition(plan, forward_s))
-        return timed, self._split(shape + ("count",), lambda: self._partition(plan, UNIT_COST))
+        count = self._split(shape + ("count",), lambda: self._partition(plan, UNIT_COST))
+        filled = filled_counts(self.model.num_layers, num_chunks(plan))
+        if filled is None:
+            return timed, count
+        return timed, count, self._split(shape + ("filled",),
+                                         lambda: partition_from_counts(self.model, plan, filled))
 
     def count_split(self, plan: Plan) -> Split:
         """The even split where the simulator uses it, else its block-count split."""

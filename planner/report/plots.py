@@ -50,8 +50,8 @@ IDLE_COLOR = "#e6e6e6"
 
 PHASES = (  # TimeBreakdown field, legend name, colour
     ("forward_s", "forward only", "#4c8bd6"),
-    ("backward_input_s", "backward (inputs) only", "#3aa35b"),
-    ("backward_weight_s", "backward (weights) only", "#9467bd"),
+    ("backward_input_s", "backward only", "#3aa35b"),
+    ("backward_weight_s", "deferred weight gradients", "#9467bd"),
     ("overlapped_fb_s", "steady F&B", "#d6404e"),
     ("bubble_s", "pipeline bubble", "#bdbdbd"),
     ("dp_exposed_s", "exposed DP/ZeRO comm", "#f2c12e"),

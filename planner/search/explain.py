@@ -187,8 +187,8 @@ _LABELS = {
 
 _PHASES = {
     "forward_s": "forward only",
-    "backward_input_s": "backward (inputs) only",
-    "backward_weight_s": "backward (weights) only",
+    "backward_input_s": "backward only",
+    "backward_weight_s": "deferred weight gradients",
     "overlapped_fb_s": "steady F&B",
     "bubble_s": "pipeline bubble",
     "dp_exposed_s": "exposed DP/ZeRO comm",

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from planner.costmodel.simulate import dualpipe_pair_s
 from planner.costmodel.splits import DUAL
 from planner.errors import PlannerError, SpecError, UnsupportedError
 from planner.search.programs import programs
@@ -67,7 +68,7 @@ def quick_bounds(refiner: Refiner, groups: list[list[Plan]]) -> tuple[list[np.nd
             out[g] = None
     best: dict[tuple[int, int], np.ndarray] = {}
     for bucket in buckets.values():
-        for (g, v), row in zip(bucket.owner, _price(bucket, refiner.opt_s_per_param), strict=True):
+        for (g, v), row in zip(bucket.owner, _price(bucket, refiner.opt_s_per_param, refiner.pair_busy_fraction), strict=True):
             best[g, v] = row if (g, v) not in best else np.minimum(best[g, v], row)
     for (g, v), row in best.items():
         if g in errors:
@@ -110,7 +111,7 @@ def _collect(refiner: Refiner, g: int, variants: list[Plan], values: np.ndarray,
             bucket.scalars.append((p2p, dense + expert, dense / (p.dp * p.cp) + expert / p.edp))
 
 
-def _price(bucket: _Bucket, opt_s_per_param: float) -> np.ndarray:
+def _price(bucket: _Bucket, opt_s_per_param: float, pair_busy_fraction: float) -> np.ndarray:
     """(items, 2): rank 0's bound of every item, unsharded and sharded optimizer
     (:meth:`Refiner._split_bounds` with ``quick=True``)."""
     counts = np.stack(bucket.counts)  # (x, chunks, pieces)
@@ -122,12 +123,10 @@ def _price(bucket: _Bucket, opt_s_per_param: float) -> np.ndarray:
     tp_f, tp_b, cpf, cpb, ep_f, ep_b = comm
     cp_f, cp_b = np.maximum(0.0, cpf - attn), np.maximum(0.0, cpb - 2 * attn)
     own = np.stack(bucket.own)
-    durations = np.stack([
-        comp_f + cp_f + tp_f + ep_f,
-        comp_b + cp_b + tp_b + ep_b,
-        comp_w,
-        np.maximum(comp_f + comp_b + comp_w + cp_f + cp_b, ep_f + ep_b) + tp_f + tp_b,
-    ], axis=1) * own[:, None, :]  # (x, 4, chunks), 0 on chunks rank 0 does not hold
+    fwd, bwd = comp_f + cp_f + tp_f + ep_f, comp_b + cp_b + tp_b + ep_b
+    pair = dualpipe_pair_s(comp_f + comp_b + comp_w + cp_f + cp_b, ep_f + ep_b, 0.0, tp_f + tp_b,
+                           fwd + bwd + comp_w, pair_busy_fraction)
+    durations = np.stack([fwd, bwd, comp_w, pair], axis=1) * own[:, None, :]  # (x, 4, chunks), 0 off rank 0
     end, drain = np.empty(len(counts)), np.empty(len(counts))
     by_program: dict[tuple, list[int]] = {}
     for x, key in enumerate(bucket.program):

@@ -50,7 +50,7 @@ from planner.costmodel.dp_overlap import plan_exposure
 from planner.costmodel.memory import inflight_microbatches, piece_params, stage_memory
 from planner.costmodel.partition import Piece
 from planner.costmodel.schedules import ChunkTimes, simulate_pipeline
-from planner.costmodel.simulate import _optimizer_bytes_per_param
+from planner.costmodel.simulate import _optimizer_bytes_per_param, dualpipe_pair_s
 from planner.hwmodels.placement import rank_layout
 from planner.search.programs import programs
 from planner.costmodel.splits import DUAL, Split, SplitCache
@@ -92,6 +92,7 @@ class Refiner:
         self.opt_s_per_param = _optimizer_bytes_per_param(workload) / (
             gpu.hbm_bandwidth_bytes_per_s * gpu.efficiency.hbm_fraction)
         self.ep_share = 1.0 - C.compute_constants()["ep_overlap_communication_sms"] / gpu.num_sms
+        self.pair_busy_fraction = C.compute_constants()["dualpipe_pair_compute_busy_fraction"]
 
     # -----------------------------------------------------------------------------------
     # Per-shape tables
@@ -426,12 +427,13 @@ class Refiner:
         out[:, 0, idx] = np.maximum(comp_f + cp_f, gather) + tp_f + ep_f
         out[:, 1, idx] = np.maximum(comp_b + cp_b, gather) + tp_b + ep_b
         out[:, 2, idx] = np.maximum(comp_w, scatter)
-        # DualPipe's pair, as simulate.py's _RankCosts.chunk_times: compute with the CP
-        # exchange its attention does not hide, against the all-to-all plus ZeRO-3 traffic,
-        # plus TP. (Below the simulator's would still do for the replay: with f, b, w exact,
-        # an F&B pair's duration f k + (b + w) k rises with k = pair / (f + b + w).)
-        out[:, 3, idx] = (np.maximum(comp_f + comp_b + comp_w + cp_f + cp_b, ep_f + ep_b + 2 * gather + scatter)
-                          + tp_f + tp_b)
+        # DualPipe's pair, as simulate.py's _RankCosts.chunk_times (dualpipe_pair_s: it rises
+        # with each argument, so lower bounds in give a lower bound out). Below the
+        # simulator's would still do for the replay: with f, b, w exact, an F&B pair's
+        # duration f k + (b + w) k rises with k = pair / (f + b + w).
+        out[:, 3, idx] = dualpipe_pair_s(comp_f + comp_b + comp_w + cp_f + cp_b, ep_f + ep_b, 2 * gather + scatter,
+                                         tp_f + tp_b, out[:, 0, idx] + out[:, 1, idx] + out[:, 2, idx],
+                                         self.pair_busy_fraction)
         return out
 
 

@@ -38,11 +38,12 @@ def recipe(cells: Row, precision: Precision, year: int | None, notes: list[str])
     - A ``dualpipe`` row in fp8 is DeepSeek-V3's recipe (DualPipe is DeepSeek's schedule;
       Megatron-Core has none): BF16 Adam moments and FP8 dispatch (V3 report §3.3.3), FP32
       gradients, and only the reduce-scatter overlapped, with the last backward (DeepSeek
-      LLM §2.4; the all-gather is not said to be), and balanced EP ranks: its batch-wise
-      auxiliary-loss-free balancing "keeps a good load balance during its full training"
-      (§2.1.2), and the within-micro-batch imbalance it could leave "is naturally addressed
-      by our training framework that uses large-scale expert parallelism and data
-      parallelism, which guarantees a large size of each micro-batch" (§4.5.3).
+      LLM §2.4; the all-gather is not said to be). Its routing is the row's, like any
+      other's: the auxiliary-loss-free balancing (V3 §2.1.2) steers a bias between steps and
+      forces nothing within one, which is the setting the real-routing imbalance was
+      measured in (FEPLB on GLM-5, bias-balanced without auxiliary loss; compute.yaml), and
+      DeepSeek's own kernel profile of this training had to simulate balance ("MoE routing
+      is simulated as perfectly balanced", profile-data README).
     - Otherwise, a sharded optimizer's all-gather (zero 1 or 2, or empty: 1) overlaps the
       next forward from :data:`PARAM_GATHER_OVERLAP_YEAR` (the Workload default) and not
       before.
@@ -57,10 +58,9 @@ def recipe(cells: Row, precision: Precision, year: int | None, notes: list[str])
       (Megatron-Core ``moe_router_force_load_balancing`` defaults to False)."""
     if cells.text("pp_schedule") == PipelineSchedule.DUALPIPE.value and precision is Precision.FP8:
         fields: dict = dict(adam_moment_dtype="bf16", moe_dispatch_dtype="fp8", overlap_param_gather=False,
-                            moe_routing=MoERouting.BALANCED)
+                            moe_routing=routing(cells, notes))
         notes.append("dualpipe + fp8: DeepSeek-V3's recipe (BF16 Adam moments, FP8 MoE dispatch, FP32 gradients, "
-                     "reduce-scatter overlapped with the last backward only, EP ranks balanced by its "
-                     "auxiliary-loss-free routing)")
+                     "reduce-scatter overlapped with the last backward only)")
         return fields
     fields = {"moe_routing": routing(cells, notes)}
     zero = cells.int("zero")

@@ -78,7 +78,10 @@ class EventKind(StrEnum):
 
 
 _F, _B, _W, _BW, _FB = range(5)  # codes of the hot loop, in EventKind order
-_KINDS = tuple(EventKind)
+# Combined 1F1B's steady state (ep_overlap): a forward and a full backward that each take
+# their share of an F&B pair (F k, (B + W) k), shown as F and BW.
+_FO, _BWO = 5, 6
+_KINDS = (*EventKind, EventKind.F, EventKind.BW)
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,12 +191,12 @@ def _peaks(programs: Sequence[Sequence[RawOp]], weights: Sequence[float]) -> tup
     for ops in programs:
         level = peak = 0.0
         for code, _, c, _, bc in ops:
-            if code == _F or code == _FB:
+            if code == _F or code == _FB or code == _FO:
                 level += weights[c]
                 peak = max(peak, level)
             if code == _FB:
                 level -= weights[bc]
-            elif code == _B or code == _BW:
+            elif code == _B or code == _BW or code == _BWO:
                 level -= weights[c]
         peaks.append(peak)
     return tuple(peaks)
@@ -223,14 +226,18 @@ def _one_f_one_b(pp: int, m: int, split_w: bool) -> list[list[RawOp]]:
     return programs
 
 
-def _interleaved(pp: int, vpp: int, m: int) -> list[list[RawOp]]:
+def _interleaved(pp: int, vpp: int, m: int, merge: bool = False) -> list[list[RawOp]]:
     """Megatron-LM ``forward_backward_pipelining_with_interleaving``: the k-th forward runs
     virtual chunk ``(k mod pp vpp) // pp`` of micro-batch group ``k // (pp vpp)``; backwards
-    the same with the virtual chunks reversed. All forwards first when m == pp."""
+    the same with the virtual chunks reversed. All forwards first when m == pp. ``merge``:
+    the steady state's F and BW pairs become F&B nodes (:func:`_merged`)."""
     group, total = pp * vpp, m * vpp
     programs = []
     for r in range(pp):
-        warm = total if m == pp else min(2 * (pp - r - 1) + (vpp - 1) * pp, total)
+        # Combined 1F1B warms up one forward more, so that each merged F and B are of
+        # different micro-batches (Megatron-Core get_pp_rank_microbatches:
+        # ``num_warmup_microbatches += 1`` under overlap_moe_expert_parallel_comm).
+        warm = total if m == pp else min(2 * (pp - r - 1) + (vpp - 1) * pp + merge, total)
 
         def unit(code: int, k: int) -> RawOp:
             virtual = k % group // pp
@@ -243,8 +250,25 @@ def _interleaved(pp: int, vpp: int, m: int) -> list[list[RawOp]]:
             if warm + k < total:
                 ops.append(unit(_F, warm + k))
             ops.append(unit(_BW, k))
-        programs.append(ops)
+        programs.append(_merged(ops) if merge else ops)
     return programs
+
+
+def _merged(ops: list[RawOp]) -> list[RawOp]:
+    """Megatron-Core's combined 1F1B: every forward directly followed by a full backward
+    (the steady state; not the warm-up forwards and cool-down backwards) runs as one F&B
+    node. Each half is kept as its own operation priced at its share of the pair (``_FO``:
+    F k, ``_BWO``: (B + W) k, k the chunk's overlap factor), so that it waits only for its
+    own input: a node waiting for both could deadlock where Megatron's sends and receives
+    around the node do not."""
+    out: list[RawOp] = []
+    for op in ops:
+        if op[0] == _BW and out and out[-1][0] == _F:
+            out[-1] = (_FO, *out[-1][1:])
+            out.append((_BWO, *op[1:]))
+        else:
+            out.append(op)
+    return out
 
 
 def _dualpipe(pp: int, m: int, v_shape: bool) -> list[list[RawOp]]:
@@ -330,20 +354,26 @@ def _compile(programs: Sequence[Sequence[RawOp]], layout: Layout) -> _Compiled:
         rank_steps, hist = [], {}
         for code, mb, c, bmb, bc in prog:
             needs, makes = [], []
-            if code == _F or code == _FB:
+            if code == _F or code == _FB or code == _FO:
                 key = mb * n + c
                 makes.append(2 * key)
                 if c > 0:
                     needs.append((2 * key - 2, where[direction[mb]][c - 1] != r))
-            # duration ids: F, B, W, BW of chunk c at code * n + c; pairs after 4n
-            did = 4 * n + c * n + bc if code == _FB else code * n + c
+            # duration ids: F, B, W, BW of chunk c at code * n + c; pairs after 4n; the
+            # overlapped halves (combined 1F1B) after 4n + n * n
+            if code == _FB:
+                did = 4 * n + c * n + bc
+            elif code >= _FO:
+                did = 4 * n + n * n + (code - _FO) * n + c
+            else:
+                did = code * n + c
             if code == _FB:
                 pairs.add((c, bc))
                 mb, c = bmb, bc
             key = mb * n + c
             if code == _W:
                 needs.append((2 * key + 1, False))
-            elif code != _F:
+            elif code != _F and code != _FO:
                 makes.append(2 * key + 1)
                 if c + 1 < n:
                     needs.append((2 * key + 3, where[direction[mb]][c + 1] != r))
@@ -358,20 +388,31 @@ def _compile(programs: Sequence[Sequence[RawOp]], layout: Layout) -> _Compiled:
     return _Compiled(layout, ops, tuple(steps), tuple(histograms), frozenset(pairs), inflight)
 
 
-@lru_cache(maxsize=256)
-def raw_programs(schedule: PipelineSchedule, m: int, pp: int, vpp: int) -> list[list[RawOp]]:
+def raw_programs(schedule: PipelineSchedule, m: int, pp: int, vpp: int,
+                 ep_overlap: bool = False) -> list[list[RawOp]]:
     """Each rank's operations (code, micro-batch, chunk, backward micro-batch, backward
-    chunk) in program order, before they are compiled into event steps."""
+    chunk) in program order, before they are compiled into event steps. ``ep_overlap``:
+    Megatron-Core's combined 1F1B (:mod:`planner.costmodel.ep_overlap`), for the interleaved
+    schedule, or 1F1B on one stage, where forward i + 1 merges with backward i."""
+    return _raw_programs(PipelineSchedule(schedule), m, pp, vpp, ep_overlap)
+
+
+@lru_cache(maxsize=256)
+def _raw_programs(schedule: PipelineSchedule, m: int, pp: int, vpp: int, ep_overlap: bool) -> list[list[RawOp]]:
+    if ep_overlap and schedule is PipelineSchedule.ONE_F_ONE_B and pp == 1:
+        return [_merged([(_F, 0, 0, -1, -1)] + [op for i in range(m) for op in
+                         (((_F, i + 1, 0, -1, -1),) if i + 1 < m else ()) + ((_BW, i, 0, -1, -1),)])]
     if schedule in (PipelineSchedule.ONE_F_ONE_B, PipelineSchedule.ZERO_BUBBLE):
         return _one_f_one_b(pp, m, split_w=schedule is PipelineSchedule.ZERO_BUBBLE)
     if schedule is PipelineSchedule.INTERLEAVED:
-        return _interleaved(pp, vpp, m)
+        return _interleaved(pp, vpp, m, merge=ep_overlap)
     return _dualpipe(pp, m, v_shape=schedule is PipelineSchedule.DUALPIPEV)
 
 
 @lru_cache(maxsize=256)
-def _compiled(schedule: PipelineSchedule, m: int, pp: int, vpp: int) -> _Compiled:
-    return _compile(raw_programs(schedule, m, pp, vpp), _layout(schedule, pp, vpp, m))
+def _compiled(schedule: PipelineSchedule, m: int, pp: int, vpp: int, ep_overlap: bool = False) -> _Compiled:
+    schedule = PipelineSchedule(schedule)
+    return _compile(raw_programs(schedule, m, pp, vpp, ep_overlap), _layout(schedule, pp, vpp, m))
 
 
 def _run(prog: _Compiled, chunk_times: Sequence[ChunkTimes], p2p_s: float) -> PipelineTimeline:
@@ -379,7 +420,10 @@ def _run(prog: _Compiled, chunk_times: Sequence[ChunkTimes], p2p_s: float) -> Pi
     fwd = [t.forward_s for t in chunk_times]
     bwd = [t.backward_input_s for t in chunk_times]
     wgt = [t.backward_weight_s for t in chunk_times]
-    dur = fwd + bwd + wgt + [b + w for b, w in zip(bwd, wgt, strict=True)] + [0.0] * (n * n)
+    k = [t.overlap_factor for t in chunk_times]
+    dur = (fwd + bwd + wgt + [b + w for b, w in zip(bwd, wgt, strict=True)] + [0.0] * (n * n)
+           + [f * x for f, x in zip(fwd, k, strict=True)]
+           + [(b + w) * x for b, w, x in zip(bwd, wgt, k, strict=True)])
     for fc, bc in prog.pairs:
         k_f, k_b = chunk_times[fc].overlap_factor, chunk_times[bc].overlap_factor
         dur[4 * n + fc * n + bc] = fwd[fc] * k_f + (bwd[bc] + wgt[bc]) * k_b
@@ -466,12 +510,18 @@ def simulate_pipeline(
     pp: int,
     vpp: int = 1,
     p2p_s: float = 0.0,
+    ep_overlap: bool = False,
 ) -> PipelineTimeline:
     """Simulate one step: ``chunk_times[c]`` is model chunk c (as many as
     :func:`planner.costmodel.partition.num_chunks`: pp, pp * vpp interleaved, 2 pp DualPipeV),
-    ``p2p_s`` the activation/gradient send time between chunks on different ranks."""
+    ``p2p_s`` the activation/gradient send time between chunks on different ranks;
+    ``ep_overlap``: :func:`raw_programs`' combined 1F1B (F&B nodes priced with the chunks'
+    ``overlapped_fb_s``)."""
+    # The caches key on the schedule; a plain string hashes like its member and would share
+    # (and poison) the entry, while the ``is`` tests below fail for it.
+    schedule = PipelineSchedule(schedule)
     check_schedule(schedule, num_microbatches, pp, vpp)
-    prog = _compiled(schedule, num_microbatches, pp, vpp)
+    prog = _compiled(schedule, num_microbatches, pp, vpp, ep_overlap)
     _check_times(chunk_times, prog.layout.num_chunks, p2p_s)
     return _run(prog, chunk_times, p2p_s)
 

@@ -44,6 +44,7 @@ from dataclasses import replace
 import numpy as np
 
 from planner.costmodel import compute as C
+from planner.costmodel import ep_overlap
 from planner.costmodel.comm import StageComm, dp_step_comm, pp_blocking_transfers, pp_p2p_s
 from planner.costmodel.dp_overlap import plan_exposure
 from planner.costmodel.flops import flops_per_token_train
@@ -90,14 +91,18 @@ def piece_compute(model, plan, workload, gpu, piece, compute_share) -> tuple[C.P
 _PIECE_CACHE: dict = {}
 
 
-def dualpipe_pair_s(compute_s, a2a_s, zero3_s, tp_s, serial_s, busy_fraction):
+def dualpipe_pair_s(compute_s, a2a_s, zero3_s, tp_s, serial_s, busy_fraction, comm_sm_tax=0.0):
     """Seconds of one chunk's forward overlapped with its own backward (DualPipe's F&B,
     scalars or arrays): the compute stream (with the CP exchange its attention does not
     hide) against the network (the EP all-to-all and the ZeRO-3 traffic sharing it), plus
     the TP collectives, which stall both. A pair that hides all-to-all computes only
     ``busy_fraction`` of its span (data/costmodel/compute.yaml,
     ``dualpipe_pair_compute_busy_fraction``), and it never takes longer than the chunk's F, B
-    and W run one after another (``serial_s``, each with its communication exposed)."""
+    and W run one after another (``serial_s``, each with its communication exposed).
+    ``comm_sm_tax``: compute lost per second of all-to-all it runs beside, where the
+    all-to-all kernels take their SMs only while they run (Megatron's combined 1F1B; 0 for
+    DualPipe, whose compute is priced on the SMs it leaves for the whole step)."""
+    compute_s = compute_s + np.minimum(compute_s, a2a_s) * comm_sm_tax
     stalled = compute_s / np.where(a2a_s > 0, busy_fraction, 1.0)
     return np.minimum(np.maximum(stalled, a2a_s + zero3_s) + tp_s, serial_s)
 
@@ -109,10 +114,17 @@ class _RankCosts:
         gpu = cluster.gpu
         self.rank = rank
         self.chunks = part.chunks_of_rank(rank)
+        # F&B pairs: DualPipe's, or Megatron-Core's combined 1F1B (ep_overlap.applies). Only
+        # DualPipe gives the all-to-all SMs for the whole step (V3 §3.2.2); Megatron's
+        # dispatch kernels take theirs only while they run, which the pair's busy fraction
+        # (dualpipe_pair_s) stands for.
+        self.paired = plan.pipeline_schedule in DUAL or ep_overlap.applies(model, plan, workload)
         dual_ep = plan.pipeline_schedule in DUAL and plan.ep > 1
         constants = C.compute_constants()
         sms = constants["ep_overlap_communication_sms"]
         self.compute_share = 1.0 - sms / gpu.num_sms if dual_ep else 1.0
+        # Combined 1F1B: compute beside the all-to-all runs on the SMs its kernels leave.
+        self.comm_sm_tax = sms / (gpu.num_sms - sms) if self.paired and not dual_ep else 0.0
         self.pair_busy_fraction = constants["dualpipe_pair_compute_busy_fraction"]
         self.comm = StageComm(model, cluster, plan, workload, layout, rank)
         self.model, self.plan, self.workload, self.gpu = model, plan, workload, gpu
@@ -158,7 +170,7 @@ class _RankCosts:
                          + max(0.0, scatter - comp.backward_weight_s))
         pair = None
         ep_hidden = 0.0
-        if plan.pipeline_schedule in DUAL:
+        if self.paired:
             busy = comp.forward_s + comp.backward_input_s + comp.backward_weight_s
             # ZeRO-3's gathers (F and B) and reduce-scatter (W) share the network with the
             # all-to-all and hide behind the same compute; the CP exchange not hidden by its
@@ -166,7 +178,7 @@ class _RankCosts:
             a2a = comm.ep_forward_s + comm.ep_backward_s
             pair = float(dualpipe_pair_s(busy + cp_f + cp_b, a2a, 2 * gather + scatter,
                                          comm.tp_forward_s + comm.tp_backward_s, fwd + bwd + wgrad,
-                                         self.pair_busy_fraction))
+                                         self.pair_busy_fraction, self.comm_sm_tax))
             ep_hidden = min(busy, a2a)
         info = {
             "compute": comp,
@@ -258,7 +270,8 @@ def _simulate_partition(
         sched_times = [replace(t, forward_s=t.forward_s + w, backward_input_s=t.backward_input_s + w)
                        for t, w in zip(chunk_times, waits, strict=True)]
         sched_p2p = 0.0
-    timeline = simulate_pipeline(plan.pipeline_schedule, sched_times, num_micro, plan.pp, plan.vpp, sched_p2p)
+    timeline = simulate_pipeline(plan.pipeline_schedule, sched_times, num_micro, plan.pp, plan.vpp, sched_p2p,
+                                 ep_overlap=ep_overlap.applies(model, plan, workload))
 
     # Data-parallel sync and optimizer per rank; the slowest rank ends the step.
     rank_end = timeline.rank_end_s

@@ -278,6 +278,16 @@ class Workload(Spec):
     concurrently with the GEMM next to them (:mod:`planner.costmodel.tp_overlap`). Effective
     only with ``sequence_parallel`` and tp > 1 (Megatron-Core turns it off otherwise);
     elsewhere it has no effect."""
+    ep_comm_overlap: bool = False
+    """Megatron-Core's combined 1F1B (``--overlap-moe-expert-parallel-comm``, default off;
+    Megatron-Bridge's ``CommOverlapConfig(overlap_moe_expert_parallel_comm=True)``,
+    Megatron-MoE-ModelZoo's ``A2A_OVERLAP=1``): in the 1F1B steady state each forward is
+    merged with the backward of an earlier micro-batch, and the EP dispatch and combine of
+    one hide behind the computation of the other, as in DualPipe's F&B pairs
+    (:func:`planner.costmodel.ep_overlap.applies`). Megatron requires EP > 1, a virtual
+    pipeline when PP > 1 (the interleaved schedule), and no full recomputation (Megatron-Core
+    user guide, "Combined 1F1B: Expert-Parallel All-to-All Overlap"); elsewhere it has no
+    effect."""
 
     @property
     def tokens_per_step(self) -> int:

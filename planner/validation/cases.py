@@ -145,7 +145,7 @@ from planner.specs.compat import check_plan
 from planner.validation.case_model import _default, case_model
 from planner.validation.clusters import case_cluster
 from planner.validation.reconcile import (
-    attention_rates, cross_entropy, default_etp, fp8_implementation, moe_dispatcher, pipeline_p2p, recipe, schedule_of,
+    attention_rates, cross_entropy, default_etp, ep_comm_overlap, fp8_implementation, moe_dispatcher, pipeline_p2p, recipe, schedule_of,
     selective_ladder, torchtitan_microbatch, torchtitan_row, tp_comm_overlap, whole_micro_batches,
 )
 
@@ -264,6 +264,7 @@ def case_inputs(row: dict[str, Any]) -> CaseInputs:
                           cross_entropy=cross_entropy(cells, notes),
                           fp8_implementation=fp8_implementation(cells, workload, notes),
                           tp_comm_overlap=tp_comm_overlap(cells, plan, notes))
+    workload = revalidate(workload, ep_comm_overlap=ep_comm_overlap(cells, model, plan, workload, notes))
     check_plan(model, workload, plan)
     cluster = attention_rates(cells, case_cluster(cells, plan.world_size, notes), _source_year(cells), notes)
     if model.moe is not None and plan.ep > 1:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
+from planner.costmodel import ep_overlap
 from planner.costmodel.op_sac import op_sac_refusal
 from planner.costmodel.ops import compute_constants
 from planner.errors import SpecError
@@ -299,6 +300,29 @@ def tp_comm_overlap(cells: Row, plan: Plan, notes: list[str]) -> bool:
                      "userbuffers overlap of the sequence-parallel collectives)")
         return True
     return False
+
+
+_EP_OVERLAP_NOTE = re.compile(r"A2A_OVERLAP=1\b|--overlap-moe-expert-parallel-comm|overlap_moe_expert_parallel_comm"
+                              r"\s*=\s*True|moe_a2a_overlap\s*=\s*True")
+
+
+def ep_comm_overlap(cells: Row, model: ModelSpec, plan: Plan, workload: Workload, notes: list[str]) -> bool:
+    """Whether the row ran Megatron-Core's combined 1F1B
+    (:attr:`~planner.specs.Workload.ep_comm_overlap`): on when its notes say so, by the
+    flag (``--overlap-moe-expert-parallel-comm``), Megatron-Bridge's config field
+    (``overlap_moe_expert_parallel_comm=True``, its perf configs' ``moe_a2a_overlap=True``) or
+    Megatron-MoE-ModelZoo's launcher variable (``A2A_OVERLAP=1``). It is off by default in
+    all of them."""
+    if not _EP_OVERLAP_NOTE.search(cells.text("notes") or ""):
+        return False
+    on = workload.model_copy(update={"ep_comm_overlap": True})
+    if ep_overlap.applies(model, plan, on):
+        notes.append("ep_comm_overlap: on (the row's notes: Megatron-Core combined 1F1B, EP all-to-all hidden "
+                     "behind another micro-batch's computation)")
+    else:
+        notes.append("ep_comm_overlap named in the notes, but it needs EP > 1, VPP with PP > 1 and no full "
+                     "recompute: no effect")
+    return True
 
 
 def moe_dispatcher(cells: Row, model: ModelSpec, cluster: ClusterSpec, notes: list[str]) -> MoEDispatcher:

@@ -1,0 +1,32 @@
+"""Megatron-Core's combined 1F1B (``Workload.ep_comm_overlap``): when it runs.
+
+In the 1F1B steady state Megatron-Core merges the forward of micro-batch ``k + warm-up``
+with the backward of micro-batch ``k`` into one schedule node and runs the expert-parallel
+dispatch and combine of each under the computation of the other
+(``--overlap-moe-expert-parallel-comm``; Megatron-Core user guide, "Combined 1F1B:
+Expert-Parallel All-to-All Overlap"). The simulator prices such a node as DualPipe's F&B
+pair (:func:`planner.costmodel.simulate.dualpipe_pair_s`) and the schedules merge the
+steady-state operations (:func:`planner.costmodel.schedules.raw_programs` with
+``ep_overlap``).
+
+Megatron-Bridge's checks (``CommOverlapConfig`` validation): EP > 1, a MoE model, and with
+PP > 1 a virtual pipeline (the interleaved schedule); full recomputation is not supported
+("Avoid EP overlap when full activation recompute is enabled"). DualPipe already pairs its
+chunks, so the flag changes nothing there.
+"""
+
+from __future__ import annotations
+
+from planner.specs.model import ModelSpec
+from planner.specs.plan import PipelineSchedule, Plan, Recompute, Workload
+
+__all__ = ["applies"]
+
+
+def applies(model: ModelSpec, plan: Plan, workload: Workload) -> bool:
+    """Whether ``workload.ep_comm_overlap`` merges this plan's steady-state F and B."""
+    if not workload.ep_comm_overlap or plan.ep < 2 or model.moe is None or plan.recompute is Recompute.FULL:
+        return False
+    if plan.pp == 1:
+        return plan.pipeline_schedule is PipelineSchedule.ONE_F_ONE_B
+    return plan.pipeline_schedule is PipelineSchedule.INTERLEAVED

@@ -122,6 +122,14 @@ def tp_comm_overlap() -> Any:
                              "parallelism and tp > 1).")
 
 
+def ep_comm_overlap() -> Any:
+    return typer.Option(False, "--ep-comm-overlap/--no-ep-comm-overlap",
+                        help="Megatron-Core's combined 1F1B (--overlap-moe-expert-parallel-comm): the "
+                             "steady state's forward and backward run as pairs, each one's EP all-to-all "
+                             "under the other's compute (EP > 1; interleaved when pp > 1; not with full "
+                             "recompute).")
+
+
 def grad_reduce() -> Any:
     return typer.Option("fp32", "--grad-reduce",
                         help="Format of the gradient buffer and its data-parallel reduction: fp32 (Megatron-LM's "

@@ -21,7 +21,7 @@ from planner.costmodel.partition_solver import fit_pipeline_layers
 from planner.costmodel.report import StepReport
 from planner.costmodel.simulate import simulate
 from planner.errors import SpecError
-from planner.presets import load_cluster, load_model
+from planner.presets import load_cluster, load_model, revalidate
 from planner.report.trace import write_chrome_trace
 from planner.specs import ClusterSpec, ModelSpec, Plan, Workload
 from planner.sweep import report_row
@@ -106,6 +106,7 @@ def simulate_command(
     cross_entropy: str = options.cross_entropy(),
     fp8_implementation: str = options.fp8_implementation(),
     tp_comm_overlap: bool = options.tp_comm_overlap(),
+    ep_comm_overlap: bool = options.ep_comm_overlap(),
     tp: int = options.knob("tp"),
     pp: int = options.knob("pp"),
     vpp: int = options.knob("vpp"),
@@ -147,6 +148,8 @@ def simulate_command(
                                         pipeline_p2p=pipeline_p2p, cross_entropy=cross_entropy,
                                         fp8_implementation=fp8_implementation,
                                         tp_comm_overlap=tp_comm_overlap)
+    if ep_comm_overlap:
+        workload = revalidate(workload, ep_comm_overlap=True)
     knobs = {
         "tp": tp, "pp": pp, "vpp": vpp, "cp": cp, "ep": ep, "etp": etp, "dp": dp, "zero_stage": zero,
         "sequence_parallel": sp, "recompute": recompute, "micro_batch_size": micro_batch,

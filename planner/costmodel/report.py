@@ -104,7 +104,8 @@ class TimeBreakdown(_Out):
     backward_weight_s: float
     """Deferred weight-gradient passes (zero-bubble W) not overlapped with a forward."""
     overlapped_fb_s: float
-    """DualPipe's overlapped forward-and-backward pairs (zero for other schedules)."""
+    """Overlapped forward-and-backward pairs: DualPipe's, or the steady state of
+    Megatron-Core's combined 1F1B (``Workload.ep_comm_overlap``); zero otherwise."""
     bubble_s: float
     """Idle time of the critical rank inside the pipeline makespan."""
     dp_exposed_s: float

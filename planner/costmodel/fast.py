@@ -303,7 +303,7 @@ def _evaluate(ctx: _Context, keys: np.ndarray, exact_top: int | None, refused: R
         if len(splits) > 2:
             slot_pid[2, u] = splits[2].pid
     pids[:n] = slot_pid[0, inv]
-    pids[n:] = slot_pid[slot[n:], np.concatenate([inv[second], inv[second]])]
+    pids[n:] = slot_pid[slot[n:], np.tile(inv[second], 2)]
     if (pids < 0).any():  # rows without a split (refused, or no filled split) are left out
         keep = pids >= 0
         plan_of, pids, slot = plan_of[keep], pids[keep], slot[keep]

@@ -205,14 +205,15 @@ def _peaks(programs: Sequence[Sequence[RawOp]], weights: Sequence[float]) -> tup
 RawOp = tuple[int, int, int, int, int]  # Op as (code, microbatch, chunk, bwd microbatch, bwd chunk)
 
 
-def _one_f_one_b(pp: int, m: int, split_w: bool) -> list[list[RawOp]]:
+def _one_f_one_b(pp: int, m: int, split_w: bool, merge: bool = False) -> list[list[RawOp]]:
     """1F1B (Megatron-LM), or ZB-H1 with ``split_w`` (Qi et al. 2023, Fig. 3): 1F1B's order, but
     rank r lets r W's wait (it holds pp - r micro-batches, so pp at most) for the cool-down,
     where B's arrive sooner as gradients leave after B, not B + W: (pp-1)(F+B+W) becomes
-    (pp-1)(F+B-W), B for inputs, when W <= min(F, B) and m >= pp."""
+    (pp-1)(F+B-W), B for inputs, when W <= min(F, B) and m >= pp. ``merge``: combined 1F1B,
+    one warm-up forward more and the steady state's F and BW as pairs (:func:`_merged`)."""
     programs = []
     for r in range(pp):
-        warm = min(pp - r - 1, m)
+        warm = min(pp - r - 1 + merge, m)
         ops: list[RawOp] = [(_F, i, r, -1, -1) for i in range(warm)]
         pending: list[int] = []
         for i in range(m):
@@ -222,7 +223,8 @@ def _one_f_one_b(pp: int, m: int, split_w: bool) -> list[list[RawOp]]:
             pending += [i] if split_w else []
             if len(pending) > r:
                 ops.append((_W, pending.pop(0), r, -1, -1))
-        programs.append(ops + [(_W, i, r, -1, -1) for i in pending])
+        ops += [(_W, i, r, -1, -1) for i in pending]
+        programs.append(_merged(ops) if merge else ops)
     return programs
 
 
@@ -392,18 +394,18 @@ def raw_programs(schedule: PipelineSchedule, m: int, pp: int, vpp: int,
                  ep_overlap: bool = False) -> list[list[RawOp]]:
     """Each rank's operations (code, micro-batch, chunk, backward micro-batch, backward
     chunk) in program order, before they are compiled into event steps. ``ep_overlap``:
-    Megatron-Core's combined 1F1B (:mod:`planner.costmodel.ep_overlap`), for the interleaved
-    schedule, or 1F1B on one stage, where forward i + 1 merges with backward i."""
+    Megatron-Core's combined 1F1B (:mod:`planner.costmodel.ep_overlap`) for 1F1B and the
+    interleaved schedule: one warm-up forward more, then the steady state's pairs (on one
+    stage, forward i + 1 with backward i)."""
     return _raw_programs(PipelineSchedule(schedule), m, pp, vpp, ep_overlap)
 
 
 @lru_cache(maxsize=256)
 def _raw_programs(schedule: PipelineSchedule, m: int, pp: int, vpp: int, ep_overlap: bool) -> list[list[RawOp]]:
-    if ep_overlap and schedule is PipelineSchedule.ONE_F_ONE_B and pp == 1:
-        return [_merged([(_F, 0, 0, -1, -1)] + [op for i in range(m) for op in
-                         (((_F, i + 1, 0, -1, -1),) if i + 1 < m else ()) + ((_BW, i, 0, -1, -1),)])]
-    if schedule in (PipelineSchedule.ONE_F_ONE_B, PipelineSchedule.ZERO_BUBBLE):
-        return _one_f_one_b(pp, m, split_w=schedule is PipelineSchedule.ZERO_BUBBLE)
+    if schedule is PipelineSchedule.ONE_F_ONE_B:
+        return _one_f_one_b(pp, m, split_w=False, merge=ep_overlap)
+    if schedule is PipelineSchedule.ZERO_BUBBLE:
+        return _one_f_one_b(pp, m, split_w=True)
     if schedule is PipelineSchedule.INTERLEAVED:
         return _interleaved(pp, vpp, m, merge=ep_overlap)
     return _dualpipe(pp, m, v_shape=schedule is PipelineSchedule.DUALPIPEV)
@@ -425,8 +427,7 @@ def _run(prog: _Compiled, chunk_times: Sequence[ChunkTimes], p2p_s: float) -> Pi
            + [f * x for f, x in zip(fwd, k, strict=True)]
            + [(b + w) * x for b, w, x in zip(bwd, wgt, k, strict=True)])
     for fc, bc in prog.pairs:
-        k_f, k_b = chunk_times[fc].overlap_factor, chunk_times[bc].overlap_factor
-        dur[4 * n + fc * n + bc] = fwd[fc] * k_f + (bwd[bc] + wgt[bc]) * k_b
+        dur[4 * n + fc * n + bc] = fwd[fc] * k[fc] + (bwd[bc] + wgt[bc]) * k[bc]
     done = [-1.0] * (2 * n * len(prog.layout.microbatch_direction))  # -1: not yet
     waiters: dict[int, list[int]] = {}  # slot -> ranks blocked on it
     ptr, free, ready = [0] * pp, [0.0] * pp, list(range(pp))  # ready: ranks that may advance

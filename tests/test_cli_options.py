@@ -64,7 +64,7 @@ FROZEN = {
     "simulate": (
         "--adam-moments", "--moe-dispatch", "--moe-dispatcher", "--moe-routing", "--pipeline-p2p", "--cross-entropy", "--fp8-impl",
         "--grad-reduce", "--overlap-param-gather", "--no-overlap-param-gather", "--tp-comm-overlap", "--no-tp-comm-overlap", "--ep-comm-overlap", "--no-ep-comm-overlap",
-        "--cluster", "--context-parallel-size", "--cp", "--data-parallel-size", "--dp", "--ep",
+        "--cluster", "--context-parallel-size", "--cp", "--cpu-offloading-num-layers", "--data-parallel-size", "--dp", "--ep",
         "--etp", "--expert-model-parallel-size", "--expert-tensor-parallel-size", "--format", "--global-batch", "--global-batch-size",
         "--gpus", "--micro-batch", "--micro-batch-size", "--model", "--no-sequence-parallel", "--out",
         "--pipeline-layers", "--pipeline-model-parallel-size", "--plan", "--plot-dir", "--pp", "--precision",

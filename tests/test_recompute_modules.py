@@ -104,7 +104,7 @@ def test_validator_takes_the_first_module_set_that_fits() -> None:
 
     inputs = SimpleNamespace(model=QWEN, cluster=None, plan=BASE, workload=WORKLOAD,
                              recompute_candidates=(Recompute.SELECTIVE,),
-                             selective_sets=selective_ladder(QWEN))
+                             selective_sets=selective_ladder(QWEN), offload=False)
     notes: list[str] = []
     report = R._simulate_fitting(inputs, fake_simulate, notes)
     assert report.status == "ok"

@@ -242,6 +242,14 @@ def recompute_modules() -> Any:
     )
 
 
+def cpu_offloading_num_layers() -> Any:
+    return typer.Option(
+        None, "--cpu-offloading-num-layers", metavar="N",
+        help="Offload the activations of the first N transformer blocks to host memory and back "
+             "(Megatron-Core cpu_offloading_num_layers; pp 1, no recompute, N < layers) \\[default: 0].",
+    )
+
+
 def micro_batch() -> Any:
     return typer.Option(None, "--micro-batch", "--micro-batch-size", help="Sequences per micro-batch.")
 

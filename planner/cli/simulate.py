@@ -118,6 +118,7 @@ def simulate_command(
     sp: bool = options.sequence_parallel(),
     recompute: str = options.recompute(),
     recompute_modules: str = options.recompute_modules(),
+    offload_layers: int = options.cpu_offloading_num_layers(),
     micro_batch: int = options.micro_batch(),
     schedule: str = options.schedule(),
     pipeline_layers: str = options.pipeline_layers(),
@@ -155,6 +156,7 @@ def simulate_command(
         "sequence_parallel": sp, "recompute": recompute, "micro_batch_size": micro_batch,
         "pipeline_schedule": schedule, "pipeline_layers": parse_ints("--pipeline-layers", pipeline_layers),
         "recompute_modules": recompute_modules and [m.strip() for m in recompute_modules.split(",") if m.strip()],
+        "cpu_offloading_num_layers": offload_layers,
     }
     plan = build_plan(plan_file, cluster_spec.num_gpus, knobs)
     report = simulate(model_spec, cluster_spec, plan, workload)

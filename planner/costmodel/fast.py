@@ -197,6 +197,12 @@ def estimate(model: ModelSpec, cluster: ClusterSpec, workload: Workload, plans: 
             f"the fast estimate prices the simulator's own layer split; plan with pipeline_layers "
             f"{list(fixed.pipeline_layers)} needs simulate()"
         )
+    offloaded = next((p for p in plans if p.cpu_offloading_num_layers), None)
+    if offloaded is not None:
+        raise UnsupportedError(
+            f"the fast estimate does not price activation offloading; plan with cpu_offloading_num_layers "
+            f"{offloaded.cpu_offloading_num_layers} needs simulate()"
+        )
     ctx = _context(model, cluster, workload)
     orders = ctx.orders
     if not plans:

@@ -24,7 +24,10 @@ MLA up-projections (V3 §3.2.3); with FP8 the FFN activation output, rebuilt fro
 (:func:`_op_sac_saved`). ``full`` keeps each block's input only. What a piece recomputes is
 alive for one piece at a time during backward and is added once.
 
-Left out: activation offloading, the parameter EMA (V3 keeps it in host memory),
+**Offloading** (``Plan.cpu_offloading_num_layers``): the offloaded blocks' activations are
+on the host at the peak (:mod:`planner.costmodel.offload`).
+
+Left out: the parameter EMA (V3 keeps it in host memory),
 the attention-score matrix of non-flash attention.
 """
 
@@ -48,6 +51,7 @@ from planner.costmodel.model_states import (  # re-exported: model states are pa
     state_bytes,
     state_bytes_per_param,
 )
+from planner.costmodel.offload import offloaded_pieces
 from planner.costmodel.op_sac import op_sac_linears
 from planner.costmodel.ops import expert_load_factor, selective_modules
 from planner.costmodel.partition import Chunk, Partition, Piece
@@ -340,14 +344,16 @@ def working_set_bytes(model: ModelSpec, plan: Plan, workload: Workload, piece: P
 
 def stage_memory(
     model: ModelSpec, plan: Plan, workload: Workload, partition: Partition, rank: int, gpu: GPUSpec,
-    inflight_microbatches: float,
+    inflight_microbatches: float, host_share: float | None = None,
 ) -> MemoryBreakdown:
     """Peak bytes on one GPU of pipeline ``rank``.
 
     ``inflight_microbatches`` is in the unit of :func:`inflight_microbatches` (the
     simulator may pass the count its event list reached instead). Heads and MTP modules
     hold at most one micro-batch: the last stage of each direction runs a micro-batch's
-    backward right after its forward.
+    backward right after its forward. Blocks offloaded to the host
+    (``Plan.cpu_offloading_num_layers``) keep nothing on the GPU and are reported against
+    ``host_share``, the GPU's share of its node's host memory.
     """
     c = memory_constants()
     chunks = partition.chunks_of_rank(rank)
@@ -355,11 +361,16 @@ def stage_memory(
     weights, grads, optimizer = state_bytes(model, plan, workload, partition, rank)
 
     activations = max((working_set_bytes(model, plan, workload, p) for p in pieces), default=0.0)
+    offloaded = 0.0
     for chunk, share in zip(chunks, _chunk_shares(plan, rank, chunks), strict=True):
         alive = inflight_microbatches * share
         for piece, n in _piece_counts((chunk,)).items():
             count = min(alive, 1.0) if piece in (Piece.HEAD, Piece.MTP) else alive
             activations += n * count * activation_bytes(model, plan, workload, piece)
+        # Offloaded blocks' activations are on the host at the peak (planner.costmodel.offload).
+        offloaded += alive * sum(activation_bytes(model, plan, workload, block)
+                                 for block, _ in offloaded_pieces(plan, chunk))
+    activations -= offloaded
 
     tokens, d = _tokens(plan, workload), model.hidden_size
     dual = plan.pipeline_schedule in _DUAL
@@ -381,6 +392,7 @@ def stage_memory(
         weights_bytes=weights, gradients_bytes=grads, optimizer_bytes=optimizer,
         activations_bytes=activations, workspace_bytes=workspace,
         capacity_bytes=gpu.hbm_capacity_bytes, inflight_microbatches=inflight_microbatches,
+        host_offload_bytes=offloaded, host_capacity_bytes=host_share if offloaded else None,
     )
 
 

@@ -59,6 +59,11 @@ class MemoryBreakdown(_Out):
     """Usable HBM of the GPU."""
     inflight_microbatches: float = 0.0
     """Micro-batches whose activations the schedule keeps at the peak."""
+    host_offload_bytes: float = 0.0
+    """Activations offloaded to host memory (``Plan.cpu_offloading_num_layers``); not in
+    :attr:`total_bytes`."""
+    host_capacity_bytes: float | None = None
+    """This GPU's share of its node's host memory, when offloading uses it."""
 
     @property
     def total_bytes(self) -> float:
@@ -72,7 +77,8 @@ class MemoryBreakdown(_Out):
 
     @property
     def fits(self) -> bool:
-        return self.total_bytes <= self.capacity_bytes
+        host = self.host_capacity_bytes is None or self.host_offload_bytes <= self.host_capacity_bytes
+        return self.total_bytes <= self.capacity_bytes and host
 
 
 class StageReport(_Out):

@@ -26,6 +26,9 @@ Overlap rules (what hides what):
 - PP p2p: a dependency delay between chunks; the schedule hides it where there is slack.
   Under DeepSpeed's blocking p2p (``Workload.pipeline_p2p``) each forward and backward waits
   out its own transfers instead (:func:`~planner.costmodel.comm.pp_blocking_transfers`).
+- Activation offloading (``Plan.cpu_offloading_num_layers``): each offloaded block's copy to
+  the host hides behind the next block's forward, the copy back behind its backward; the
+  rest is exposed in F and B (:mod:`~planner.costmodel.offload`).
 - DP gradient reduction: each chunk's share starts with that chunk's last backward (Megatron
   ``overlap_grad_reduce``: buckets go out as soon as their gradients are final), so one chunk
   per rank hides it behind the last backward and interleaving behind the backward of the
@@ -48,7 +51,10 @@ from planner.costmodel import ep_overlap
 from planner.costmodel.comm import StageComm, dp_step_comm, pp_blocking_transfers, pp_p2p_s
 from planner.costmodel.dp_overlap import plan_exposure
 from planner.costmodel.flops import flops_per_token_train
-from planner.costmodel.memory import adam_moment_bytes, inflight_microbatches, piece_params, stage_memory
+from planner.costmodel.memory import (
+    activation_bytes, adam_moment_bytes, inflight_microbatches, piece_params, stage_memory,
+)
+from planner.costmodel.offload import offload_costs
 from planner.costmodel.partition import (
     Chunk, Partition, Piece, filled_counts, model_pieces, num_chunks, partition, partition_from_counts,
 )
@@ -127,7 +133,7 @@ class _RankCosts:
         self.comm_sm_tax = sms / (gpu.num_sms - sms) if self.paired and not dual_ep else 0.0
         self.pair_busy_fraction = constants["dualpipe_pair_compute_busy_fraction"]
         self.comm = StageComm(model, cluster, plan, workload, layout, rank)
-        self.model, self.plan, self.workload, self.gpu = model, plan, workload, gpu
+        self.model, self.plan, self.workload, self.gpu, self.cluster = model, plan, workload, gpu, cluster
         self.dense_params = self.expert_params = 0.0
         self.chunk_params: dict[int, float] = {}
         units = 0
@@ -149,10 +155,16 @@ class _RankCosts:
         plan, wl = self.plan, self.workload
         comp = C.ZERO_TIME
         attn_fwd = 0.0
+        piece_f, piece_b = {}, {}
         for piece in chunk.pieces:
             time, attn = piece_compute(self.model, plan, wl, self.gpu, piece, self.compute_share)
             comp = comp + time
             attn_fwd += attn
+            piece_f[piece], piece_b[piece] = time.forward_s, time.backward_input_s + time.backward_weight_s
+        offload = None
+        if plan.cpu_offloading_num_layers:
+            kept = {p: activation_bytes(self.model, plan, wl, p) for p in piece_f}
+            offload = offload_costs(self.cluster, plan, chunk, kept, piece_f, piece_b)
         comm = self.comm.chunk(chunk)
         # CP ring exchange hides behind the attention core it feeds (backward ~2x forward).
         cp_f = max(0.0, comm.cp_forward_s - attn_fwd)
@@ -165,6 +177,9 @@ class _RankCosts:
         scatter = self.zero3_scatter_s * share
         fwd = max(comp.forward_s + cp_f, gather) + comm.tp_forward_s + comm.ep_forward_s
         bwd = max(comp.backward_input_s + cp_b, gather) + comm.tp_backward_s + comm.ep_backward_s
+        if offload is not None:  # the compute stream waits for copies it could not hide
+            fwd += offload.forward_exposed_s
+            bwd += offload.backward_exposed_s
         wgrad = max(comp.backward_weight_s, scatter)
         zero3_exposed = (max(0.0, gather - comp.forward_s - cp_f) + max(0.0, gather - comp.backward_input_s - cp_b)
                          + max(0.0, scatter - comp.backward_weight_s))
@@ -187,6 +202,7 @@ class _RankCosts:
             "cp_hidden": (comm.cp_forward_s - cp_f, comm.cp_backward_s - cp_b),
             "ep_hidden_in_pair": ep_hidden,
             "zero3": (zero3_exposed, 2 * gather + scatter - zero3_exposed),
+            "offload": offload,
         }
         return ChunkTimes(fwd, bwd, wgrad, pair), info
 
@@ -335,10 +351,21 @@ def _simulate_partition(
     hidden[Dim.DP] += max(0.0, dp_total - dp_exposed_s)
 
     # Memory per rank.
+    host = cluster.node.host
+    host_share = None if host is None or host.memory_capacity_bytes is None else (
+        host.memory_capacity_bytes / cluster.node.gpus_per_node)
+    for info in infos.values():
+        if (offload := info["offload"]) is not None:
+            messages.append(
+                f"activation offloading: {plan.cpu_offloading_num_layers} blocks, "
+                f"{offload.bytes_per_microbatch / 2**30:.1f} GiB per micro-batch to the host and back at "
+                f"{offload.rate_bytes_per_s / 1e9:.0f} GB/s; exposed {offload.forward_exposed_s * 1e3:.1f} ms "
+                f"forward, {offload.backward_exposed_s * 1e3:.1f} ms backward per micro-batch"
+            )
     stages = []
     for rc in ranks:
         inflight = inflight_microbatches(plan, num_micro, rc.rank)
-        mem = stage_memory(model, plan, workload, part, rc.rank, cluster.gpu, inflight)
+        mem = stage_memory(model, plan, workload, part, rc.rank, cluster.gpu, inflight, host_share)
         own = part.chunks_of_rank(rc.rank)
         pieces = Counter(p.value for c in own for p in c.pieces)
         stages.append(
@@ -356,6 +383,14 @@ def _simulate_partition(
     status = Status.OK if all(st.memory.fits for st in stages) else Status.OOM
     if status is Status.OOM:
         worst = max(stages, key=lambda st: st.memory.total_bytes)
+        for st in stages:
+            mem = st.memory
+            if mem.host_capacity_bytes is not None and mem.host_offload_bytes > mem.host_capacity_bytes:
+                messages.append(
+                    f"out of host memory: pipeline rank {st.rank} offloads {mem.host_offload_bytes / 2**30:.1f} GiB "
+                    f"per GPU, its share of the node's host memory is {mem.host_capacity_bytes / 2**30:.1f} GiB; "
+                    "offload fewer blocks (cpu_offloading_num_layers)"
+                )
         messages.append(
             f"out of memory: pipeline rank {worst.rank} needs {worst.memory.total_bytes / 2**30:.1f} GiB "
             f"of {capacity / 2**30:.1f} GiB"

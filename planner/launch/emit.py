@@ -192,6 +192,8 @@ def _plan_args(model: ModelSpec, plan: Plan) -> list[str]:
             lines.append("--recompute-modules " + " ".join(plan.recompute_modules))
     elif plan.recompute is Recompute.FULL:
         lines += ["--recompute-granularity full", "--recompute-method uniform", "--recompute-num-layers 1"]
+    if plan.cpu_offloading_num_layers:
+        lines += ["--cpu-offloading", f"--cpu-offloading-num-layers {plan.cpu_offloading_num_layers}"]
     schedule = plan.pipeline_schedule
     if plan.pp > 1 and schedule in (PipelineSchedule.DUALPIPE, PipelineSchedule.DUALPIPEV):
         lines.append(

@@ -48,6 +48,9 @@ def check_plan(model: ModelSpec, workload: Workload, plan: Plan, num_gpus: int |
         plan.pp,
         f"pp * vpp ({chunks}) must be <= num_layers ({model.num_layers})",
     )
+    offload = plan.cpu_offloading_num_layers
+    _require(offload < model.num_layers, "cpu_offloading_num_layers", offload,
+             f"must be < num_layers ({model.num_layers}): the last block's activations stay on the GPU")
     if plan.pipeline_layers is not None:
         total = sum(plan.pipeline_layers)
         _require(

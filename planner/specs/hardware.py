@@ -233,6 +233,9 @@ class HostSpec(Spec):
     cpu_sockets: PositiveInt
     memory_bandwidth_bytes_per_s: PositiveFloat
     """Practical host memory bandwidth."""
+    memory_capacity_bytes: PositiveFloat | None = None
+    """Host memory of the node, for what plans park there (activation offloading); None =
+    unknown, and such plans are reported unsupported rather than guessed."""
     cpu_allreduce: bool = False
     """The node runs HFReduce-style all-reduce (Fire-Flyer §IV): D2H copy, CPU reduction in
     host memory, inter-node double binary tree from host memory, H2D with GDRCopy."""

@@ -334,6 +334,12 @@ class Plan(Spec):
     default: ``core_attn``, plus ``moe_act`` under FP8; for MLA models DeepSeek-V3's norms,
     up-projections and SwiGLU (``layernorm mla_up_proj moe_act``). Only with
     ``recompute = selective``."""
+    cpu_offloading_num_layers: NonNegativeInt = 0
+    """Transformer blocks, the first in model order, whose activations go to host memory
+    after their forward and come back for their backward (Megatron-Core
+    ``cpu_offloading_num_layers`` with ``cpu_offloading_activations``, Transformer Engine's
+    CPU offload; weights stay on the GPU). Megatron-Core allows it only with pp 1, no
+    recompute and fewer blocks than the model has (TransformerConfig.__post_init__)."""
     micro_batch_size: PositiveInt = 1
     """Sequences per micro-batch (Megatron ``micro_batch_size``)."""
     pipeline_schedule: PipelineSchedule = PipelineSchedule.ONE_F_ONE_B
@@ -377,6 +383,13 @@ class Plan(Spec):
         if RecomputeModule.OP_SAC in (self.recompute_modules or ()) and len(self.recompute_modules) > 1:
             raise rule_error("recompute_modules", ",".join(self.recompute_modules),
                              "op_sac (TorchTitan's whole op-level policy) combines with no other module")
+        if self.cpu_offloading_num_layers:
+            if self.pp > 1:
+                raise rule_error("cpu_offloading_num_layers", self.cpu_offloading_num_layers,
+                                 "activation offloading needs pp 1 (Megatron-Core supports no pipeline with it)")
+            if self.recompute is not Recompute.NONE:
+                raise rule_error("cpu_offloading_num_layers", self.cpu_offloading_num_layers,
+                                 "activation offloading needs recompute 'none' (Megatron-Core: they do not combine)")
         if self.vpp > 1 and schedule is not PipelineSchedule.INTERLEAVED:
             raise rule_error("vpp", self.vpp, "vpp > 1 needs pipeline_schedule 'interleaved'")
         if schedule is PipelineSchedule.INTERLEAVED and self.vpp < 2:

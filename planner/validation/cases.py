@@ -65,6 +65,10 @@ recompute modules      (no column) ``selective`` tries the module sets of
                        :func:`planner.validation.reconcile.selective_ladder` in order (the
                        default first; on a TorchTitan row its op-level SAC before them) and
                        keeps the first that is not OOM
+activation offloading  (no column) on a NeMo or Megatron-Bridge row at pp 1 whose
+                       ``recompute`` is empty and ``none`` does not fit: the fewest offloaded
+                       blocks that fit (``cpu_offloading_num_layers``) when faster than the
+                       recompute that fits (:func:`~planner.validation.reconcile.offload_candidate`)
 attention kernel       (no column) ``unfused`` when the ``source`` cites a year before 2023,
                        else ``flash``: FlashAttention (Dao et al., arXiv 2205.14135, May
                        2022) reached Megatron-LM as ``--use-flash-attn`` in 2023; runs
@@ -145,7 +149,8 @@ from planner.specs.compat import check_plan
 from planner.validation.case_model import _default, case_model
 from planner.validation.clusters import case_cluster
 from planner.validation.reconcile import (
-    attention_rates, cross_entropy, default_etp, ep_comm_overlap, fp8_implementation, moe_dispatcher, pipeline_p2p, recipe, schedule_of,
+    attention_rates, cross_entropy, default_etp, ep_comm_overlap, fp8_implementation, moe_dispatcher, offload_candidate,
+    pipeline_p2p, recipe, schedule_of,
     selective_ladder, torchtitan_microbatch, torchtitan_row, tp_comm_overlap, whole_micro_batches,
 )
 
@@ -173,6 +178,9 @@ class CaseInputs:
     selective_sets: tuple[tuple[RecomputeModule, ...] | None, ...] = (None,)
     """Module sets a ``selective`` candidate tries in order
     (:func:`~planner.validation.reconcile.selective_ladder`)."""
+    offload: bool = False
+    """Activation offloading is a candidate beside recompute
+    (:func:`~planner.validation.reconcile.offload_candidate`)."""
 
 
 class Row:
@@ -274,7 +282,8 @@ def case_inputs(row: dict[str, Any]) -> CaseInputs:
         notes.append("recompute selective on a TorchTitan row: op-level SAC first (op_sac, its "
                      "selective_ac_option default 'op': every second Linear and the elementwise ops "
                      "recomputed, attention kept)")
-    return CaseInputs(model, cluster, plan, workload, notes, candidates, sets)
+    return CaseInputs(model, cluster, plan, workload, notes, candidates, sets,
+                      offload_candidate(cells, plan, candidates, cluster))
 
 
 # --- workload and plan ----------------------------------------------------------------

@@ -19,7 +19,7 @@ from planner.errors import SpecError
 from planner.presets import revalidate
 from planner.specs import (
     ClusterSpec, CrossEntropyKernel, FP8Implementation, ModelSpec, MoEDispatcher, MoERouting, PipelineP2P,
-    PipelineSchedule, Plan, Precision, RecomputeModule, Workload,
+    PipelineSchedule, Plan, Precision, Recompute, RecomputeModule, Workload,
 )
 
 if TYPE_CHECKING:
@@ -300,6 +300,23 @@ def tp_comm_overlap(cells: Row, plan: Plan, notes: list[str]) -> bool:
                      "userbuffers overlap of the sequence-parallel collectives)")
         return True
     return False
+
+
+def offload_candidate(cells: Row, plan: Plan, candidates: tuple[Recompute, ...], cluster: ClusterSpec) -> bool:
+    """Whether a row with an empty ``recompute`` cell may have offloaded activations to host
+    memory instead of recomputing (``Plan.cpu_offloading_num_layers``): a NeMo (not NeMo
+    AutoModel) or Megatron-Bridge row at pp 1, whose Megatron-Core allows offloading there
+    only. Megatron-Bridge's performance recipes fit their Megatron-FSDP Llama 3 70B runs that
+    way instead of recomputing (scripts/performance/configs/llama/
+    llama3_workload_base_configs.py: ``cpu_offloading_num_layers`` 40 on GB200 FP8-CS, 20 on
+    GB200 BF16, 5 on B200 FP8-CS). :func:`planner.validation.run.run_cases` then takes the
+    fewest offloaded blocks that fit when that is faster than the recompute that fits. Not on
+    a cluster whose host link or host memory capacity is unknown (offloading is unsupported
+    there, :mod:`planner.costmodel.offload`)."""
+    node = cluster.node
+    host_known = node.pcie is not None and node.host is not None and node.host.memory_capacity_bytes is not None
+    return (host_known and plan.pp == 1 and Recompute.NONE in candidates and len(candidates) > 1
+            and bool(_TP_OVERLAP_FRAMEWORKS.search(cells.text("source") or "")))
 
 
 _EP_OVERLAP_NOTE = re.compile(r"A2A_OVERLAP=1\b|--overlap-moe-expert-parallel-comm|overlap_moe_expert_parallel_comm"

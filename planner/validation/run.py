@@ -116,7 +116,9 @@ def _run_one(row: dict[str, str], simulate: Simulate) -> CaseResult:
 def _simulate_fitting(inputs: CaseInputs, simulate: Simulate, notes: list[str]):
     """Simulate each recompute candidate in order, ``selective`` as each module set of
     ``inputs.selective_sets`` (:func:`~planner.validation.reconcile.selective_ladder`); keep
-    the first that is not OOM (all OOM: the first, reported OOM)."""
+    the first that is not OOM (all OOM: the first, reported OOM). Where ``inputs.offload``
+    and nothing recomputed is OOM, the fewest offloaded blocks that fit replace that choice
+    when faster."""
     recomputes = inputs.recompute_candidates or (inputs.plan.recompute,)
     candidates = [
         (recompute, modules)
@@ -124,14 +126,23 @@ def _simulate_fitting(inputs: CaseInputs, simulate: Simulate, notes: list[str]):
         for modules in (inputs.selective_sets if recompute is Recompute.SELECTIVE else (None,))
     ]
     first = None
+    fitted = False
     for recompute, modules in candidates:
         plan = revalidate(inputs.plan, recompute=recompute, recompute_modules=modules)
         report = simulate(inputs.model, inputs.cluster, plan, inputs.workload)
         first = first or (report, recompute, modules)
-        if getattr(report.status, "value", report.status) != CaseStatus.OOM:
+        if not _oom(report):
+            fitted = True
             break
     else:
         report, recompute, modules = first
+    if inputs.offload and _oom(first[0]):
+        offloaded = _fewest_offload(inputs, simulate)
+        if offloaded is not None and (not fitted or offloaded[0].step_time_s < report.step_time_s):
+            alternative = f"{recompute.value} recompute" if fitted else "no recompute that fits"
+            notes.append(f"recompute: took none with activation offloading of {offloaded[1]} blocks, the fewest "
+                         f"that fit (faster than {alternative}; the run fitted)")
+            return offloaded[0]
     if len(candidates) > 1:
         took = recompute.value + (f" ({' '.join(modules)})" if modules else "")
         first_set = inputs.selective_sets[0]
@@ -139,6 +150,32 @@ def _simulate_fitting(inputs: CaseInputs, simulate: Simulate, notes: list[str]):
         notes.append(f"recompute: took {took}" + (f" ({skipped} out of memory; the run fitted)"
                                                  if modules and modules != first_set else ""))
     return report
+
+
+def _oom(report) -> bool:
+    return getattr(report.status, "value", report.status) == CaseStatus.OOM
+
+
+def _fewest_offload(inputs: CaseInputs, simulate: Simulate):
+    """(report, blocks) of the fewest offloaded blocks with which the plan, recomputing
+    nothing, fits; None if even the most Megatron-Core allows (all blocks but the last)
+    do not. Memory falls as blocks are offloaded, so a bisection finds it."""
+    def run(blocks: int):
+        plan = revalidate(inputs.plan, recompute=Recompute.NONE, recompute_modules=None,
+                          cpu_offloading_num_layers=blocks)
+        return simulate(inputs.model, inputs.cluster, plan, inputs.workload)
+
+    low, high = 1, inputs.model.num_layers - 1
+    if high < low or _oom(best := run(high)):
+        return None
+    while low < high:
+        middle = (low + high) // 2
+        report = run(middle)
+        if _oom(report):
+            low = middle + 1
+        else:
+            high, best = middle, report
+    return best, high
 
 
 def _join(parts: list[str]) -> str:

@@ -196,6 +196,8 @@ def check_supported(plan: Plan, spec: ModelSpec, config: TrainConfig) -> None:
         ("plan.zero_stage", int(plan.zero_stage), "ZeRO stage 2 or 3", plan.zero_stage > ZeroStage.OPTIMIZER),
         ("plan.etp", plan.expert_tp, etp_rule, moe and plan.expert_tp > 1),
         ("plan.recompute", plan.recompute.value, "activation recomputation", plan.recompute != "none"),
+        ("plan.cpu_offloading_num_layers", plan.cpu_offloading_num_layers, "activation offloading",
+         plan.cpu_offloading_num_layers > 0),
     ]
     for field_name, value, what, hit in missing:
         if hit:

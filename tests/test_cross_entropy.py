@@ -62,14 +62,18 @@ def test_peak_falls_on_the_head_stage_only(inputs):
     assert float(est.memory_peak_bytes[0]) == pytest.approx(fused.memory_peak_bytes, rel=1e-9)
 
 
-def test_validator_picks_fused_for_llm_foundry_and_modelzoo_rows():
+def test_validator_picks_fused_for_llm_foundry_modelzoo_and_automodel_rows():
+    """llm-foundry's fused_crossentropy, the ModelZoo's TE kernel and NeMo AutoModel's
+    MaskedCrossEntropy(fp32_upcast=False) keep 16-bit logits (reconcile.cross_entropy)."""
     rows = list(csv.DictReader(EXTRA.open()))
     picked = {}
     for row in rows:
         text = f"{row['source']} {row['notes']}".lower()
-        named = any(name in text for name in ("llm-foundry", "llmfoundry", "megatron-moe-modelzoo"))
+        named = any(name in text for name in ("llm-foundry", "llmfoundry", "megatron-moe-modelzoo",
+                                              "nemo automodel"))
         picked[row["case_id"]] = (case_inputs(row).workload.cross_entropy is FUSED, named)
-    assert sum(named for _, named in picked.values()) >= 10
+    assert sum(named for _, named in picked.values()) >= 14
+    assert picked["automodel-h100-qwen3-30b-a3b-bf16-8gpu"] == (True, True)
     assert all(fused == named for fused, named in picked.values())
     row = next(r for r in rows if "llm-foundry" in r["source"])
     row = {**row, "notes": row["notes"] + "; loss_fn torch_crossentropy"}

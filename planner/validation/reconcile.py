@@ -240,7 +240,7 @@ def pipeline_p2p(cells: Row, plan: Plan, notes: list[str]) -> PipelineP2P:
     return PipelineP2P.MEGATRON
 
 
-_FUSED_CE = re.compile(r"llm-foundry|llmfoundry|Megatron-MoE-ModelZoo", re.IGNORECASE)
+_FUSED_CE = re.compile(r"llm-foundry|llmfoundry|Megatron-MoE-ModelZoo|NeMo AutoModel", re.IGNORECASE)
 _TORCH_CE = re.compile(r"torch_crossentropy", re.IGNORECASE)
 
 
@@ -254,6 +254,10 @@ def cross_entropy(cells: Row, notes: list[str]) -> CrossEntropyKernel:
     - Megatron-MoE-ModelZoo, whose benchmarking configs run Transformer Engine's
       (model_configs/benchmarking/*.yaml: ``--cross-entropy-loss-fusion: true``,
       ``--cross-entropy-fusion-impl: te``);
+    - NeMo AutoModel, whose benchmark configs (examples/benchmark/configs/*_te_deepep.yaml)
+      take ``MaskedCrossEntropy`` with ``fp32_upcast: false``: PyTorch's cross entropy on the
+      BF16 logits, which keeps a 16-bit log-softmax and returns a 16-bit gradient, the same
+      bytes as a fused kernel's;
 
     else Megatron's unfused FP32 softmax."""
     text = free_text(cells)

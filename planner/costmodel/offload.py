@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from planner.costmodel.compute import PieceTime
 from planner.costmodel.partition import Chunk, Piece
 from planner.errors import UnsupportedError
 from planner.specs.hardware import ClusterSpec
@@ -49,14 +50,23 @@ class Offload:
     """Host copy rate of one GPU while all of the node's GPUs copy."""
 
 
-def host_copy_rate(cluster: ClusterSpec) -> float:
-    """Bytes/s one GPU moves to or from host memory while every GPU of its node does."""
+def host_unknown(cluster: ClusterSpec) -> str | None:
+    """Why ``cluster`` cannot take offloaded activations (its host link, host memory
+    bandwidth or capacity unknown), or None when it can."""
     node = cluster.node
     if node.pcie is None or node.host is None:
-        raise UnsupportedError(
-            f"activation offloading needs the host link and host memory of {cluster.name} "
-            "(node.pcie.gpu_link_bandwidth_gb_per_s, node.host.memory_bandwidth_gb_per_s)"
-        )
+        return (f"activation offloading needs the host link and host memory of {cluster.name} "
+                "(node.pcie.gpu_link_bandwidth_gb_per_s, node.host.memory_bandwidth_gb_per_s)")
+    if node.host.memory_capacity_bytes is None:
+        return (f"activation offloading needs the host memory capacity of {cluster.name} "
+                "(node.host.memory_capacity_gb)")
+    return None
+
+
+def host_copy_rate(cluster: ClusterSpec) -> float:
+    """Bytes/s one GPU moves to or from host memory while every GPU of its node does
+    (the cluster's host must be known, :func:`host_unknown`)."""
+    node = cluster.node
     shared = node.host.memory_bandwidth_bytes_per_s / node.gpus_per_node
     return min(node.pcie.gpu_link_bandwidth_bytes_per_s, shared)
 
@@ -70,29 +80,26 @@ def offloaded_pieces(plan: Plan, chunk: Chunk) -> list[tuple[Piece, Piece]]:
 
 def offload_costs(
     cluster: ClusterSpec, plan: Plan, chunk: Chunk, block_bytes: dict[Piece, float],
-    forward_s: dict[Piece, float], backward_s: dict[Piece, float],
+    times: dict[Piece, PieceTime],
 ) -> Offload | None:
     """Offloading of ``chunk`` given each block's kept activation bytes for one micro-batch
-    (:func:`~planner.costmodel.memory.activation_bytes`) and each piece's forward and
-    backward (B + W) compute seconds; None without offloading. Raises UnsupportedError where
-    the host's link or capacity is unknown."""
+    (:func:`~planner.costmodel.memory.activation_bytes`) and each piece's compute time; None
+    without offloading. Raises UnsupportedError where the host is unknown (:func:`host_unknown`)."""
     pairs = offloaded_pieces(plan, chunk)
     if not pairs:
         return None
+    if (reason := host_unknown(cluster)) is not None:
+        raise UnsupportedError(reason)
     rate = host_copy_rate(cluster)
-    if cluster.node.host.memory_capacity_bytes is None:
-        raise UnsupportedError(
-            f"activation offloading needs the host memory capacity of {cluster.name} "
-            "(node.host.memory_capacity_gb)"
-        )
     fwd = bwd = total = 0.0
     for block, after in pairs:
         nbytes = block_bytes[block]
         copy = nbytes / rate
         total += nbytes
-        fwd += max(0.0, copy - forward_s[after])
-        bwd += max(0.0, copy - backward_s[after])
+        nxt = times[after]
+        fwd += max(0.0, copy - nxt.forward_s)
+        bwd += max(0.0, copy - nxt.backward_input_s - nxt.backward_weight_s)
     return Offload(total, fwd, bwd, rate)
 
 
-__all__ = ["Offload", "host_copy_rate", "offload_costs", "offloaded_pieces"]
+__all__ = ["Offload", "host_copy_rate", "host_unknown", "offload_costs", "offloaded_pieces"]

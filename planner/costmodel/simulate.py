@@ -155,16 +155,17 @@ class _RankCosts:
         plan, wl = self.plan, self.workload
         comp = C.ZERO_TIME
         attn_fwd = 0.0
-        piece_f, piece_b = {}, {}
         for piece in chunk.pieces:
             time, attn = piece_compute(self.model, plan, wl, self.gpu, piece, self.compute_share)
             comp = comp + time
             attn_fwd += attn
-            piece_f[piece], piece_b[piece] = time.forward_s, time.backward_input_s + time.backward_weight_s
         offload = None
-        if plan.cpu_offloading_num_layers:
-            kept = {p: activation_bytes(self.model, plan, wl, p) for p in piece_f}
-            offload = offload_costs(self.cluster, plan, chunk, kept, piece_f, piece_b)
+        if plan.cpu_offloading_num_layers:  # the pieces' times and bytes are memoised
+            pieces = set(chunk.pieces)
+            times = {p: piece_compute(self.model, plan, wl, self.gpu, p, self.compute_share)[0]
+                     for p in pieces}
+            kept = {p: activation_bytes(self.model, plan, wl, p) for p in pieces}
+            offload = offload_costs(self.cluster, plan, chunk, kept, times)
         comm = self.comm.chunk(chunk)
         # CP ring exchange hides behind the attention core it feeds (backward ~2x forward).
         cp_f = max(0.0, comm.cp_forward_s - attn_fwd)

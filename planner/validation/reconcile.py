@@ -13,6 +13,7 @@ import re
 from typing import TYPE_CHECKING
 
 from planner.costmodel import ep_overlap
+from planner.costmodel.offload import host_unknown
 from planner.costmodel.op_sac import op_sac_refusal
 from planner.costmodel.ops import compute_constants
 from planner.errors import SpecError
@@ -317,9 +318,8 @@ def offload_candidate(cells: Row, plan: Plan, candidates: tuple[Recompute, ...],
     fewest offloaded blocks that fit when that is faster than the recompute that fits. Not on
     a cluster whose host link or host memory capacity is unknown (offloading is unsupported
     there, :mod:`planner.costmodel.offload`)."""
-    node = cluster.node
-    host_known = node.pcie is not None and node.host is not None and node.host.memory_capacity_bytes is not None
-    return (host_known and plan.pp == 1 and Recompute.NONE in candidates and len(candidates) > 1
+    return (host_unknown(cluster) is None and plan.pp == 1
+            and Recompute.NONE in candidates and len(candidates) > 1
             and bool(_TP_OVERLAP_FRAMEWORKS.search(cells.text("source") or "")))
 
 

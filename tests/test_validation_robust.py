@@ -263,9 +263,8 @@ ERROR_RULES = {
     "DualPipe runs an even number of micro-batches": (
         r"plan\.pipeline_schedule = 'dualpipe': needs an even number of micro-batches >= 2 \* pp"
     ),
-    # A limitation of planner/costmodel/schedules.py (check_schedule): Megatron-Core's
-    # interleaved schedule also runs micro-batch counts that pp does not divide
-    # (ModelParallelConfig.microbatch_group_size_per_vp_stage); reported to the lead.
+    # Megatron-Core's rule for its default microbatch_group_size_per_vp_stage (= pp): the
+    # last group must be full; other group sizes are not modelled (planner/costmodel/schedules.py).
     "interleaved: micro-batches a multiple of pp": (
         r"num_microbatches = \d+: interleaved needs a multiple of pp"
     ),

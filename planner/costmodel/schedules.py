@@ -486,7 +486,11 @@ def check_schedule(schedule: PipelineSchedule, num_microbatches: int, pp: int, v
         if vpp < 2:
             raise SpecError("vpp", vpp, "the interleaved schedule needs vpp >= 2")
         if m % pp:
-            raise SpecError("num_microbatches", m, f"interleaved needs a multiple of pp ({pp}) (Megatron)")
+            # Megatron-Core forward_backward_pipelining_with_interleaving: the last group of
+            # microbatch_group_size_per_vp_stage (default pp) micro-batches must be full or
+            # hold >= pp, which for the default means m a multiple of pp.
+            raise SpecError("num_microbatches", m, f"interleaved needs a multiple of pp ({pp}) (Megatron-Core, "
+                            "microbatch_group_size_per_vp_stage = pp)")
     elif vpp != 1:
         raise SpecError("vpp", vpp, f"vpp > 1 needs the interleaved schedule, not {schedule.value!r}")
     if schedule is PipelineSchedule.DUALPIPE and pp % 2:

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 import planner
-from planner.costmodel.report import Dim, TimeBreakdown
+from planner.costmodel.report import PHASE_LABELS, Dim, TimeBreakdown
 from planner.sweep import METRIC_COLUMNS, SweepBase, apply_change
 
 BASE = {
@@ -50,6 +50,12 @@ def test_every_breakdown_term_is_a_column(base):
     assert row["comm_exposed_tp_s"] == pytest.approx(report.comm_exposed_s.get(Dim.TP, 0.0))
     assert row["memory_peak_gib"] == pytest.approx(report.memory_peak_bytes / 2**30)
     assert sum(row[c] for c in TimeBreakdown.model_fields) == pytest.approx(row["step_time_s"], rel=1e-6)
+
+
+def test_every_phase_has_one_display_name():
+    """The CLI table, explain and the plots all name the phases from PHASE_LABELS."""
+    assert tuple(PHASE_LABELS) == tuple(TimeBreakdown.model_fields)
+    assert len(set(PHASE_LABELS.values())) == len(PHASE_LABELS)
 
 
 def test_nested_field_path_is_revalidated(base):

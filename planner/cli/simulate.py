@@ -18,7 +18,7 @@ from planner.cli.inputs import build_plan, cost_of, parse_ints, resolve_workload
 from planner.cli.main import app, reports_errors
 from planner.cli.output import Format, write_result
 from planner.costmodel.partition_solver import fit_pipeline_layers
-from planner.costmodel.report import StepReport
+from planner.costmodel.report import PHASE_LABELS, StepReport
 from planner.costmodel.simulate import simulate
 from planner.errors import SpecError
 from planner.presets import load_cluster, load_model, revalidate
@@ -48,13 +48,8 @@ def print_report(report: StepReport, console: Console) -> None:
     table.add_column("phase")
     table.add_column("seconds", justify="right")
     table.add_column("share", justify="right")
-    rows = [
-        ("forward only", b.forward_s), ("backward only", b.backward_input_s),
-        ("deferred weight gradients", b.backward_weight_s), ("steady F&B", b.overlapped_fb_s),
-        ("pipeline bubble", b.bubble_s), ("exposed DP/ZeRO comm", b.dp_exposed_s),
-        ("optimizer", b.optimizer_s),
-    ]
-    for name, value in rows:
+    for field, name in PHASE_LABELS.items():
+        value = getattr(b, field)
         table.add_row(name, f"{value:.3f}", f"{value / report.step_time_s:.1%}")
     console.print(table)
     comm = Table(title="Communication per step (critical rank)", title_justify="left")

@@ -32,7 +32,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from planner.specs.plan import PipelineSchedule, Plan, Workload
+from planner.specs.plan import DUAL_SCHEDULES, PipelineSchedule, Plan, Workload
 
 
 def plan_exposure(
@@ -52,7 +52,7 @@ def plan_exposure(
         held = [sum(chunk_params[c] for c in o) for o in own]
         share = np.array([[chunk_params[c] / h if h > 0 else 1.0 / len(o) for c in o]
                           for o, h in zip(own, held, strict=True)])[None]
-    dual = plan.pipeline_schedule in (PipelineSchedule.DUALPIPE, PipelineSchedule.DUALPIPEV)
+    dual = plan.pipeline_schedule in DUAL_SCHEDULES
     exposed, delay = dp_exposure(interleaved, f, b, share, np.array([reduce_s], dtype=float),
                                  np.array([gather_s], dtype=float), workload.overlap_param_gather,
                                  np.array([p2p_s]), staggered=not dual)

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from planner.costmodel.schedules import ChunkTimes, _compiled, simulate_pipeline
-from planner.specs.plan import PipelineSchedule
+from planner.specs.plan import DUAL_SCHEDULES, PipelineSchedule
 
 _F, _B, _W, _BW, _FB = range(5)  # schedules' operation codes (duration id = code * n + chunk)
 
@@ -356,7 +356,7 @@ def _base(schedule: PipelineSchedule, fwd: np.ndarray, bwd: np.ndarray, wgt: np.
     """The base duration matrix [F; B; W; F k; (B + W) k; 0] (rows 3n.. only for the F&B
     pairs of DualPipe(V)); a program's duration is the sum of two of its rows."""
     zero = np.zeros((1, fwd.shape[1]))
-    if schedule in (PipelineSchedule.DUALPIPE, PipelineSchedule.DUALPIPEV):
+    if schedule in DUAL_SCHEDULES:
         return np.vstack([fwd, bwd, wgt, fwd * overlap, (bwd + wgt) * overlap, zero])
     return np.vstack([fwd, bwd, wgt, zero])
 

@@ -58,13 +58,14 @@ from planner.costmodel.partition import Chunk, Partition, Piece
 from planner.costmodel.report import MemoryBreakdown
 from planner.specs.hardware import GPUSpec
 from planner.specs.model import FFNActivation, ModelSpec
-from planner.specs.plan import PipelineSchedule, Plan, Precision, Recompute, RecomputeModule, Workload
+from planner.specs.plan import (
+    DUAL_SCHEDULES, PipelineSchedule, Plan, Precision, Recompute, RecomputeModule, Workload,
+)
 
 # ---------------------------------------------------------------------------------------
 # Schedules: micro-batches in flight
 
 
-_DUAL = (PipelineSchedule.DUALPIPE, PipelineSchedule.DUALPIPEV)
 
 
 def inflight_microbatches(plan: Plan, num_microbatches: int, rank: int) -> float:
@@ -373,7 +374,7 @@ def stage_memory(
     activations -= offloaded
 
     tokens, d = _tokens(plan, workload), model.hidden_size
-    dual = plan.pipeline_schedule in _DUAL
+    dual = plan.pipeline_schedule in DUAL_SCHEDULES
     transient = 0.0
     if workload.precision is Precision.FP8:
         transient += largest_gemm_weight(model, plan, pieces) * c.fp8_weight_copy_bytes_per_param

@@ -34,7 +34,7 @@ from enum import StrEnum
 import numpy as np
 
 from planner.specs.model import ModelSpec
-from planner.specs.plan import PipelineSchedule, Plan
+from planner.specs.plan import DUAL_SCHEDULES, PipelineSchedule, Plan
 
 
 class Piece(StrEnum):
@@ -227,7 +227,7 @@ def partition(model: ModelSpec, plan: Plan, piece_cost: dict[Piece, float] | Non
     parts = num_chunks(plan)
     pieces = model_pieces(model)
     blocks = model.num_layers
-    dual = plan.pipeline_schedule in (PipelineSchedule.DUALPIPE, PipelineSchedule.DUALPIPEV)
+    dual = plan.pipeline_schedule in DUAL_SCHEDULES
     if dual and piece_cost is not None and blocks >= parts:
         return partition_from_counts(model, plan, _dual_counts(model, plan, piece_cost))
     if piece_cost is None and blocks % parts == 0:
@@ -251,3 +251,59 @@ def partition(model: ModelSpec, plan: Plan, piece_cost: dict[Piece, float] | Non
     chunks = tuple(Chunk(k, chunk_rank(plan, k), tuple(g)) for k, g in enumerate(groups))
     mirrored = plan.pipeline_schedule is PipelineSchedule.DUALPIPE
     return Partition(chunks=chunks, pp=plan.pp, mirrored=mirrored)
+
+
+# ---------------------------------------------------------------------------------------
+# The splits the simulator tries
+
+
+def splits_evenly(model: ModelSpec, plan: Plan) -> bool:
+    """Megatron's even split is the runtime's: the blocks divide over the chunks and the
+    schedule is not DualPipe(V), whose ranks balance their two chunks as a pair."""
+    return model.num_layers % (plan.pp * plan.vpp) == 0 and plan.pipeline_schedule not in DUAL_SCHEDULES
+
+
+class SplitRule(StrEnum):
+    """A split the simulator tries when :func:`splits_evenly` does not hold."""
+
+    TIME = "time"
+    """Balanced by each piece's forward time."""
+    COUNT = "count"
+    """Balanced by block count, the head and MTP counting as blocks."""
+    FILLED = "filled"
+    """Megatron-Bridge's filled chunks (:func:`filled_counts`)."""
+
+    @property
+    def note(self) -> str:
+        return _SPLIT_NOTES[self]
+
+
+_SPLIT_NOTES = {
+    SplitRule.TIME: "layers split over pipeline chunks to balance forward time",
+    SplitRule.COUNT: "layers split over pipeline chunks by count (head and MTP count as blocks)",
+    SplitRule.FILLED: "layers split over pipeline chunks as Megatron-Bridge fills them (ceil(layers / chunks) "
+                      "per chunk, the rest beside the head)",
+}
+UNIT_COST = {Piece.DENSE: 1.0, Piece.MOE: 1.0, Piece.HEAD: 1.0, Piece.MTP: 1.0}
+"""The block-count split's piece costs."""
+
+
+def split_rules(model: ModelSpec, plan: Plan) -> tuple[SplitRule, ...]:
+    """The rules that apply to ``plan`` (the filled split only where it leaves no chunk
+    before the last empty)."""
+    if filled_counts(model.num_layers, num_chunks(plan)) is None:
+        return (SplitRule.TIME, SplitRule.COUNT)
+    return tuple(SplitRule)
+
+
+def rule_partition(model: ModelSpec, plan: Plan, rule: SplitRule, forward_s: dict[Piece, float]) -> Partition:
+    """The split ``rule`` makes; ``forward_s`` (each piece's forward seconds) is read by
+    :attr:`SplitRule.TIME` only."""
+    if rule is SplitRule.TIME:
+        return partition(model, plan, forward_s)
+    if rule is SplitRule.COUNT:
+        return partition(model, plan, UNIT_COST)
+    counts = filled_counts(model.num_layers, num_chunks(plan))
+    if counts is None:
+        raise ValueError(f"no filled split of {model.num_layers} blocks into {num_chunks(plan)} chunks")
+    return partition_from_counts(model, plan, counts)

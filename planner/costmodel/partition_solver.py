@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 from planner.costmodel.memory import inflight_microbatches, stage_memory
 from planner.costmodel.partition import (
-    Chunk, Partition, Piece, model_pieces, num_chunks, partition, partition_from_counts,
+    Chunk, Partition, Piece, num_chunks, partition, partition_from_counts,
 )
 from planner.costmodel.simulate import piece_chunk_times, piece_compute
 from planner.errors import UnsupportedError

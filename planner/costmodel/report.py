@@ -120,6 +120,18 @@ class TimeBreakdown(_Out):
     """Optimizer step (memory bound)."""
 
 
+PHASE_LABELS = {
+    "forward_s": "forward only",
+    "backward_input_s": "backward only",
+    "backward_weight_s": "deferred weight gradients",
+    "overlapped_fb_s": "steady F&B",
+    "bubble_s": "pipeline bubble",
+    "dp_exposed_s": "exposed DP/ZeRO comm",
+    "optimizer_s": "optimizer",
+}
+"""Display name of each :class:`TimeBreakdown` field, in field order (CLI, explain, plots)."""
+
+
 class StepReport(_Out):
     """Prediction for one training step of a plan."""
 

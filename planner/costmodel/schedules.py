@@ -27,7 +27,7 @@ from enum import StrEnum
 from functools import cached_property, lru_cache
 
 from planner.errors import SpecError
-from planner.specs.plan import PipelineSchedule
+from planner.specs.plan import DUAL_SCHEDULES, PipelineSchedule
 
 
 class DeadlockError(ValueError):
@@ -497,7 +497,7 @@ def check_schedule(schedule: PipelineSchedule, num_microbatches: int, pp: int, v
         raise SpecError("pp", pp, "DualPipe needs an even number of stages (V3 §3.2.1)")
     if schedule is PipelineSchedule.DUALPIPE and m % 2:
         raise SpecError("num_microbatches", m, "DualPipe needs an even number of micro-batches (V3 §3.2.1)")
-    if schedule in (PipelineSchedule.DUALPIPE, PipelineSchedule.DUALPIPEV) and m < 2 * pp:
+    if schedule in DUAL_SCHEDULES and m < 2 * pp:
         raise SpecError("num_microbatches", m, f"{schedule.value} needs >= 2 * pp = {2 * pp} micro-batches")
 
 

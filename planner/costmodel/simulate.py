@@ -56,7 +56,7 @@ from planner.costmodel.memory import (
 )
 from planner.costmodel.offload import offload_costs
 from planner.costmodel.partition import (
-    Chunk, Partition, Piece, filled_counts, model_pieces, num_chunks, partition, partition_from_counts,
+    Chunk, Partition, Piece, model_pieces, partition, rule_partition, split_rules, splits_evenly,
 )
 from planner.costmodel.report import Dim, StageReport, Status, StepReport, TimeBreakdown
 from planner.costmodel.schedules import ChunkTimes, simulate_pipeline
@@ -64,9 +64,8 @@ from planner.hwmodels.placement import rank_layout
 from planner.specs.compat import check_plan
 from planner.specs.hardware import ClusterSpec, Dtype
 from planner.specs.model import ModelSpec
-from planner.specs.plan import PipelineP2P, PipelineSchedule, Plan, Workload, ZeroStage
-
-DUAL = (PipelineSchedule.DUALPIPE, PipelineSchedule.DUALPIPEV)
+from planner.specs.plan import DUAL_SCHEDULES as DUAL
+from planner.specs.plan import PipelineP2P, Plan, Workload, ZeroStage
 
 
 def _optimizer_bytes_per_param(workload: Workload) -> float:
@@ -242,25 +241,16 @@ def simulate(model: ModelSpec, cluster: ClusterSpec, plan: Plan, workload: Workl
     and its note say which). A split fitted to memory is :func:`planner.costmodel.partition_solver.fit_pipeline_layers`."""
     check_plan(model, workload, plan, cluster.num_gpus)
     layout = rank_layout(plan)
-    even = model.num_layers % (plan.pp * plan.vpp) == 0 and plan.pipeline_schedule not in DUAL
-    if even or plan.pipeline_layers is not None:
+    if splits_evenly(model, plan) or plan.pipeline_layers is not None:
         return _simulate_partition(model, cluster, plan, workload, layout, partition(model, plan), [])
     piece_cost = {
         piece: piece_compute(model, plan, workload, cluster.gpu, piece, 1.0)[0].forward_s
         for piece in set(model_pieces(model))
     }
-    candidates = [
-        (partition(model, plan, piece_cost), "layers split over pipeline chunks to balance forward time"),
-        (partition(model, plan, {Piece.DENSE: 1.0, Piece.MOE: 1.0, Piece.HEAD: 1.0, Piece.MTP: 1.0}),
-         "layers split over pipeline chunks by count (head and MTP count as blocks)"),
-    ]
-    filled = filled_counts(model.num_layers, num_chunks(plan))
-    if filled is not None:
-        candidates.append((partition_from_counts(model, plan, filled),
-                           "layers split over pipeline chunks as Megatron-Bridge fills them (ceil(layers / chunks) "
-                           "per chunk, the rest beside the head)"))
     reports = [
-        _simulate_partition(model, cluster, plan, workload, layout, part, [note]) for part, note in candidates
+        _simulate_partition(model, cluster, plan, workload, layout, rule_partition(model, plan, rule, piece_cost),
+                            [rule.note])
+        for rule in split_rules(model, plan)
     ]
     fitting = [r for r in reports if r.status is Status.OK]
     return min(fitting or reports, key=lambda r: r.step_time_s)

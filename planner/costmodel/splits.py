@@ -19,14 +19,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from planner.costmodel.partition import (
-    Partition, Piece, filled_counts, model_pieces, num_chunks, partition, partition_from_counts,
+    Partition, Piece, SplitRule, model_pieces, partition, rule_partition, split_rules, splits_evenly,
 )
 from planner.specs.model import ModelSpec
-from planner.specs.plan import PipelineSchedule, Plan
-
-DUAL = (PipelineSchedule.DUALPIPE, PipelineSchedule.DUALPIPEV)
-UNIT_COST = {Piece.DENSE: 1.0, Piece.MOE: 1.0, Piece.HEAD: 1.0, Piece.MTP: 1.0}
-"""The simulator's block-count split: head and MTP count as blocks (simulate.py)."""
+from planner.specs.plan import DUAL_SCHEDULES, Plan
 
 
 @dataclass(frozen=True)
@@ -64,7 +60,7 @@ class SplitCache:
 
     def even(self, plan: Plan) -> bool:
         """The simulator's condition for its single (even) split."""
-        return self.model.num_layers % (plan.pp * plan.vpp) == 0 and plan.pipeline_schedule not in DUAL
+        return splits_evenly(self.model, plan)
 
     def splits(self, plan: Plan, forward_s: dict[Piece, float]) -> tuple[Split, ...]:
         """The splits :func:`~planner.costmodel.simulate.simulate` may pick for ``plan``;
@@ -73,27 +69,22 @@ class SplitCache:
         shape = self._shape(plan)
         if self.even(plan):
             return (self._split(shape + ("even",), lambda: partition(self.model, plan)),)
-        # Keyed by each piece's time (the partition reads those of the model's pieces only).
-        timed = self._split(shape + tuple(forward_s.get(p) for p in self.pieces),
-                            lambda: self._partition(plan, forward_s))
-        count = self._split(shape + ("count",), lambda: self._partition(plan, UNIT_COST))
-        filled = filled_counts(self.model.num_layers, num_chunks(plan))
-        if filled is None:
-            return timed, count
-        return timed, count, self._split(shape + ("filled",),
-                                         lambda: partition_from_counts(self.model, plan, filled))
+        return tuple(self._rule_split(plan, rule, forward_s) for rule in split_rules(self.model, plan))
 
     def count_split(self, plan: Plan) -> Split:
         """The even split where the simulator uses it, else its block-count split."""
-        return self.splits(plan, {})[-1] if self.even(plan) else self._split(
-            self._shape(plan) + ("count",), lambda: self._partition(plan, UNIT_COST))
+        return self.splits(plan, {})[-1] if self.even(plan) else self._rule_split(plan, SplitRule.COUNT, {})
 
     def _shape(self, plan: Plan) -> tuple:
         # Outside DualPipe(V) chunk c sits on rank c % pp whatever the schedule.
-        return plan.pp, plan.vpp, plan.pipeline_schedule if plan.pipeline_schedule in DUAL else "linear"
+        return plan.pp, plan.vpp, plan.pipeline_schedule if plan.pipeline_schedule in DUAL_SCHEDULES else "linear"
 
-    def _partition(self, plan: Plan, cost: dict[Piece, float]) -> Partition:
-        return partition(self.model, plan, cost)
+    def _rule_split(self, plan: Plan, rule: SplitRule, forward_s: dict[Piece, float]) -> Split:
+        # The time-balanced split is keyed by each piece's time (the partition reads those
+        # of the model's pieces only); the others depend on the shape alone.
+        times = tuple(forward_s.get(p) for p in self.pieces) if rule is SplitRule.TIME else ()
+        return self._split(self._shape(plan) + (rule, *times),
+                           lambda: rule_partition(self.model, plan, rule, forward_s))
 
     def _split(self, key: tuple, make) -> Split:
         hit = self._splits.get(key)

@@ -25,6 +25,7 @@ from planner.errors import SpecError
 from planner.specs.model import FFNActivation, ModelSpec, Normalization, PositionEmbedding, RouterScore
 from planner.specs.plan import (
     DEFAULT_RANK_ORDER,
+    DUAL_SCHEDULES,
     AttentionKernel,
     CrossEntropyKernel,
     FP8Implementation,
@@ -195,7 +196,7 @@ def _plan_args(model: ModelSpec, plan: Plan) -> list[str]:
     if plan.cpu_offloading_num_layers:
         lines += ["--cpu-offloading", f"--cpu-offloading-num-layers {plan.cpu_offloading_num_layers}"]
     schedule = plan.pipeline_schedule
-    if plan.pp > 1 and schedule in (PipelineSchedule.DUALPIPE, PipelineSchedule.DUALPIPEV):
+    if plan.pp > 1 and schedule in DUAL_SCHEDULES:
         lines.append(
             f"# pipeline_schedule {schedule.value}: Megatron-LM has no DualPipe; "
             "these arguments run its 1F1B schedule instead (DualPipe: github.com/deepseek-ai/DualPipe)"

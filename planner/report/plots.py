@@ -25,6 +25,7 @@ from typing import Any, Mapping, Sequence
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
+from planner.costmodel.report import PHASE_LABELS
 from planner.costmodel.schedules import EventKind, PipelineTimeline
 from planner.report.trace import _timeline
 
@@ -48,15 +49,12 @@ KIND_NAME = {
 }
 IDLE_COLOR = "#e6e6e6"
 
-PHASES = (  # TimeBreakdown field, legend name, colour
-    ("forward_s", "forward only", "#4c8bd6"),
-    ("backward_input_s", "backward only", "#3aa35b"),
-    ("backward_weight_s", "deferred weight gradients", "#9467bd"),
-    ("overlapped_fb_s", "steady F&B", "#d6404e"),
-    ("bubble_s", "pipeline bubble", "#bdbdbd"),
-    ("dp_exposed_s", "exposed DP/ZeRO comm", "#f2c12e"),
-    ("optimizer_s", "optimizer", "#6b4f3a"),
-)
+PHASE_COLORS = {
+    "forward_s": "#4c8bd6", "backward_input_s": "#3aa35b", "backward_weight_s": "#9467bd",
+    "overlapped_fb_s": "#d6404e", "bubble_s": "#bdbdbd", "dp_exposed_s": "#f2c12e", "optimizer_s": "#6b4f3a",
+}
+PHASES = tuple((field, label, PHASE_COLORS[field]) for field, label in PHASE_LABELS.items())
+"""(TimeBreakdown field, legend name, colour) per phase."""
 MEMORY = (  # MemoryBreakdown field, legend name, colour
     ("weights_bytes", "weights", "#4c8bd6"),
     ("gradients_bytes", "gradients", "#3aa35b"),

@@ -25,16 +25,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from planner.costmodel.report import Dim, StepReport
+from planner.costmodel.report import PHASE_LABELS, Dim, StepReport
 from planner.costmodel.simulate import simulate
 from planner.errors import PlannerError
 from planner.presets import revalidate
 from planner.specs.hardware import ClusterSpec
 from planner.specs.model import ModelSpec
-from planner.specs.plan import PipelineSchedule, Plan, Workload
+from planner.specs.plan import DUAL_SCHEDULES, Plan, Workload
 
 GIB = 2**30
-_DUAL = (PipelineSchedule.DUALPIPE, PipelineSchedule.DUALPIPEV)
 
 
 @dataclass(frozen=True)
@@ -185,16 +184,6 @@ _LABELS = {
     "optimizer": "optimizer",
 }
 
-_PHASES = {
-    "forward_s": "forward only",
-    "backward_input_s": "backward only",
-    "backward_weight_s": "deferred weight gradients",
-    "overlapped_fb_s": "steady F&B",
-    "bubble_s": "pipeline bubble",
-    "dp_exposed_s": "exposed DP/ZeRO comm",
-    "optimizer_s": "optimizer",
-}
-
 
 def _vs(a, b, fmt: str = "{}") -> str:
     fa, fb = fmt.format(a), fmt.format(b)
@@ -223,7 +212,7 @@ def _notes(pa: Plan, pb: Plan, ra: StepReport, rb: StepReport, cluster: ClusterS
         pipe += f" {_vs(pa.vpp, pb.vpp, 'VPP{}')}"
     pipe += f", {_vs(ra.num_microbatches, rb.num_microbatches)} micro-batches"
     ep = f"{_vs(pa.ep, pb.ep, 'EP{}')} all-to-all{link_text(pa.ep * pa.expert_tp, pb.ep * pb.expert_tp)}"
-    dual = [p.pipeline_schedule in _DUAL and p.ep > 1 for p in (pa, pb)]
+    dual = [p.pipeline_schedule in DUAL_SCHEDULES and p.ep > 1 for p in (pa, pb)]
     if any(dual):
         ep += ", hidden in DualPipe F&B pairs" + ("" if all(dual) else f" under {pa.pipeline_schedule.value if dual[0] else pb.pipeline_schedule.value}")
     compute = (f"{_vs(pa.micro_batch_size, pb.micro_batch_size, 'micro-batch {}')}, "
@@ -294,7 +283,8 @@ def explain(
     notes = _notes(plans[0], plans[1], a, b, cluster) if plans is not None else {}
     terms = tuple(Term(k, _LABELS[k], da[k], db[k], notes.get(k, "")) for k in _LABELS)
     phases = tuple(
-        Term(k.removesuffix("_s"), lab, getattr(a.breakdown, k), getattr(b.breakdown, k)) for k, lab in _PHASES.items()
+        Term(k.removesuffix("_s"), lab, getattr(a.breakdown, k), getattr(b.breakdown, k))
+        for k, lab in PHASE_LABELS.items()
     )
     memory = MemoryComparison(a.memory_peak_bytes, b.memory_peak_bytes, a.memory_capacity_bytes,
                               b.memory_capacity_bytes, a.fits, b.fits)

@@ -34,7 +34,7 @@ import numpy as np
 
 # The simulator's own program builders and chunk placement.
 from planner.costmodel.schedules import _layout, raw_programs
-from planner.specs.plan import PipelineSchedule
+from planner.specs.plan import DUAL_SCHEDULES, PipelineSchedule
 
 _F, _B, _W, _BW, _FB = range(5)  # the op codes of planner.costmodel.schedules (EventKind order)
 PROGRAM_OPS_LIMIT = 4_000
@@ -151,7 +151,7 @@ def _closed_form(schedule: PipelineSchedule, m: int, pp: int, where) -> Programs
     chain, sends = zeros.copy(), np.zeros((pp, 1))
     drain_b, drain_x = np.zeros((pp, n)), np.zeros(pp)
     ranks = where[0]
-    dual = schedule in (PipelineSchedule.DUALPIPE, PipelineSchedule.DUALPIPEV)
+    dual = schedule in DUAL_SCHEDULES
     if not dual:
         for r in range(pp):  # chunk r is rank r's lowest
             chain[r, 0, :r] = 1.0

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from planner.costmodel.simulate import dualpipe_pair_s
-from planner.costmodel.splits import DUAL
+from planner.specs.plan import DUAL_SCHEDULES as DUAL
 from planner.errors import PlannerError, SpecError, UnsupportedError
 from planner.search.programs import programs
 from planner.search.refine import ROUNDING, Refiner

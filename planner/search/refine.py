@@ -53,7 +53,8 @@ from planner.costmodel.schedules import ChunkTimes, simulate_pipeline
 from planner.costmodel.simulate import _optimizer_bytes_per_param, dualpipe_pair_s
 from planner.hwmodels.placement import rank_layout
 from planner.search.programs import programs
-from planner.costmodel.splits import DUAL, Split, SplitCache
+from planner.costmodel.splits import Split, SplitCache
+from planner.specs.plan import DUAL_SCHEDULES as DUAL
 from planner.specs.hardware import ClusterSpec
 from planner.specs.model import ModelSpec
 from planner.specs.plan import PipelineSchedule, Plan, Recompute, Workload, ZeroStage

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from planner.errors import SpecError
 from planner.specs.model import ModelSpec
-from planner.specs.plan import PipelineP2P, PipelineSchedule, Plan, Workload
+from planner.specs.plan import DUAL_SCHEDULES, PipelineP2P, PipelineSchedule, Plan, Workload
 
 
 def _require(ok: bool, field: str, value: object, rule: str) -> None:
@@ -69,7 +69,7 @@ def check_plan(model: ModelSpec, workload: Workload, plan: Plan, num_gpus: int |
         plan.micro_batch_size,
         f"dp * micro_batch_size ({per_step}) must divide global_batch_size ({batch})",
     )
-    if plan.pipeline_schedule in (PipelineSchedule.DUALPIPE, PipelineSchedule.DUALPIPEV):
+    if plan.pipeline_schedule in DUAL_SCHEDULES:
         micro = plan.num_microbatches(workload)
         # dualpipe.py / dualpipev.py step(): num_chunks even (DualPipe) and >= 2 * num_ranks.
         _require(

@@ -214,6 +214,10 @@ class PipelineSchedule(StrEnum):
     """DualPipeV, the "cut-in-half" DualPipe: two stages per rank (DualPipe repository)."""
 
 
+DUAL_SCHEDULES = (PipelineSchedule.DUALPIPE, PipelineSchedule.DUALPIPEV)
+"""The bidirectional schedules: every rank runs two chunks and overlaps F&B pairs."""
+
+
 class AttentionKernel(StrEnum):
     """How the attention core is computed."""
 
@@ -394,7 +398,7 @@ class Plan(Spec):
             raise rule_error("vpp", self.vpp, "vpp > 1 needs pipeline_schedule 'interleaved'")
         if schedule is PipelineSchedule.INTERLEAVED and self.vpp < 2:
             raise rule_error("vpp", self.vpp, "pipeline_schedule 'interleaved' needs vpp >= 2")
-        if schedule in (PipelineSchedule.DUALPIPE, PipelineSchedule.DUALPIPEV) and self.pp < 2:
+        if schedule in DUAL_SCHEDULES and self.pp < 2:
             raise rule_error("pp", self.pp, f"pipeline_schedule '{schedule}' needs pp >= 2")
         if schedule is PipelineSchedule.DUALPIPE and self.pp % 2:
             raise rule_error("pp", self.pp, "DualPipe needs an even number of stages (V3 §3.2.1)")

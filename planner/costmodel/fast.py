@@ -89,13 +89,15 @@ from planner.costmodel.fast_memory import stage_memory
 from planner.costmodel.fast_refine import refine
 from planner.costmodel.fast_refusals import REFUSALS, Refusals
 from planner.costmodel.fast_shapes import (
-    DUAL, KERNELS, PIECES, RECOMPUTES, SCHEDULES, Shapes, with_full_recompute,
+    KERNELS, PIECES, RECOMPUTES, SCHEDULES, Shapes, with_full_recompute,
 )
 from planner.costmodel.simulate import _optimizer_bytes_per_param, dualpipe_pair_s
 from planner.errors import PlannerError, UnsupportedError
 from planner.specs.hardware import ClusterSpec
 from planner.specs.model import ModelSpec
-from planner.specs.plan import DEFAULT_RANK_ORDER, PipelineP2P, PipelineSchedule, Plan, Recompute, Workload
+from planner.specs.plan import (
+    DEFAULT_RANK_ORDER, DUAL_SCHEDULES, PipelineP2P, PipelineSchedule, Plan, Recompute, Workload,
+)
 
 __all__ = ["EXACT_TOP", "FastEstimates", "clear_caches", "estimate", "estimate_table"]
 
@@ -105,7 +107,7 @@ COLUMNS = ("tp", "cp", "pp", "vpp", "ep", "etp", "dp", "mb", "zero", "sp", "rec"
 _C = {name: k for k, name in enumerate(COLUMNS)}
 EXACT_TOP = 20
 """Default ``exact_top``: issue #5 checks the estimate's top-20 against ``simulate``."""
-_DUAL_CODES = [SCHEDULES.index(s) for s in DUAL]
+_DUAL_CODES = [SCHEDULES.index(s) for s in DUAL_SCHEDULES]
 _FIELDS = operator.attrgetter("tp", "cp", "pp", "vpp", "ep", "etp", "dp", "micro_batch_size", "zero_stage",
                               "sequence_parallel", "recompute", "pipeline_schedule", "attention_kernel",
                               "rank_order")
@@ -365,7 +367,7 @@ def _group(ctx: _Context, found: Keys, u: int, pp: int, vpp: int, schedule: Pipe
     g = len(plans)
     m = c["m"]
     edp = c["tp"] * c["cp"] * c["dp"] // (c["ep"] * c["etp"])
-    dual = schedule in DUAL
+    dual = schedule in DUAL_SCHEDULES
     uniq, inv = keys_of("parts")
     parts = PartRows(sh, uniq[:, 0], inv)
     chunk_rank = parts.get("chunk_rank")  # (g, chunks)

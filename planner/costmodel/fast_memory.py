@@ -8,11 +8,11 @@ from __future__ import annotations
 import numpy as np
 
 from planner.costmodel.fast_keys import Keys, PartRows
-from planner.costmodel.fast_shapes import DUAL, PIECES, Shapes, canonical_plan
+from planner.costmodel.fast_shapes import PIECES, Shapes, canonical_plan
 from planner.costmodel.memory import _formats, inflight_microbatches, memory_constants, state_bytes_per_param
 from planner.costmodel.ops import ep_rank_imbalance
 from planner.costmodel.partition import Piece
-from planner.specs.plan import PipelineSchedule, Precision
+from planner.specs.plan import DUAL_SCHEDULES, PipelineSchedule, Precision
 
 __all__ = ["stage_memory"]
 
@@ -46,7 +46,7 @@ def stage_memory(sh: Shapes, c: dict, local, parts: PartRows, m, edp, pp: int, v
     k = memory_constants()
     plans = c["plan"]
     g = len(plans)
-    dual = schedule in DUAL
+    dual = schedule in DUAL_SCHEDULES
     # States (state_bytes): ZeRO shards dense over dp * cp, experts over edp; ZeRO-3 keeps
     # its shard (weights_zero3) and two pieces gathered, ZeRO-2 one piece's gradients unsharded.
     fp8 = workload.precision is Precision.FP8

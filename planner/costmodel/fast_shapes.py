@@ -58,16 +58,15 @@ from planner.hwmodels.collectives import cluster_maps, fabric_forms
 from planner.hwmodels.placement import rank_layout
 from planner.specs.hardware import ClusterSpec
 from planner.specs.model import ModelSpec
-from planner.specs.plan import (
-    DUAL_SCHEDULES, AttentionKernel, PipelineSchedule, Plan, Recompute, Workload, ZeroStage,
-)
+from planner.specs.plan import AttentionKernel, PipelineSchedule, Plan, Recompute, Workload, ZeroStage
 
 PIECES = tuple(Piece)
 """Piece kinds, in the column order of every per-piece array."""
 SCHEDULES = tuple(PipelineSchedule)
 RECOMPUTES = tuple(Recompute)
 KERNELS = tuple(AttentionKernel)
-DUAL = DUAL_SCHEDULES
+
+
 def canonical_plan(tp=1, cp=1, ep=1, etp=None, dp=1, pp=1, vpp=1, mb=1, sp=False, rec=Recompute.NONE,
                    zero=ZeroStage.NONE, sched=PipelineSchedule.ONE_F_ONE_B, kernel=AttentionKernel.FLASH,
                    order=None) -> Plan:

@@ -28,13 +28,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from planner.costmodel.compute import PieceTime
-from planner.costmodel.partition import Chunk, Piece
+from planner.costmodel.partition import BLOCK_PIECES, Chunk, Piece
 from planner.errors import UnsupportedError
 from planner.specs.hardware import ClusterSpec
 from planner.specs.plan import Plan
-
-_BLOCKS = (Piece.DENSE, Piece.MOE)
-
 
 @dataclass(frozen=True)
 class Offload:
@@ -73,7 +70,7 @@ def host_copy_rate(cluster: ClusterSpec) -> float:
 
 def offloaded_pieces(plan: Plan, chunk: Chunk) -> list[tuple[Piece, Piece]]:
     """(block, next block) for each offloaded block of ``chunk`` (pp 1: the whole model)."""
-    blocks = [p for p in chunk.pieces if p in _BLOCKS]
+    blocks = [p for p in chunk.pieces if p in BLOCK_PIECES]
     k = min(plan.cpu_offloading_num_layers, max(0, len(blocks) - 1))
     return [(blocks[i], blocks[i + 1]) for i in range(k)]
 

@@ -51,6 +51,10 @@ class Piece(StrEnum):
     """One multi-token-prediction module: projection, one block, the shared head again."""
 
 
+BLOCK_PIECES = (Piece.DENSE, Piece.MOE)
+"""The Transformer blocks among the pieces (the rest are the ends: embedding, head, MTP)."""
+
+
 @dataclass(frozen=True)
 class Chunk:
     """A contiguous slice of the model placed on one pipeline rank."""
@@ -64,7 +68,7 @@ class Chunk:
 
     @property
     def num_blocks(self) -> int:
-        return sum(1 for p in self.pieces if p in (Piece.DENSE, Piece.MOE))
+        return sum(1 for p in self.pieces if p in BLOCK_PIECES)
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 from planner.costmodel.memory import inflight_microbatches, stage_memory
 from planner.costmodel.partition import (
-    Chunk, Partition, Piece, num_chunks, partition, partition_from_counts,
+    BLOCK_PIECES, Chunk, Partition, Piece, num_chunks, partition, partition_from_counts,
 )
 from planner.costmodel.simulate import piece_chunk_times, piece_compute
 from planner.errors import UnsupportedError
@@ -51,7 +51,6 @@ __all__ = ["FitResult", "blocks_per_chunk", "fit_partition", "fit_pipeline_layer
 
 _NS = 1e9
 _KIB = 1024.0
-_BLOCKS = (Piece.DENSE, Piece.MOE)
 
 
 @dataclass(frozen=True)
@@ -133,9 +132,9 @@ def fit_partition(
     parts, blocks, dense = num_chunks(plan), model.num_layers, model.num_dense_ffn_layers
     if blocks < parts:
         return None
-    kinds = [k for k in _BLOCKS if any(c.count(k) for c in start.chunks)] or [Piece.DENSE]
+    kinds = [k for k in BLOCK_PIECES if any(c.count(k) for c in start.chunks)] or [Piece.DENSE]
     ranks = _rank_chunks(start)
-    fixed_s = [sum(piece_s.get(p, 0.0) for p in c.pieces if p not in _BLOCKS) for c in start.chunks]
+    fixed_s = [sum(piece_s.get(p, 0.0) for p in c.pieces if p not in BLOCK_PIECES) for c in start.chunks]
     budget = [capacity_bytes] * plan.pp
     const, slope = _linear_memory(start, kinds, rank_memory)
     for round_ in range(1, max_rounds + 1):
@@ -155,11 +154,11 @@ def fit_partition(
                  Piece.MOE: [(b[c + 1] - b[c]) - (low[c + 1] - low[c]) for c in range(parts)]}
         if model.moe is None:
             count[Piece.DENSE] = [b[c + 1] - b[c] for c in range(parts)]
-        horizon = int(_NS * (sum(fixed_s) + blocks * max(piece_s.get(k, 0.0) for k in _BLOCKS))) + 1
+        horizon = int(_NS * (sum(fixed_s) + blocks * max(piece_s.get(k, 0.0) for k in BLOCK_PIECES))) + 1
         bottleneck = m.NewIntVar(0, horizon, "T")
         for r, own in enumerate(ranks):
             load = sum(
-                round(_NS * fixed_s[c]) + sum(round(_NS * piece_s.get(k, 0.0)) * count[k][c] for k in _BLOCKS)
+                round(_NS * fixed_s[c]) + sum(round(_NS * piece_s.get(k, 0.0)) * count[k][c] for k in BLOCK_PIECES)
                 for c in own
             )
             m.Add(bottleneck >= load)
@@ -190,7 +189,7 @@ def fit_partition(
             share = best // len(ranks[0])
             deviation = []
             for c in range(parts):
-                load = round(_NS * fixed_s[c]) + sum(round(_NS * piece_s.get(k, 0.0)) * count[k][c] for k in _BLOCKS)
+                load = round(_NS * fixed_s[c]) + sum(round(_NS * piece_s.get(k, 0.0)) * count[k][c] for k in BLOCK_PIECES)
                 d = m.NewIntVar(0, horizon, f"dev{c}")
                 m.AddAbsEquality(d, load - share)
                 deviation.append(d)

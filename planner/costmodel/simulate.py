@@ -64,8 +64,7 @@ from planner.hwmodels.placement import rank_layout
 from planner.specs.compat import check_plan
 from planner.specs.hardware import ClusterSpec, Dtype
 from planner.specs.model import ModelSpec
-from planner.specs.plan import DUAL_SCHEDULES as DUAL
-from planner.specs.plan import PipelineP2P, Plan, Workload, ZeroStage
+from planner.specs.plan import DUAL_SCHEDULES, PipelineP2P, Plan, Workload, ZeroStage
 
 
 def _optimizer_bytes_per_param(workload: Workload) -> float:
@@ -123,8 +122,8 @@ class _RankCosts:
         # DualPipe gives the all-to-all SMs for the whole step (V3 §3.2.2); Megatron's
         # dispatch kernels take theirs only while they run, which the pair's busy fraction
         # (dualpipe_pair_s) stands for.
-        self.paired = plan.pipeline_schedule in DUAL or ep_overlap.applies(model, plan, workload)
-        dual_ep = plan.pipeline_schedule in DUAL and plan.ep > 1
+        self.paired = plan.pipeline_schedule in DUAL_SCHEDULES or ep_overlap.applies(model, plan, workload)
+        dual_ep = plan.pipeline_schedule in DUAL_SCHEDULES and plan.ep > 1
         constants = C.compute_constants()
         sms = constants["ep_overlap_communication_sms"]
         self.compute_share = 1.0 - sms / gpu.num_sms if dual_ep else 1.0

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from planner.costmodel.simulate import dualpipe_pair_s
-from planner.specs.plan import DUAL_SCHEDULES as DUAL
+from planner.specs.plan import DUAL_SCHEDULES
 from planner.errors import PlannerError, SpecError, UnsupportedError
 from planner.search.programs import programs
 from planner.search.refine import ROUNDING, Refiner
@@ -91,7 +91,7 @@ def _collect(refiner: Refiner, g: int, variants: list[Plan], values: np.ndarray,
     p2p = refiner.p2p_s(plan)
     comm = refiner.stage_comm(plan, 0)
     params = refiner.piece_params(plan.tp, plan.ep, plan.expert_tp)
-    share = refiner.ep_share if plan.pipeline_schedule in DUAL and plan.ep > 1 else 1.0
+    share = refiner.ep_share if plan.pipeline_schedule in DUAL_SCHEDULES and plan.ep > 1 else 1.0
     for v in todo:
         p = variants[v]
         full, timed = refiner.piece_times(p)[:, :3], refiner.piece_times(p, share)

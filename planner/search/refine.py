@@ -54,7 +54,7 @@ from planner.costmodel.simulate import _optimizer_bytes_per_param, dualpipe_pair
 from planner.hwmodels.placement import rank_layout
 from planner.search.programs import programs
 from planner.costmodel.splits import Split, SplitCache
-from planner.specs.plan import DUAL_SCHEDULES as DUAL
+from planner.specs.plan import DUAL_SCHEDULES
 from planner.specs.hardware import ClusterSpec
 from planner.specs.model import ModelSpec
 from planner.specs.plan import PipelineSchedule, Plan, Recompute, Workload, ZeroStage
@@ -319,7 +319,7 @@ class Refiner:
     def _replay_split(self, plan: Plan, split: Split) -> float:
         n = len(split.partition.chunks)
         durations = self._chunk_times([plan], split, range(n), True)[0]
-        dual = plan.pipeline_schedule in DUAL
+        dual = plan.pipeline_schedule in DUAL_SCHEDULES
         times = [ChunkTimes(f, b, w, pair if dual else None) for f, b, w, pair in durations.T.tolist()]
         m, p2p = plan.num_microbatches(self.workload), self.p2p_s(plan)
         key = (plan.pipeline_schedule, m, plan.pp, plan.vpp, p2p, durations.tobytes())
@@ -399,7 +399,7 @@ class Refiner:
         ``stage0_only``: chunks homed on other stages without communication (each time is
         at least its compute)."""
         plan = plans[0]
-        share = self.ep_share if plan.pipeline_schedule in DUAL and plan.ep > 1 else 1.0
+        share = self.ep_share if plan.pipeline_schedule in DUAL_SCHEDULES and plan.ep > 1 else 1.0
         n = len(split.partition.chunks)
         idx = np.arange(n) if chunks is None else np.asarray(chunks)
         counts = split.counts[idx]

@@ -22,6 +22,7 @@ from planner.costmodel.memory import (
     saved_tensors,
     stage_memory,
 )
+from planner.costmodel import schedules
 from planner.costmodel.partition import Partition, Piece, partition
 from planner.errors import SpecError
 from planner.presets import load_gpu, load_model
@@ -179,6 +180,34 @@ def test_expert_and_tied_embedding_sharding():
 )
 def test_inflight_microbatches(plan, micro, rank, expected):
     assert inflight_microbatches(plan, micro, rank) == pytest.approx(expected)
+
+
+def _live_peak(ops: list, vpp: int) -> float:
+    """Most chunk forwards of one rank's program whose backward has not run yet (micro-batch
+    units: vpp chunk forwards make one); a merged forward is alive beside the backward it
+    is paired with."""
+    live = peak = 0
+    for code, *_ in ops:
+        if code in (schedules._F, schedules._FO):
+            live += 1
+            peak = max(peak, live)
+        elif code in (schedules._BW, schedules._BWO, schedules._B):
+            live -= 1
+    return peak / vpp
+
+
+@pytest.mark.parametrize(("pp", "vpp", "m"), [(1, 1, 8), (4, 1, 8), (4, 1, 3), (8, 1, 16), (4, 2, 8), (4, 2, 4),
+                                              (8, 4, 16), (3, 3, 9)])
+@pytest.mark.parametrize("merged", [False, True])
+def test_inflight_follows_the_simulated_programs(pp, vpp, m, merged):
+    """The in-flight count is each rank's peak of live forwards in the programs the simulator
+    runs (schedules.raw_programs): 1F1B, interleaved (all forwards first when m == pp, as
+    Megatron's ``all_warmup_microbatches``) and Megatron-Core's combined 1F1B, whose extra
+    warm-up forward keeps one more chunk-pass alive (two micro-batches at pp 1)."""
+    schedule = PipelineSchedule.INTERLEAVED if vpp > 1 else PipelineSchedule.ONE_F_ONE_B
+    plan = Plan(pp=pp, vpp=vpp, dp=1, pipeline_schedule=schedule if pp > 1 else "1f1b")
+    for rank, ops in enumerate(schedules.raw_programs(schedule, m, pp, vpp, merged)):
+        assert inflight_microbatches(plan, m, rank, merged) == pytest.approx(_live_peak(ops, vpp))
 
 
 # --- Activations: Korthikanti et al. 2022 -------------------------------------------------

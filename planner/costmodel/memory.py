@@ -68,7 +68,7 @@ from planner.specs.plan import (
 
 
 
-def inflight_microbatches(plan: Plan, num_microbatches: int, rank: int) -> float:
+def inflight_microbatches(plan: Plan, num_microbatches: int, rank: int, merged: bool = False) -> float:
     """Micro-batches whose activations are alive at the rank's peak.
 
     Unit: one micro-batch through all of the rank's chunks; for DualPipe and DualPipeV one
@@ -79,7 +79,8 @@ def inflight_microbatches(plan: Plan, num_microbatches: int, rank: int) -> float
     - Interleaved (Megatron ``forward_backward_pipelining_with_interleaving``): warm-up
       (pp - rank - 1) * 2 + (vpp - 1) * pp chunk forwards plus the one of the first
       steady step, each 1/vpp of the rank's layers; rank 0 gets pp * (1 + (pp-1)/(pp*vpp)),
-      Korthikanti et al. 2022 §4.2.3's factor.
+      Korthikanti et al. 2022 §4.2.3's factor. With m == pp every forward runs first
+      (Megatron: ``all_warmup_microbatches``), so all m micro-batches are alive.
     - ZB1P: bounded by 1F1B's first-stage peak, pp, on every rank (Qi et al. 2023 §3.1:
       deferred W passes keep their inputs on later ranks; V3 Table 2 "PP").
     - DualPipe: pp + 1 chunk-passes (V3 Table 2); dualpipe.py's phases put pp - h of them
@@ -87,14 +88,21 @@ def inflight_microbatches(plan: Plan, num_microbatches: int, rank: int) -> float
     - DualPipeV: the same schedule over 2 * pp stages, so 2 * pp + 1 chunk-passes
       (Table 2's PP + 1 with PP counting stages): 2pp - rank on chunk rank, rank + 1 on
       chunk 2pp - 1 - rank.
+    - ``merged``: Megatron-Core's combined 1F1B (:func:`planner.costmodel.ep_overlap.applies`)
+      warms up one forward more, so that each merged forward and backward are of different
+      micro-batches (``num_warmup_microbatches += 1``; :func:`planner.costmodel.schedules.
+      raw_programs`): one chunk-pass more under 1F1B and interleaving, and two micro-batches
+      at pp == 1.
     All are capped by the micro-batches of the step.
     """
-    pp, m = plan.pp, num_microbatches
+    pp, m, extra = plan.pp, num_microbatches, int(merged)
     if pp == 1:
-        return float(min(1, m))
+        return float(min(1 + extra, m))
     schedule = plan.pipeline_schedule
     if schedule is PipelineSchedule.INTERLEAVED:
-        chunks = min((pp - rank - 1) * 2 + (plan.vpp - 1) * pp + 1, m * plan.vpp)
+        if m == pp:
+            return float(m)
+        chunks = min((pp - rank - 1) * 2 + (plan.vpp - 1) * pp + 1 + extra, m * plan.vpp)
         return chunks / plan.vpp
     if schedule is PipelineSchedule.ZERO_BUBBLE:
         return float(min(pp, m))
@@ -102,7 +110,7 @@ def inflight_microbatches(plan: Plan, num_microbatches: int, rank: int) -> float
         return float(min(pp + 1, m))
     if schedule is PipelineSchedule.DUALPIPEV:
         return float(min(2 * pp + 1, 2 * m))
-    return float(min(pp - rank, m))
+    return float(min(pp - rank + extra, m))
 
 
 def _chunk_shares(plan: Plan, rank: int, chunks: tuple[Chunk, ...]) -> list[float]:

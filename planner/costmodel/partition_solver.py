@@ -37,6 +37,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from planner.costmodel import ep_overlap
 from planner.costmodel.memory import inflight_microbatches, stage_memory
 from planner.costmodel.partition import (
     BLOCK_PIECES, Chunk, Partition, Piece, num_chunks, partition, partition_from_counts,
@@ -238,7 +239,7 @@ def fit_pipeline_layers(model: ModelSpec, cluster: ClusterSpec, plan: Plan, work
     num = plan.num_microbatches(workload)
 
     def rank_memory(part: Partition, rank: int) -> float:
-        inflight = inflight_microbatches(plan, num, rank)
+        inflight = inflight_microbatches(plan, num, rank, ep_overlap.applies(model, plan, workload))
         return stage_memory(model, plan, workload, part, rank, cluster.gpu, inflight).total_bytes
 
     start = partition(model, plan, forward_s)

@@ -353,8 +353,9 @@ def _simulate_partition(
                 f"forward, {offload.backward_exposed_s * 1e3:.1f} ms backward per micro-batch"
             )
     stages = []
+    merged = ep_overlap.applies(model, plan, workload)
     for rc in ranks:
-        inflight = inflight_microbatches(plan, num_micro, rc.rank)
+        inflight = inflight_microbatches(plan, num_micro, rc.rank, merged)
         mem = stage_memory(model, plan, workload, part, rc.rank, cluster.gpu, inflight, host_share)
         own = part.chunks_of_rank(rc.rank)
         pieces = Counter(p.value for c in own for p in c.pieces)

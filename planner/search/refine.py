@@ -44,6 +44,7 @@ import inspect
 import numpy as np
 
 from planner.costmodel import compute as C
+from planner.costmodel import ep_overlap
 from planner.costmodel.compute_vec import OpArrays
 from planner.costmodel.comm import StageComm, dp_step_comm, pp_p2p_s
 from planner.costmodel.dp_overlap import plan_exposure
@@ -343,8 +344,9 @@ class Refiner:
         (``ranks="all"``: of every rank, which is the simulator's peak for that split)."""
         m, gpu = plan.num_microbatches(self.workload), self.cluster.gpu
         which = range(plan.pp) if ranks == "all" else sorted({0, plan.pp - 1})
+        merged = ep_overlap.applies(self.model, plan, self.workload)
         return min(max(stage_memory(self.model, plan, self.workload, s.partition, k, gpu,
-                                    inflight_microbatches(plan, m, k)).total_bytes for k in which)
+                                    inflight_microbatches(plan, m, k, merged)).total_bytes for k in which)
                    for s in self.splits_of(plan))
 
     def _split_bounds(self, plans: list[Plan], split: Split, data_parallel: bool, quick: bool = False) -> np.ndarray:

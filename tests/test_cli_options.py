@@ -26,6 +26,7 @@ FROZEN = {
     "explain": (
         "--adam-moments", "--moe-dispatch", "--moe-dispatcher", "--moe-routing", "--pipeline-p2p", "--cross-entropy", "--fp8-impl",
         "--grad-reduce", "--overlap-param-gather", "--no-overlap-param-gather", "--tp-comm-overlap", "--no-tp-comm-overlap",
+        "--ep-comm-overlap", "--no-ep-comm-overlap",
         "--cluster", "--format", "--global-batch", "--global-batch-size", "--gpus", "--model",
         "--out", "--plan-a", "--plan-b", "--precision", "--sensitivity", "--seq-len",
         "--seq-length", "-c", "-f", "-m", "-o",
@@ -41,6 +42,7 @@ FROZEN = {
     "plan": (
         "--adam-moments", "--moe-dispatch", "--moe-dispatcher", "--moe-routing", "--pipeline-p2p", "--cross-entropy", "--fp8-impl",
         "--grad-reduce", "--overlap-param-gather", "--no-overlap-param-gather", "--tp-comm-overlap", "--no-tp-comm-overlap",
+        "--ep-comm-overlap", "--no-ep-comm-overlap",
         "--workers", "--etp", "--expert-tensor-parallel-size", "--rank-order",
         "--cluster", "--context-parallel-size", "--cp", "--emit", "--ep", "--exhaustive",
         "--expert-model-parallel-size", "--format", "--global-batch", "--global-batch-size", "--gpus", "--max-memory-frac",
@@ -52,6 +54,7 @@ FROZEN = {
     "report": (
         "--adam-moments", "--moe-dispatch", "--moe-dispatcher", "--moe-routing", "--pipeline-p2p", "--cross-entropy", "--fp8-impl",
         "--grad-reduce", "--overlap-param-gather", "--no-overlap-param-gather", "--tp-comm-overlap", "--no-tp-comm-overlap",
+        "--ep-comm-overlap", "--no-ep-comm-overlap",
         "--workers", "--etp", "--expert-tensor-parallel-size", "--rank-order",
         "--cluster", "--context-parallel-size", "--cp", "--ep", "--exhaustive", "--expert-model-parallel-size",
         "--format", "--from", "--global-batch", "--global-batch-size", "--gpus", "--max-memory-frac",
@@ -63,7 +66,8 @@ FROZEN = {
     ),
     "simulate": (
         "--adam-moments", "--moe-dispatch", "--moe-dispatcher", "--moe-routing", "--pipeline-p2p", "--cross-entropy", "--fp8-impl",
-        "--grad-reduce", "--overlap-param-gather", "--no-overlap-param-gather", "--tp-comm-overlap", "--no-tp-comm-overlap", "--ep-comm-overlap", "--no-ep-comm-overlap",
+        "--grad-reduce", "--overlap-param-gather", "--no-overlap-param-gather", "--tp-comm-overlap", "--no-tp-comm-overlap",
+        "--ep-comm-overlap", "--no-ep-comm-overlap",
         "--cluster", "--context-parallel-size", "--cp", "--cpu-offloading-num-layers", "--data-parallel-size", "--dp", "--ep",
         "--etp", "--expert-model-parallel-size", "--expert-tensor-parallel-size", "--format", "--global-batch", "--global-batch-size",
         "--gpus", "--micro-batch", "--micro-batch-size", "--model", "--no-sequence-parallel", "--out",
@@ -76,6 +80,7 @@ FROZEN = {
     "sweep": (
         "--adam-moments", "--moe-dispatch", "--moe-dispatcher", "--moe-routing", "--pipeline-p2p", "--cross-entropy", "--fp8-impl",
         "--grad-reduce", "--overlap-param-gather", "--no-overlap-param-gather", "--tp-comm-overlap", "--no-tp-comm-overlap",
+        "--ep-comm-overlap", "--no-ep-comm-overlap",
         "--cluster", "--context-parallel-size", "--cp", "--data-parallel-size", "--dp", "--ep",
         "--etp", "--expert-model-parallel-size", "--expert-tensor-parallel-size", "--format", "--global-batch", "--global-batch-size",
         "--gpus", "--grid", "--micro-batch", "--micro-batch-size", "--model", "--no-sequence-parallel",

@@ -97,3 +97,27 @@ def test_validator_reads_a2a_overlap_from_the_notes():
     assert on.workload.ep_comm_overlap
     off = case_inputs(rows["mzoo-h100-qwen3-235b-a22b-bf16-256gpu-16k-cp1-dropless"])
     assert not off.workload.ep_comm_overlap
+
+
+def test_plan_cli_searches_with_it_and_emits_megatrons_flags(tmp_path):
+    """``planner plan --ep-comm-overlap`` searches with combined 1F1B priced (the bounds
+    count its pairs: tests/test_search.py) and the emitted arguments turn it on where it
+    applies (Megatron-MoE-ModelZoo's A2A_OVERLAP=1: --overlap-moe-expert-parallel-comm
+    --delay-wgrad-compute)."""
+    import json
+    import subprocess
+    import sys
+
+    from planner.launch.emit import megatron_args
+    args = ["-m", "tiny-moe-mla", "-c", "dgx-h100", "--gpus", "16", "--global-batch", "32", "--top-k", "1",
+            "-f", "json"]
+    run = subprocess.run([sys.executable, "-m", "planner", "plan", *args, "--ep-comm-overlap",
+                          "--emit", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["workload"]["ep_comm_overlap"] is True
+    model = load_model("mixtral-8x7b")
+    inter = Plan(pp=4, vpp=2, ep=8, dp=8, pipeline_schedule="interleaved")
+    on = megatron_args(model, inter, ON)
+    assert "--overlap-moe-expert-parallel-comm" in on and "--delay-wgrad-compute" in on
+    off = megatron_args(model, inter.model_copy(update={"recompute": "full"}), ON)
+    assert "--overlap-moe-expert-parallel-comm" not in off

@@ -100,6 +100,7 @@ def explain_command(
     cross_entropy: str = options.cross_entropy(),
     fp8_implementation: str = options.fp8_implementation(),
     tp_comm_overlap: bool = options.tp_comm_overlap(),
+    ep_comm_overlap: bool = options.ep_comm_overlap(),
     plan_a: Path = typer.Option(..., "--plan-a", help="Plan A YAML (Megatron names or tp/pp/...)."),
     plan_b: Path = typer.Option(..., "--plan-b", help="Plan B YAML (Megatron names or tp/pp/...)."),
     with_sensitivity: bool = typer.Option(
@@ -117,7 +118,7 @@ def explain_command(
                               moe_dispatcher=moe_dispatcher, moe_routing=moe_routing,
                               pipeline_p2p=pipeline_p2p, cross_entropy=cross_entropy,
                               fp8_implementation=fp8_implementation,
-                              tp_comm_overlap=tp_comm_overlap)
+                              tp_comm_overlap=tp_comm_overlap, ep_comm_overlap=ep_comm_overlap)
     pa = build_plan(plan_a, cluster_spec.num_gpus, {})
     pb = build_plan(plan_b, cluster_spec.num_gpus, {})
     ra = simulate(model_spec, cluster_spec, pa, workload)

@@ -42,7 +42,7 @@ def build_workload(model: ModelSpec, global_batch: int, seq_len: int | None, pre
                    overlap_param_gather: bool = True, moe_dispatcher: str = "deepep",
                    moe_routing: str = "balanced", pipeline_p2p: str = "megatron",
                    cross_entropy: str = "unfused", tp_comm_overlap: bool = False,
-                   fp8_implementation: str = "te") -> Workload:
+                   fp8_implementation: str = "te", ep_comm_overlap: bool = False) -> Workload:
     """The Workload of the CLI options; the sequence length defaults to the model's."""
     return validate_spec(
         Workload,
@@ -51,7 +51,7 @@ def build_workload(model: ModelSpec, global_batch: int, seq_len: int | None, pre
          "grad_reduce_dtype": grad_reduce, "overlap_param_gather": overlap_param_gather,
          "moe_dispatcher": moe_dispatcher, "moe_routing": moe_routing, "pipeline_p2p": pipeline_p2p,
          "cross_entropy": cross_entropy, "tp_comm_overlap": tp_comm_overlap,
-         "fp8_implementation": fp8_implementation},
+         "fp8_implementation": fp8_implementation, "ep_comm_overlap": ep_comm_overlap},
         "workload",
     )
 
@@ -75,7 +75,8 @@ def resolve_workload(model: ModelSpec, num_gpus: int, global_batch: int | None, 
                      pipeline_p2p: str = "megatron",
                      cross_entropy: str = "unfused",
                      tp_comm_overlap: bool = False,
-                     fp8_implementation: str = "te") -> tuple[Workload, BudgetWorkload | None]:
+                     fp8_implementation: str = "te",
+                     ep_comm_overlap: bool = False) -> tuple[Workload, BudgetWorkload | None]:
     """The Workload of ``--global-batch``, or, without it, of the token budget ``--tokens``
     (DeepSeek LLM's B_opt law, :func:`planner.budget.budget_workload`); the second value is
     that derivation (None when the batch was given)."""
@@ -88,10 +89,10 @@ def resolve_workload(model: ModelSpec, num_gpus: int, global_batch: int | None, 
         budget = budget_workload(m, tokens, seq, num_gpus)
         return build_workload(model, budget.global_batch_size, seq, precision, adam_moments, moe_dispatch,
                               grad_reduce, overlap_param_gather, moe_dispatcher, moe_routing, pipeline_p2p,
-                              cross_entropy, tp_comm_overlap, fp8_implementation), budget
+                              cross_entropy, tp_comm_overlap, fp8_implementation, ep_comm_overlap), budget
     return build_workload(model, global_batch, seq_len, precision, adam_moments, moe_dispatch, grad_reduce,
                           overlap_param_gather, moe_dispatcher, moe_routing, pipeline_p2p, cross_entropy,
-                          tp_comm_overlap, fp8_implementation), None
+                          tp_comm_overlap, fp8_implementation, ep_comm_overlap), None
 
 
 def cost_of(report, workload: Workload, num_gpus: int, tokens: float | None, price: float | None) -> TrainingCost:

@@ -90,6 +90,7 @@ def plan_command(
     cross_entropy: str = options.cross_entropy(),
     fp8_implementation: str = options.fp8_implementation(),
     tp_comm_overlap: bool = options.tp_comm_overlap(),
+    ep_comm_overlap: bool = options.ep_comm_overlap(),
     tp: str = options.knob("tp", many=True),
     pp: str = options.knob("pp", many=True),
     vpp: str = options.knob("vpp", many=True),
@@ -126,7 +127,7 @@ def plan_command(
                                         moe_dispatcher=moe_dispatcher, moe_routing=moe_routing,
                                         pipeline_p2p=pipeline_p2p, cross_entropy=cross_entropy,
                                         fp8_implementation=fp8_implementation,
-                                        tp_comm_overlap=tp_comm_overlap)
+                                        tp_comm_overlap=tp_comm_overlap, ep_comm_overlap=ep_comm_overlap)
     constraints = constraints_from_options(tp, pp, vpp, cp, ep, micro_batch, zero, sp, recompute, schedule,
                                            max_memory_frac, etp, rank_order)
     result = run_search(model_spec, cluster_spec, workload, constraints, top_k, exhaustive,

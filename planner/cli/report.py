@@ -67,6 +67,7 @@ def report_command(
     cross_entropy: str = options.cross_entropy(),
     fp8_implementation: str = options.fp8_implementation(),
     tp_comm_overlap: bool = options.tp_comm_overlap(),
+    ep_comm_overlap: bool = options.ep_comm_overlap(),
     tp: str = options.knob("tp", many=True),
     pp: str = options.knob("pp", many=True),
     vpp: str = options.knob("vpp", many=True),
@@ -115,7 +116,7 @@ def report_command(
                                                 moe_dispatcher=moe_dispatcher, moe_routing=moe_routing,
                                                 pipeline_p2p=pipeline_p2p, cross_entropy=cross_entropy,
                                                 fp8_implementation=fp8_implementation,
-                                                tp_comm_overlap=tp_comm_overlap)
+                                                tp_comm_overlap=tp_comm_overlap, ep_comm_overlap=ep_comm_overlap)
         plans = [validate_spec(Plan, {k: r[k] for k in _PLAN_FIELDS if r.get(k) is not None}, f"{saved}: plan {i + 1}")
                  for i, r in enumerate(records[:top_k])]
         ranked = [(p, simulate(model_spec, cluster_spec, p, workload)) for p in plans]
@@ -128,7 +129,7 @@ def report_command(
                                             moe_dispatcher=moe_dispatcher, moe_routing=moe_routing,
                                             pipeline_p2p=pipeline_p2p, cross_entropy=cross_entropy,
                                             fp8_implementation=fp8_implementation,
-                                            tp_comm_overlap=tp_comm_overlap)
+                                            tp_comm_overlap=tp_comm_overlap, ep_comm_overlap=ep_comm_overlap)
         constraints = constraints_from_options(tp, pp, vpp, cp, ep, micro_batch, zero, sp, recompute, schedule,
                                                max_memory_frac, etp, rank_order)
         result = run_search(model_spec, cluster_spec, workload, constraints, top_k, exhaustive, workers=workers)

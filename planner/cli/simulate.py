@@ -21,7 +21,7 @@ from planner.costmodel.partition_solver import fit_pipeline_layers
 from planner.costmodel.report import PHASE_LABELS, StepReport
 from planner.costmodel.simulate import simulate
 from planner.errors import SpecError
-from planner.presets import load_cluster, load_model, revalidate
+from planner.presets import load_cluster, load_model
 from planner.report.trace import write_chrome_trace
 from planner.specs import ClusterSpec, ModelSpec, Plan, Workload
 from planner.sweep import report_row
@@ -143,9 +143,7 @@ def simulate_command(
                                         moe_dispatcher=moe_dispatcher, moe_routing=moe_routing,
                                         pipeline_p2p=pipeline_p2p, cross_entropy=cross_entropy,
                                         fp8_implementation=fp8_implementation,
-                                        tp_comm_overlap=tp_comm_overlap)
-    if ep_comm_overlap:
-        workload = revalidate(workload, ep_comm_overlap=True)
+                                        tp_comm_overlap=tp_comm_overlap, ep_comm_overlap=ep_comm_overlap)
     knobs = {
         "tp": tp, "pp": pp, "vpp": vpp, "cp": cp, "ep": ep, "etp": etp, "dp": dp, "zero_stage": zero,
         "sequence_parallel": sp, "recompute": recompute, "micro_batch_size": micro_batch,

@@ -129,6 +129,7 @@ def sweep_command(
     cross_entropy: str = options.cross_entropy(),
     fp8_implementation: str = options.fp8_implementation(),
     tp_comm_overlap: bool = options.tp_comm_overlap(),
+    ep_comm_overlap: bool = options.ep_comm_overlap(),
     tp: int = options.knob("tp"),
     pp: int = options.knob("pp"),
     vpp: int = options.knob("vpp"),
@@ -170,7 +171,7 @@ def sweep_command(
                                    moe_dispatcher=moe_dispatcher, moe_routing=moe_routing,
                                    pipeline_p2p=pipeline_p2p, cross_entropy=cross_entropy,
                                    fp8_implementation=fp8_implementation,
-                                   tp_comm_overlap=tp_comm_overlap)
+                                   tp_comm_overlap=tp_comm_overlap, ep_comm_overlap=ep_comm_overlap)
     knobs = {"tp": tp, "pp": pp, "vpp": vpp, "cp": cp, "ep": ep, "etp": etp, "dp": dp, "zero_stage": zero,
              "sequence_parallel": sp, "recompute": recompute, "micro_batch_size": micro_batch,
              "pipeline_schedule": schedule}

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import yaml
 
+from planner.costmodel import ep_overlap
 from planner.costmodel.tp_overlap import applies as tp_overlap_applies
 from planner.errors import SpecError
 from planner.specs.model import FFNActivation, ModelSpec, Normalization, PositionEmbedding, RouterScore
@@ -262,6 +263,9 @@ def megatron_args(
             lines += ["--moe-token-dispatcher-type flex", "--moe-enable-deepep"]
         else:
             lines.append("--moe-token-dispatcher-type alltoall")
+    if ep_overlap.applies(model, plan, workload):  # combined 1F1B (planner.costmodel.ep_overlap)
+        lines += ["# combined 1F1B needs CUDA_DEVICE_MAX_CONNECTIONS > 1 (Megatron-MoE-ModelZoo sets 32)",
+                  "--overlap-moe-expert-parallel-comm", "--delay-wgrad-compute"]
     if steps is not None:
         lines.append(f"--train-iters {steps}")
     if seed is not None:

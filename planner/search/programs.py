@@ -33,7 +33,7 @@ from functools import lru_cache
 import numpy as np
 
 # The simulator's own program builders and chunk placement.
-from planner.costmodel.schedules import _layout, raw_programs
+from planner.costmodel.schedules import _BWO, _FO, _layout, raw_programs  # _FO, _BWO: combined 1F1B's halves
 from planner.specs.plan import DUAL_SCHEDULES, PipelineSchedule
 
 _F, _B, _W, _BW, _FB = range(5)  # the op codes of planner.costmodel.schedules (EventKind order)
@@ -98,10 +98,13 @@ def _suffix_counts(ops, chunks: int, positions: list[int]) -> np.ndarray:
     code, chunk, back = arr[:, 0], arr[:, 2], arr[:, 4]
     onehot = np.zeros((len(arr) + 1, 6, chunks), dtype=np.int64)
     rows = np.arange(len(arr))
-    plain = code != _FB
+    pair, half_f, half_b = code == _FB, code == _FO, code == _BWO
+    plain = ~(pair | half_f | half_b)
     onehot[rows[plain], code[plain], chunk[plain]] = 1  # F, B, W, BW are codes 0..3
-    onehot[rows[~plain], 4, chunk[~plain]] = 1
-    onehot[rows[~plain], 5, back[~plain]] = 1
+    onehot[rows[pair], 4, chunk[pair]] = 1
+    onehot[rows[pair], 5, back[pair]] = 1
+    onehot[rows[half_f], 4, chunk[half_f]] = 1  # combined 1F1B: each half its own operation
+    onehot[rows[half_b], 5, chunk[half_b]] = 1
     suffix = np.cumsum(onehot[::-1], axis=0)[::-1]  # suffix[j] = counts of ops[j:]
     return suffix[positions]
 
@@ -127,21 +130,25 @@ def _rest(counts: np.ndarray) -> np.ndarray:
 
 
 @lru_cache(maxsize=512)
-def programs(schedule: PipelineSchedule, num_microbatches: int, pp: int, vpp: int) -> Programs:
+def programs(schedule: PipelineSchedule, num_microbatches: int, pp: int, vpp: int, merged: bool = False) -> Programs:
+    """The coefficients of one schedule's programs; ``merged``: Megatron-Core's combined 1F1B
+    (:func:`planner.costmodel.ep_overlap.applies`), whose steady-state forward and backward
+    halves count as paired operations."""
     layout = _layout(schedule, pp, vpp, num_microbatches)
     if 2 * num_microbatches * layout.num_chunks > PROGRAM_OPS_LIMIT:
-        return _closed_form(schedule, num_microbatches, pp, layout.chunk_ranks)
-    return _from_program(schedule, num_microbatches, pp, vpp)
+        return _closed_form(schedule, num_microbatches, pp, layout.chunk_ranks, merged)
+    return _from_program(schedule, num_microbatches, pp, vpp, merged)
 
 
-def _closed_form(schedule: PipelineSchedule, m: int, pp: int, where) -> Programs:
+def _closed_form(schedule: PipelineSchedule, m: int, pp: int, where, merged: bool = False) -> Programs:
     """One position per rank, its first operation, from what every schedule guarantees:
     each of the rank's chunks runs ``runs`` forwards and backwards (m / 2 per DualPipe
     direction); without pairs (1F1B, interleaved, ZB) the first operation is micro-batch
     0's forward of the rank's lowest chunk r, after chunks 0..r-1, and under 1F1B and
     interleaved the last is a full backward (BW) of chunk r, before chunks r-1..0. With
-    pairs every operation is counted at ``pair`` (``pair <= f + b + w``) and the chains
-    are left out."""
+    pairs every operation is counted at ``pair`` (``pair <= f + b + w``), and DualPipe's
+    chains are left out (combined 1F1B keeps them: its warm-up forwards and cool-down
+    backwards, which the chains and drains run through, are never paired)."""
     n = len(where[0])
     runs = np.zeros((pp, 1, n))
     for d, ranks in enumerate(where):
@@ -159,14 +166,15 @@ def _closed_form(schedule: PipelineSchedule, m: int, pp: int, where) -> Programs
             if schedule is not PipelineSchedule.ZERO_BUBBLE:
                 drain_b[r, :r] = 1.0
                 drain_x[r] = sum(ranks[k] != ranks[k - 1] for k in range(1, r + 1))
-    rest = (zeros, zeros, zeros, runs) if dual else (runs, runs, runs, zeros)
+    rest = (zeros, zeros, zeros, runs) if dual or merged else (runs, runs, runs, zeros)
     return Programs(np.stack([chain, zeros, zeros]), sends, np.stack(rest), np.ones((pp, 1), dtype=bool),
                     np.stack([drain_b, drain_b]), drain_x)
 
 
-def _from_program(schedule: PipelineSchedule, num_microbatches: int, pp: int, vpp: int) -> Programs:
+def _from_program(schedule: PipelineSchedule, num_microbatches: int, pp: int, vpp: int,
+                  merged: bool = False) -> Programs:
     layout = _layout(schedule, pp, vpp, num_microbatches)
-    ops_of_rank = raw_programs(schedule, num_microbatches, pp, vpp)
+    ops_of_rank = raw_programs(schedule, num_microbatches, pp, vpp, merged)
     n = layout.num_chunks
     where = np.asarray(layout.chunk_ranks, dtype=np.int64)  # (directions, chunks)
     direction = np.asarray(layout.microbatch_direction, dtype=np.int64)
@@ -176,13 +184,14 @@ def _from_program(schedule: PipelineSchedule, num_microbatches: int, pp: int, vp
     down = np.zeros(where.shape, dtype=np.int64)
     down[:, 1:] = where[:, 1:] != where[:, :-1]
     arrays = [np.asarray(ops, dtype=np.int64).reshape(-1, 5) for ops in ops_of_rank]
-    forward_kind = np.full((len(direction), n), -1, dtype=np.int64)  # (mb, chunk): F or FB
-    backward_kind = np.full((len(direction), n), -1, dtype=np.int64)  # B, BW or FB
+    # A link that runs paired (FB, or a half FO / BWO) counts 0 on a chain.
+    forward_kind = np.full((len(direction), n), -1, dtype=np.int64)  # (mb, chunk): F, FB or FO
+    backward_kind = np.full((len(direction), n), -1, dtype=np.int64)  # B, BW, FB or BWO
     for arr in arrays:
         code, mb, c, bmb, bc = arr.T
-        f = (code == _F) | (code == _FB)
+        f = (code == _F) | (code == _FB) | (code == _FO)
         forward_kind[mb[f], c[f]] = code[f]
-        b = (code == _B) | (code == _BW)
+        b = (code == _B) | (code == _BW) | (code == _BWO)
         backward_kind[mb[b], c[b]] = code[b]
         backward_kind[bmb[code == _FB], bc[code == _FB]] = _FB
 
@@ -205,8 +214,8 @@ def _from_program(schedule: PipelineSchedule, num_microbatches: int, pp: int, vp
         code, mb, c, bmb, bc = arr.T
         # The rank's first forward of each (direction, chunk) and first backward of each,
         # in program order (a pair's forward before its backward).
-        fwd = np.flatnonzero((code == _F) | (code == _FB))
-        bwd = np.flatnonzero((code == _B) | (code == _BW) | (code == _FB))
+        fwd = np.flatnonzero((code == _F) | (code == _FB) | (code == _FO))
+        bwd = np.flatnonzero((code == _B) | (code == _BW) | (code == _FB) | (code == _BWO))
         paired = code[bwd] == _FB
         bm, b = np.where(paired, bmb[bwd], mb[bwd]), np.where(paired, bc[bwd], c[bwd])
         heads = []
@@ -237,7 +246,7 @@ def _from_program(schedule: PipelineSchedule, num_microbatches: int, pp: int, vp
         code, mb, c, bmb, bc = ops[-1]
         if code == _FB:
             mb, c = bmb, bc
-        if code in (_B, _BW, _FB) and c > 0:  # the backwards of chunks c-1..0 follow
+        if code in (_B, _BW, _FB, _BWO) and c > 0:  # the backwards of chunks c-1..0 follow
             drain_x[r] = backwards(mb, 1, c, drain[:, r]) + down[direction[mb], c]
             kind = backward_kind[mb, 0]
             drain[1, r, 0] += kind in (_B, _BW)

@@ -88,6 +88,7 @@ def _collect(refiner: Refiner, g: int, variants: list[Plan], values: np.ndarray,
     if not todo:
         return
     program = (plan.pipeline_schedule, plan.num_microbatches(refiner.workload), plan.pp, plan.vpp)
+    # Full recomputation turns combined 1F1B off, so the variants' programs may differ.
     p2p = refiner.p2p_s(plan)
     comm = refiner.stage_comm(plan, 0)
     params = refiner.piece_params(plan.tp, plan.ep, plan.expert_tp)
@@ -101,7 +102,7 @@ def _collect(refiner: Refiner, g: int, variants: list[Plan], values: np.ndarray,
                 bucket = buckets[len(split.partition.chunks)] = _Bucket()
             dense, expert = (float(x) for x in split.rank_counts[0] @ params)
             bucket.owner.append((g, v))
-            bucket.program.append(program)
+            bucket.program.append((*program, refiner.merged(p)))
             bucket.counts.append(split.counts)
             bucket.full.append(full)
             bucket.timed.append(timed)
@@ -124,6 +125,7 @@ def _price(bucket: _Bucket, opt_s_per_param: float, pair_busy_fraction: float) -
     cp_f, cp_b = np.maximum(0.0, cpf - attn), np.maximum(0.0, cpb - 2 * attn)
     own = np.stack(bucket.own)
     fwd, bwd = comp_f + cp_f + tp_f + ep_f, comp_b + cp_b + tp_b + ep_b
+    # (Combined 1F1B's SM tax left out: the pair only rises with it, so still a bound.)
     pair = dualpipe_pair_s(comp_f + comp_b + comp_w + cp_f + cp_b, ep_f + ep_b, 0.0, tp_f + tp_b,
                            fwd + bwd + comp_w, pair_busy_fraction)
     durations = np.stack([fwd, bwd, comp_w, pair], axis=1) * own[:, None, :]  # (x, 4, chunks), 0 off rank 0

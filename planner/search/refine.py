@@ -93,8 +93,16 @@ class Refiner:
         gpu = cluster.gpu
         self.opt_s_per_param = _optimizer_bytes_per_param(workload) / (
             gpu.hbm_bandwidth_bytes_per_s * gpu.efficiency.hbm_fraction)
-        self.ep_share = 1.0 - C.compute_constants()["ep_overlap_communication_sms"] / gpu.num_sms
+        sms = C.compute_constants()["ep_overlap_communication_sms"]
+        self.ep_share = 1.0 - sms / gpu.num_sms
+        # Combined 1F1B's pair: compute beside the all-to-all runs on the SMs its kernels leave
+        # (simulate.py's _RankCosts.comm_sm_tax).
+        self.comm_sm_tax = sms / (gpu.num_sms - sms)
         self.pair_busy_fraction = C.compute_constants()["dualpipe_pair_compute_busy_fraction"]
+
+    def merged(self, plan: Plan) -> bool:
+        """Whether ``plan`` runs Megatron-Core's combined 1F1B (:func:`ep_overlap.applies`)."""
+        return ep_overlap.applies(self.model, plan, self.workload)
 
     # -----------------------------------------------------------------------------------
     # Per-shape tables
@@ -320,14 +328,16 @@ class Refiner:
     def _replay_split(self, plan: Plan, split: Split) -> float:
         n = len(split.partition.chunks)
         durations = self._chunk_times([plan], split, range(n), True)[0]
-        dual = plan.pipeline_schedule in DUAL_SCHEDULES
-        times = [ChunkTimes(f, b, w, pair if dual else None) for f, b, w, pair in durations.T.tolist()]
+        merged = self.merged(plan)
+        paired = plan.pipeline_schedule in DUAL_SCHEDULES or merged
+        times = [ChunkTimes(f, b, w, pair if paired else None) for f, b, w, pair in durations.T.tolist()]
         m, p2p = plan.num_microbatches(self.workload), self.p2p_s(plan)
-        key = (plan.pipeline_schedule, m, plan.pp, plan.vpp, p2p, durations.tobytes())
+        key = (plan.pipeline_schedule, m, plan.pp, plan.vpp, merged, p2p, durations.tobytes())
         ends = self._timelines.get(key)
         if ends is None:
             ends = self._timelines[key] = np.array(
-                simulate_pipeline(plan.pipeline_schedule, times, m, plan.pp, plan.vpp, p2p).rank_end_s)
+                simulate_pipeline(plan.pipeline_schedule, times, m, plan.pp, plan.vpp, p2p,
+                                  ep_overlap=merged).rank_end_s)
         totals = self.piece_params(plan.tp, plan.ep, plan.expert_tp)
         params = split.rank_counts @ totals  # (ranks, dense/expert)
         sharded = plan.zero_stage >= ZeroStage.OPTIMIZER
@@ -344,7 +354,7 @@ class Refiner:
         (``ranks="all"``: of every rank, which is the simulator's peak for that split)."""
         m, gpu = plan.num_microbatches(self.workload), self.cluster.gpu
         which = range(plan.pp) if ranks == "all" else sorted({0, plan.pp - 1})
-        merged = ep_overlap.applies(self.model, plan, self.workload)
+        merged = self.merged(plan)
         return min(max(stage_memory(self.model, plan, self.workload, s.partition, k, gpu,
                                     inflight_microbatches(plan, m, k, merged)).total_bytes for k in which)
                    for s in self.splits_of(plan))
@@ -352,8 +362,15 @@ class Refiner:
     def _split_bounds(self, plans: list[Plan], split: Split, data_parallel: bool, quick: bool = False) -> np.ndarray:
         """(variants, 2): the bound of each plan (all alike but recompute) on ``split``, for
         an unsharded and a sharded optimizer (``quick``: :meth:`time_bounds`)."""
+        merged = [self.merged(p) for p in plans]
+        if len(set(merged)) > 1:  # full recomputation turns combined 1F1B off: other programs
+            out = np.empty((len(plans), 2))
+            for flag in (False, True):
+                idx = [i for i, f in enumerate(merged) if f is flag]
+                out[idx] = self._split_bounds([plans[i] for i in idx], split, data_parallel, quick)
+            return out
         plan = plans[0]
-        prog = programs(plan.pipeline_schedule, plan.num_microbatches(self.workload), plan.pp, plan.vpp)
+        prog = programs(plan.pipeline_schedule, plan.num_microbatches(self.workload), plan.pp, plan.vpp, merged[0])
         full = split.counts @ np.stack([self.piece_times(p)[:, :3] for p in plans])  # (variants, chunks, F B W)
         full = full.transpose(0, 2, 1)
         p2p = self.p2p_s(plan)
@@ -430,13 +447,14 @@ class Refiner:
         out[:, 0, idx] = np.maximum(comp_f + cp_f, gather) + tp_f + ep_f
         out[:, 1, idx] = np.maximum(comp_b + cp_b, gather) + tp_b + ep_b
         out[:, 2, idx] = np.maximum(comp_w, scatter)
-        # DualPipe's pair, as simulate.py's _RankCosts.chunk_times (dualpipe_pair_s: it rises
-        # with each argument, so lower bounds in give a lower bound out). Below the
-        # simulator's would still do for the replay: with f, b, w exact, an F&B pair's
-        # duration f k + (b + w) k rises with k = pair / (f + b + w).
+        # The F&B pair (DualPipe's, or combined 1F1B's with its SM tax), as simulate.py's
+        # _RankCosts.chunk_times (dualpipe_pair_s: it rises with each argument, so lower
+        # bounds in give a lower bound out). Below the simulator's would still do for the
+        # replay: with f, b, w exact, an F&B pair's duration f k + (b + w) k rises with
+        # k = pair / (f + b + w).
         out[:, 3, idx] = dualpipe_pair_s(comp_f + comp_b + comp_w + cp_f + cp_b, ep_f + ep_b, 2 * gather + scatter,
                                          tp_f + tp_b, out[:, 0, idx] + out[:, 1, idx] + out[:, 2, idx],
-                                         self.pair_busy_fraction)
+                                         self.pair_busy_fraction, self.comm_sm_tax if self.merged(plan) else 0.0)
         return out
 
 

@@ -135,3 +135,19 @@ def test_cli_bad_plan_exit_2(plan_files, tmp_path, content):
     assert r.returncode == 2, r.stderr
     assert "Traceback" not in r.stderr + r.stdout
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_combined_1f1b_is_named_where_it_hides_the_all_to_all():
+    """With ep_comm_overlap the plan whose pairs run (selective recompute) hides its EP16
+    all-to-all across nodes; full recomputation turns combined 1F1B off, so its all-to-all
+    is exposed and the term says which plan paired (labels as given). Terms still sum."""
+    model, cluster = load_model("deepseek-v2-lite"), load_cluster("dgx-h100", num_gpus=32)
+    workload = Workload(global_batch_size=128, seq_length=4096, ep_comm_overlap=True)
+    pa = Plan(pp=2, vpp=2, ep=16, dp=16, pipeline_schedule="interleaved", recompute="selective")
+    pb = pa.model_copy(update={"recompute": "full"})
+    ra, rb = simulate(model, cluster, pa, workload), simulate(model, cluster, pb, workload)
+    e = explain(ra, rb, ("paired", "full"), plans=(pa, pb), cluster=cluster)
+    ep = next(t for t in e.terms if t.key == "ep_comm")
+    assert ep.a_s == 0 < ep.b_s
+    assert "hidden in combined 1F1B pairs of paired" in ep.note
+    assert abs(sum(t.delta_s for t in e.terms) - e.delta_s) <= 1e-9 * max(e.a_step_s, e.b_step_s)

@@ -199,7 +199,8 @@ def _link(cluster: ClusterSpec | None, group: int) -> str:
     return " across nodes"
 
 
-def _notes(pa: Plan, pb: Plan, ra: StepReport, rb: StepReport, cluster: ClusterSpec | None) -> dict[str, str]:
+def _notes(pa: Plan, pb: Plan, ra: StepReport, rb: StepReport, cluster: ClusterSpec | None,
+           labels: tuple[str, str] = ("A", "B")) -> dict[str, str]:
     def link_text(ga: int, gb: int) -> str:
         la, lb = _link(cluster, ga).strip(), _link(cluster, gb).strip()
         if la == lb:
@@ -213,8 +214,12 @@ def _notes(pa: Plan, pb: Plan, ra: StepReport, rb: StepReport, cluster: ClusterS
     pipe += f", {_vs(ra.num_microbatches, rb.num_microbatches)} micro-batches"
     ep = f"{_vs(pa.ep, pb.ep, 'EP{}')} all-to-all{link_text(pa.ep * pa.expert_tp, pb.ep * pb.expert_tp)}"
     dual = [p.pipeline_schedule in DUAL_SCHEDULES and p.ep > 1 for p in (pa, pb)]
+    # Megatron-Core's combined 1F1B pairs a non-DualPipe schedule's forwards and backwards.
+    merged = [not d and p.ep > 1 and r.breakdown.overlapped_fb_s > 0 for d, p, r in zip(dual, (pa, pb), (ra, rb))]
     if any(dual):
         ep += ", hidden in DualPipe F&B pairs" + ("" if all(dual) else f" under {pa.pipeline_schedule.value if dual[0] else pb.pipeline_schedule.value}")
+    if any(merged):
+        ep += ", hidden in combined 1F1B pairs" + ("" if all(merged) else f" of {labels[0] if merged[0] else labels[1]}")
     compute = (f"{_vs(pa.micro_batch_size, pb.micro_batch_size, 'micro-batch {}')}, "
                f"{_vs(pa.tp, pb.tp, 'TP{}')} {_vs(pa.cp, pb.cp, 'CP{}')}")
     if any(dual) and not all(dual):
@@ -228,7 +233,7 @@ def _notes(pa: Plan, pb: Plan, ra: StepReport, rb: StepReport, cluster: ClusterS
         "cp_comm": f"{_vs(pa.cp, pb.cp, 'CP{}')} ring exchange{link_text(pa.cp * pa.tp, pb.cp * pb.tp)}",
         "ep_comm": ep,
         "pp_comm": f"{_vs(pa.pp, pb.pp, 'PP{}')} p2p",
-        "other_pipeline": "EP all-to-all outside DualPipe pairs, exposed ZeRO-3 gathers",
+        "other_pipeline": "EP all-to-all outside F&B pairs, exposed ZeRO-3 gathers",
         "bubble": pipe,
         "dp_comm": f"{_vs(pa.dp, pb.dp, 'DP{}')} {zero} gradient sync",
         "optimizer": f"{zero} optimizer shard",
@@ -280,7 +285,7 @@ def explain(
     ``plans`` (the two plans simulated) and ``cluster`` are optional; with them each term
     says what in the plans drives it (degrees, schedule, NVLink or across nodes)."""
     da, db = _additive(a), _additive(b)
-    notes = _notes(plans[0], plans[1], a, b, cluster) if plans is not None else {}
+    notes = _notes(plans[0], plans[1], a, b, cluster, labels) if plans is not None else {}
     terms = tuple(Term(k, _LABELS[k], da[k], db[k], notes.get(k, "")) for k in _LABELS)
     phases = tuple(
         Term(k.removesuffix("_s"), lab, getattr(a.breakdown, k), getattr(b.breakdown, k))

@@ -17,10 +17,12 @@ chunks, so the flag changes nothing there.
 
 from __future__ import annotations
 
+from planner.costmodel import compute as C
+from planner.specs.hardware import GPUSpec
 from planner.specs.model import ModelSpec
 from planner.specs.plan import PipelineSchedule, Plan, Recompute, Workload
 
-__all__ = ["applies"]
+__all__ = ["applies", "comm_sm_tax"]
 
 
 def applies(model: ModelSpec, plan: Plan, workload: Workload) -> bool:
@@ -30,3 +32,11 @@ def applies(model: ModelSpec, plan: Plan, workload: Workload) -> bool:
     if plan.pp == 1:
         return plan.pipeline_schedule is PipelineSchedule.ONE_F_ONE_B
     return plan.pipeline_schedule is PipelineSchedule.INTERLEAVED
+
+
+def comm_sm_tax(gpu: GPUSpec) -> float:
+    """Compute seconds lost per second of all-to-all run beside it in a combined-1F1B pair:
+    the dispatch kernels hold ``ep_overlap_communication_sms`` (data/costmodel/compute.yaml)
+    of the GPU's SMs while they run, and the compute beside them runs on the rest."""
+    sms = C.compute_constants()["ep_overlap_communication_sms"]
+    return sms / (gpu.num_sms - sms)

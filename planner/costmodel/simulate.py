@@ -128,7 +128,7 @@ class _RankCosts:
         sms = constants["ep_overlap_communication_sms"]
         self.compute_share = 1.0 - sms / gpu.num_sms if dual_ep else 1.0
         # Combined 1F1B: compute beside the all-to-all runs on the SMs its kernels leave.
-        self.comm_sm_tax = sms / (gpu.num_sms - sms) if self.paired and not dual_ep else 0.0
+        self.comm_sm_tax = ep_overlap.comm_sm_tax(gpu) if self.paired and not dual_ep else 0.0
         self.pair_busy_fraction = constants["dualpipe_pair_compute_busy_fraction"]
         self.comm = StageComm(model, cluster, plan, workload, layout, rank)
         self.model, self.plan, self.workload, self.gpu, self.cluster = model, plan, workload, gpu, cluster
@@ -267,6 +267,7 @@ def _simulate_partition(
         chunk_times.append(times)
         infos[chunk.index] = info
     num_micro = plan.num_microbatches(workload)
+    merged = ep_overlap.applies(model, plan, workload)
     p2p = pp_p2p_s(cluster, plan, workload, layout, model)
     sched_times, sched_p2p, waits = chunk_times, p2p, np.zeros(len(chunk_times))
     if workload.pipeline_p2p is PipelineP2P.DEEPSPEED:
@@ -277,7 +278,7 @@ def _simulate_partition(
                        for t, w in zip(chunk_times, waits, strict=True)]
         sched_p2p = 0.0
     timeline = simulate_pipeline(plan.pipeline_schedule, sched_times, num_micro, plan.pp, plan.vpp, sched_p2p,
-                                 ep_overlap=ep_overlap.applies(model, plan, workload))
+                                 ep_overlap=merged)
 
     # Data-parallel sync and optimizer per rank; the slowest rank ends the step.
     rank_end = timeline.rank_end_s
@@ -353,7 +354,6 @@ def _simulate_partition(
                 f"forward, {offload.backward_exposed_s * 1e3:.1f} ms backward per micro-batch"
             )
     stages = []
-    merged = ep_overlap.applies(model, plan, workload)
     for rc in ranks:
         inflight = inflight_microbatches(plan, num_micro, rc.rank, merged)
         mem = stage_memory(model, plan, workload, part, rc.rank, cluster.gpu, inflight, host_share)

@@ -93,11 +93,8 @@ class Refiner:
         gpu = cluster.gpu
         self.opt_s_per_param = _optimizer_bytes_per_param(workload) / (
             gpu.hbm_bandwidth_bytes_per_s * gpu.efficiency.hbm_fraction)
-        sms = C.compute_constants()["ep_overlap_communication_sms"]
-        self.ep_share = 1.0 - sms / gpu.num_sms
-        # Combined 1F1B's pair: compute beside the all-to-all runs on the SMs its kernels leave
-        # (simulate.py's _RankCosts.comm_sm_tax).
-        self.comm_sm_tax = sms / (gpu.num_sms - sms)
+        self.ep_share = 1.0 - C.compute_constants()["ep_overlap_communication_sms"] / gpu.num_sms
+        self.comm_sm_tax = ep_overlap.comm_sm_tax(gpu)  # combined 1F1B's pair (simulate's)
         self.pair_busy_fraction = C.compute_constants()["dualpipe_pair_compute_busy_fraction"]
 
     def merged(self, plan: Plan) -> bool:

@@ -210,6 +210,21 @@ def test_sweep_cli(tmp_path: Path):
                               str(tmp_path / "x.png")), "--plot", "two --grid axes")
 
 
+def test_help_text_is_rendered_whole():
+    """Typer renders help as Markdown: the command list joins each docstring's lines into one
+    paragraph (Rich's markup mode kept the source's line breaks mid-sentence) and square
+    brackets are text, not Rich markup tags (which swallowed ``[src, dst]``)."""
+    import os
+
+    env = {**os.environ, "COLUMNS": "250"}
+    top = subprocess.run([sys.executable, "-m", "planner", "--help"], capture_output=True, text=True,
+                         timeout=60, env=env).stdout
+    assert "memory per GPU (GiB) and the cost of a token budget (GPU-hours, US$) for one plan." in top
+    collective = subprocess.run([sys.executable, "-m", "planner", "collective", "--help"], capture_output=True,
+                                text=True, timeout=60, env=env).stdout
+    assert "[src, dst]" in collective
+
+
 def test_every_command_help_has_an_example():
     for command in ("describe", "simulate", "plan", "explain", "sweep", "report", "validate", "collective",
                     "topology"):

@@ -23,6 +23,7 @@ app = typer.Typer(
     help="Auto-parallel planner and performance simulator for distributed LLM training.",
     no_args_is_help=True,
     add_completion=False,
+    rich_markup_mode="markdown",  # docstring lines join into paragraphs; [brackets] stay text
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )

@@ -108,7 +108,7 @@ def simulate_command(
     cp: int = options.knob("cp"),
     ep: int = options.knob("ep"),
     etp: int = options.knob("etp"),
-    dp: int = typer.Option(None, "--dp", "--data-parallel-size", help="Data-parallel degree \\[default: GPUs / (tp*cp*pp)]."),
+    dp: int = typer.Option(None, "--dp", "--data-parallel-size", help="Data-parallel degree \\[default: GPUs / (tp · cp · pp)]."),
     zero: int = options.zero(),
     sp: bool = options.sequence_parallel(),
     recompute: str = options.recompute(),

@@ -137,7 +137,7 @@ def sweep_command(
     ep: int = options.knob("ep"),
     etp: int = options.knob("etp"),
     dp: int = typer.Option(None, "--dp", "--data-parallel-size",
-                           help="Data-parallel degree \\[default: each point's GPUs / (tp*cp*pp)]."),
+                           help="Data-parallel degree \\[default: each point's GPUs / (tp · cp · pp)]."),
     zero: int = options.zero(),
     sp: bool = options.sequence_parallel(),
     recompute: str = options.recompute(),

@@ -110,9 +110,10 @@ def test_flash_attention_is_faster_than_unfused() -> None:
 def test_public_validation_cases_score() -> None:
     """`planner validate` on the 44 public cases (../shared/validation/public_cases.csv,
     shipped as data/validation/public_cases.csv). Issue #5 asks for a median absolute
-    percentage error <= 8% (met: 3.8%) and >= 80% of cases within 15% (not met: 75%; the
-    misses are DeepSpeed ZeRO-3 and MT-NLG rows our model runs 17-77% too fast, and two
-    Fire-Flyer DeepSeekMoE-16B points). Guards: median <= 8%, within 15% >= 70%."""
+    percentage error <= 8% and >= 80% of cases within 15%; the model is at 4.5% and 84.1%
+    (37 of 44). The misses: five DeepSpeed ZeRO-3 rows (Narayanan et al. 2021 Table 2) the
+    model runs 27-77% too fast and the sixth, which it reports out of memory, and MT-NLG 530B
+    on 3360 GPUs (-16%). Asserted at issue #5's thresholds."""
     from planner.validation.cases import read_cases
     from planner.validation.run import run_cases, score
 
@@ -121,4 +122,4 @@ def test_public_validation_cases_score() -> None:
     rows = read_cases(Path(__file__).resolve().parents[1] / "data" / "validation" / "public_cases.csv")
     summary = score(rows, run_cases(rows))
     assert summary.overall.median_ape <= 0.08
-    assert summary.overall.within >= 0.70
+    assert summary.overall.within >= 0.80

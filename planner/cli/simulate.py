@@ -23,6 +23,7 @@ from planner.costmodel.simulate import simulate
 from planner.errors import SpecError
 from planner.presets import load_cluster, load_model
 from planner.report.trace import write_chrome_trace
+from planner.search.fixes import MemoryFix, MemoryFixes, memory_fixes
 from planner.specs import ClusterSpec, ModelSpec, Plan, Workload
 from planner.sweep import report_row
 
@@ -154,6 +155,7 @@ def simulate_command(
     plan = build_plan(plan_file, cluster_spec.num_gpus, knobs)
     report = simulate(model_spec, cluster_spec, plan, workload)
     fitted = _fitted_split(model_spec, cluster_spec, plan, workload) if not report.fits else None
+    fixes = memory_fixes(model_spec, cluster_spec, plan, workload, report) if not report.fits else None
     cost = cost_of(report, workload, cluster_spec.num_gpus, tokens, price)
     trace_path = None
     if trace is not None:
@@ -172,6 +174,9 @@ def simulate_command(
     if fitted is not None:
         data["fitted_pipeline_layers"] = {"pipeline_layers": list(fitted.pipeline_layers),
                                           "step_time_s": fitted.step_time_s}
+    if fixes is not None:
+        data["memory_fixes"] = {"fits": [_fix_json(f) for f in fixes.fits],
+                                "leanest": _fix_json(fixes.leanest) if fixes.leanest is not None else None}
     if trace_path is not None:
         data["trace_file"] = str(trace_path)
     if plot_paths:
@@ -185,6 +190,8 @@ def simulate_command(
             layers = ",".join(str(n) for n in fitted.pipeline_layers)
             console.print(f"fits with an uneven layer split: --pipeline-layers {layers} "
                           f"(step time {fitted.step_time_s:.3f} s, CP-SAT)", markup=False)
+        if fixes is not None:
+            console.print(_fixes_line(fixes, report), markup=False)
         if budget is not None:
             console.print(f"workload: {budget.line()}", markup=False)
         console.print(f"cost: {cost.line()}", markup=False)
@@ -206,6 +213,29 @@ def _fitted_split(model: ModelSpec, cluster: ClusterSpec, plan: Plan, workload: 
     layers = tuple(chunk.num_blocks for chunk in fit.partition.chunks)
     report = simulate(model, cluster, plan.model_copy(update={"pipeline_layers": layers}), workload)
     return report if report.fits else None
+
+
+def _fix_json(fix: MemoryFix) -> dict:
+    return {"flags": fix.flags, "status": fix.report.status.value, "step_time_s": fix.report.step_time_s,
+            "memory_peak_bytes": fix.report.memory_peak_bytes}
+
+
+def _fixes_line(fixes: MemoryFixes, report: StepReport) -> str:
+    """What would make an OOM plan fit, in one line (:func:`planner.search.fixes.memory_fixes`)."""
+    def each(fix: MemoryFix) -> str:
+        return f"{fix.flags} ({fix.report.step_time_s:.3f} s, {_gib(fix.report.memory_peak_bytes)} GiB)"
+
+    if fixes.fits:
+        return "fits with one change (fastest first): " + "; ".join(each(f) for f in fixes.fits)
+    elsewhere = "more pipeline stages (--pp), more GPUs or GPUs with more HBM (planner plan searches them)"
+    lean = fixes.leanest
+    if lean is None:
+        return f"no knob of this layout lowers memory further: {elsewhere}"
+    if lean.report.fits:
+        return f"no single change fits; all of {each(lean)} does"
+    worst = max(lean.report.stages, key=lambda st: st.memory.total_bytes)
+    return (f"no change of this layout fits: with all of {lean.flags} pipeline rank {worst.rank} still needs "
+            f"{_gib(worst.memory.total_bytes)} of {_gib(worst.memory.capacity_bytes)} GiB; {elsewhere}")
 
 
 def _write_plots(report: StepReport, folder: Path, what: str, plan: Plan) -> list[Path]:

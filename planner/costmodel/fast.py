@@ -172,8 +172,8 @@ class _Context:
 
 def _context(model, cluster, workload) -> _Context:
     if workload.ep_comm_overlap:
-        raise UnsupportedError("ep_comm_overlap = true: the fast estimate (and so the plan search) does not price "
-                               "Megatron's combined 1F1B yet; simulate does")
+        raise UnsupportedError("ep_comm_overlap = true: the fast estimate does not price Megatron's combined "
+                               "1F1B yet; simulate and the plan search do")
     key = (model, id(cluster), workload)
     ctx = _CTX.get(key)
     if ctx is None or ctx.cluster is not cluster:

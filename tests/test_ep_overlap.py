@@ -13,7 +13,6 @@ from planner import load_cluster, load_model
 from planner.costmodel import ep_overlap, fast
 from planner.costmodel.schedules import ChunkTimes, EventKind, simulate_pipeline
 from planner.costmodel.simulate import simulate
-from planner.errors import UnsupportedError
 from planner.presets import data_root
 from planner.specs import Plan, Workload
 from planner.specs.plan import PipelineSchedule
@@ -77,10 +76,14 @@ def test_simulate_hides_the_all_to_all_only_where_it_applies():
     assert simulate(model, cluster, plan, ON).step_time_s <= simulate(model, cluster, plan, off).step_time_s
 
 
-def test_fast_estimate_refuses_it():
+def test_fast_estimate_prices_it_as_simulate():
+    """The vectorised estimate runs the merged programs too (tests/test_fast.py compares it
+    with simulate on a V2-Lite sample); here one Mixtral plan of each merged kind."""
     model, cluster = load_model("mixtral-8x7b"), load_cluster("dgx-h100", num_gpus=64)
-    with pytest.raises(UnsupportedError, match="ep_comm_overlap"):
-        fast.estimate(model, cluster, ON, [Plan(ep=8, dp=64)])
+    plans = [Plan(ep=8, dp=64), Plan(pp=4, vpp=2, ep=8, dp=16, pipeline_schedule="interleaved", recompute="selective")]
+    est = fast.estimate(model, cluster, ON, plans, exact_top=None)
+    for i, plan in enumerate(plans):
+        assert est.step_time_s[i] == pytest.approx(simulate(model, cluster, plan, ON).step_time_s, rel=1e-9)
 
 
 def _rows() -> dict:

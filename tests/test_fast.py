@@ -21,8 +21,8 @@ import itertools
 import numpy as np
 import pytest
 
-from planner import load_cluster, load_model
-from planner.costmodel import fast_pipeline
+from planner import load_cluster, load_model, revalidate
+from planner.costmodel import ep_overlap, fast_pipeline
 from planner.costmodel.fast import FastEstimates, clear_caches, estimate, estimate_table
 from planner.costmodel.report import Status
 from planner.costmodel.schedules import ChunkTimes, check_schedule, simulate_pipeline
@@ -157,6 +157,27 @@ def test_equals_simulate_on_samples(case):
     assert_equals_simulate(model, cluster, workload, sample)
 
 
+def test_combined_1f1b_equals_simulate():
+    """Megatron-Core's combined 1F1B (ep_comm_overlap): the plans it merges (EP > 1, not full
+    recompute, 1F1B at pp 1 or interleaved) run its programs with the pair's SM tax and one
+    more micro-batch in flight, the others the plain ones; both as simulate prices them. The
+    merged plans' step times differ from the same plans without the flag, so a fast estimate
+    that ignored it would fail here."""
+    model, cluster = load_model("deepseek-v2-lite"), load_cluster("dgx-h100", num_gpus=32)
+    workload = Workload(global_batch_size=128, seq_length=4096, ep_comm_overlap=True)
+    plans = candidates(model, 32, workload, eps=(8, 16), tps=(1, 2), pps=(1, 2, 4), mbs=(1, 2))
+    merged = [p for p in plans if ep_overlap.applies(model, p, workload)]
+    plain = [p for p in plans if not ep_overlap.applies(model, p, workload)]
+    assert {p.pp for p in merged} == {1, 2, 4}
+    rng = np.random.default_rng(4)
+    sample = ([merged[i] for i in rng.choice(len(merged), size=24, replace=False)]
+              + [plain[i] for i in rng.choice(len(plain), size=8, replace=False)])
+    assert_equals_simulate(model, cluster, workload, sample)
+    without = estimate(model, cluster, revalidate(workload, ep_comm_overlap=False), sample[:24], exact_top=None)
+    with_ = estimate(model, cluster, workload, sample[:24], exact_top=None)
+    assert (np.abs(with_.step_time_s / without.step_time_s - 1) > 1e-6).sum() >= 20
+
+
 def assert_equals_simulate(model, cluster, workload, sample: list[Plan]) -> None:
     """Every plan replayed, from cold memos: step time to 1e-9 within the exact micro-batch
     range (the documented extrapolation residual beyond it), memory and fits always."""
@@ -181,6 +202,35 @@ def _random_chunks(rng, n: int, dual: bool) -> list[ChunkTimes]:
         f, b, w = scale, scale * (1.5 + rng.random()), scale * (0.5 + rng.random())
         out.append(ChunkTimes(f, b, w, (f + b + w) * (0.5 + 0.5 * rng.random()) if dual else None))
     return out
+
+
+@pytest.mark.parametrize("schedule,pp,vpp", [("1f1b", 4, 1), ("1f1b", 1, 1), ("interleaved", 4, 2),
+                                             ("interleaved", 2, 3)])
+def test_combined_1f1b_pipeline_and_bounds(schedule, pp, vpp):
+    """Combined 1F1B's merged programs (schedules.raw_programs with ep_overlap): the replay
+    equals simulate_pipeline up to the exact limit (5 % of the makespan beyond it, on uneven
+    chunks), the busy time always, and the path bounds never exceed the rank ends, from m = pp
+    (interleaved: every forward first, nothing paired) to 3x the exact limit."""
+    schedule = PipelineSchedule(schedule)
+    rng = np.random.default_rng(5)
+    limit, _ = fast_pipeline.exact_limit(schedule, pp)
+    step = pp if schedule is PipelineSchedule.INTERLEAVED else 2
+    n = pp * vpp
+    near = [ChunkTimes(1.2 if c in (0, n - 1) else 1.0, 1.1, 0.9, 2.0) for c in range(n)]
+    cases = [(m, times, float(rng.random() * 0.05)) for m in range(max(pp, 2), 3 * limit + 1, step)
+             for times in (near, _random_chunks(rng, n, True))]
+    cols = [np.array([[getattr(t, f) for t in times] for _, times, _ in cases]).T
+            for f in ("forward_s", "backward_input_s", "backward_weight_s", "overlap_factor")]
+    m, p2p = np.array([m for m, _, _ in cases]), np.array([p for *_, p in cases])
+    ends, busy = fast_pipeline.pipeline(schedule, pp, vpp, m, *cols, p2p, merged=True)
+    low, low_busy = fast_pipeline.bounds(schedule, pp, vpp, m, *cols, p2p, merged=True)
+    for i, (mm, times, p) in enumerate(cases):
+        tl = simulate_pipeline(schedule, times, mm, pp, vpp, p, ep_overlap=True)
+        tol = 1e-9 * tl.makespan_s if mm <= limit else 0.05 * tl.makespan_s
+        np.testing.assert_allclose(ends[:, i], tl.rank_end_s, rtol=0, atol=tol, err_msg=f"m={mm}")
+        np.testing.assert_allclose(busy[:, i], [ph.busy_s for ph in tl.phases], rtol=1e-9)
+        np.testing.assert_allclose(low_busy[:, i], busy[:, i], rtol=1e-9)
+        assert (low[:, i] <= np.array(tl.rank_end_s) + 1e-9 * tl.makespan_s).all(), mm
 
 
 @pytest.mark.parametrize("schedule", list(PipelineSchedule))

@@ -15,7 +15,9 @@ How (the simulator's numbers, assembled per plan with numpy instead of per plan 
    per distinct (shape, split), then gathered per plan.
 2. Per plan, as arrays over (plans, chunks) or (plans, ranks): chunk times exactly as
    ``simulate`` builds them (CP hidden behind attention, ZeRO-3 gathers gating F and B,
-   DualPipe's F&B pairs with the EP all-to-all overlapped), each rank's exposed DP gradient
+   DualPipe's F&B pairs with the EP all-to-all overlapped, and Megatron-Core's combined 1F1B
+   (``ep_comm_overlap``: its merged programs, the pair's SM tax, one more micro-batch in
+   flight) where :func:`planner.costmodel.ep_overlap.applies`), each rank's exposed DP gradient
    sync and optimizer step, and memory per rank (:mod:`~planner.costmodel.fast_memory`).
 3. The pipeline in two stages (:mod:`~planner.costmodel.fast_pipeline`):
 
@@ -81,7 +83,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from planner.costmodel import compute as C
-from planner.costmodel import fast_memory, fast_pipeline
+from planner.costmodel import ep_overlap, fast_memory, fast_pipeline
 from planner.costmodel.comm import pp_blocking_transfers
 from planner.costmodel.dp_overlap import dp_exposure
 from planner.costmodel.fast_keys import Keys, PartRows, unique_rows
@@ -171,9 +173,6 @@ class _Context:
 
 
 def _context(model, cluster, workload) -> _Context:
-    if workload.ep_comm_overlap:
-        raise UnsupportedError("ep_comm_overlap = true: the fast estimate does not price Megatron's combined "
-                               "1F1B yet; simulate and the plan search do")
     key = (model, id(cluster), workload)
     ctx = _CTX.get(key)
     if ctx is None or ctx.cluster is not cluster:
@@ -317,18 +316,24 @@ def _evaluate(ctx: _Context, keys: np.ndarray, exact_top: int | None, refused: R
         plan_of, pids, slot = plan_of[keep], pids[keep], slot[keep]
     out = np.zeros((len(plan_of), 3))
     groups = []
-    uniq, inv = unique_rows(pp[plan_of], vpp[plan_of], sched[plan_of])
+    # Megatron-Core's combined 1F1B (ep_overlap.applies, column by column) runs other programs.
+    full = (col["rec"] == RECOMPUTES.index(Recompute.FULL)).astype(np.int64)
+    merged = np.zeros(n, dtype=np.int64)
+    if sh.workload.ep_comm_overlap and model.moe is not None:
+        merged = ((col["ep"] > 1) & (full == 0)
+                  & np.where(pp == 1, sched == SCHEDULES.index(PipelineSchedule.ONE_F_ONE_B),
+                             sched == SCHEDULES.index(PipelineSchedule.INTERLEAVED))).astype(np.int64)
+    uniq, inv = unique_rows(pp[plan_of], vpp[plan_of], sched[plan_of], merged[plan_of])
     order = np.argsort(inv, kind="stable")  # rows by group (each group's rows in order)
     rows_of = plan_of[order]
-    full = (col["rec"] == RECOMPUTES.index(Recompute.FULL)).astype(np.int64)
     m = sh.workload.global_batch_size // (col["dp"] * col["mb"])
     found = Keys({**{name: v[rows_of] for name, v in col.items()}, "plan": rows_of, "pid": pids[order],
                   "sp_eff": sp_eff[rows_of], "shared": shared[rows_of], "full": full[rows_of],
                   "m": m[rows_of]},
                  inv[order], len(uniq))
-    for u, (p_, v_, s_) in enumerate(uniq.tolist()):
+    for u, (p_, v_, s_, merged_) in enumerate(uniq.tolist()):
         rows = order[found.cuts[u]:found.cuts[u + 1]]
-        out[rows], replay = _group(ctx, found, u, p_, v_, SCHEDULES[s_], refused)
+        out[rows], replay = _group(ctx, found, u, p_, v_, SCHEDULES[s_], bool(merged_), refused)
         groups.append((rows, replay))
     bad = refused.code[plan_of] >= 0
     out[bad] = (np.inf, np.nan, np.nan)  # never replayed: not "fits"
@@ -352,10 +357,11 @@ def _evaluate(ctx: _Context, keys: np.ndarray, exact_top: int | None, refused: R
     return step, peak, bubble, exact
 
 
-def _group(ctx: _Context, found: Keys, u: int, pp: int, vpp: int, schedule: PipelineSchedule,
+def _group(ctx: _Context, found: Keys, u: int, pp: int, vpp: int, schedule: PipelineSchedule, merged: bool,
            refused: Refusals) -> tuple[np.ndarray, _Replay]:
     """(rows, 3) step, peak memory and bubble of group ``u``'s rows (sharing (pp, vpp,
-    schedule); ``found``: their columns and keys), step and bubble as
+    schedule) and whether they run combined 1F1B, ``merged``; ``found``: their columns and
+    keys), step and bubble as
     :func:`fast_pipeline.bounds`' lower bounds; and what their replay needs. Shapes the cost
     model refuses mark their plans in ``refused`` (their rows: meaningless)."""
     sh = ctx.shapes
@@ -432,12 +438,14 @@ def _group(ctx: _Context, found: Keys, u: int, pp: int, vpp: int, schedule: Pipe
     bwd = np.maximum(comp[:, :, 1] + cp_b, gather) + comm[:, :, 1] + comm[:, :, 5]
     wgt = np.maximum(comp[:, :, 2], scatter)
     overlap = np.ones_like(fwd)
-    if dual:  # F&B pairs: ZeRO-3 traffic shares the network with the all-to-all
+    if dual or merged:  # F&B pairs: ZeRO-3 traffic shares the network with the all-to-all
         busy = comp[:, :, 0] + comp[:, :, 1] + comp[:, :, 2] + cp_f + cp_b
         serial = fwd + bwd + wgt
+        # Combined 1F1B: compute beside the all-to-all runs on the SMs its kernels leave.
+        tax = ep_overlap.comm_sm_tax(cluster.gpu) if merged else 0.0
         pair = dualpipe_pair_s(busy, comm[:, :, 4] + comm[:, :, 5], 2 * gather + scatter,
                                comm[:, :, 0] + comm[:, :, 1], serial,
-                               C.compute_constants()["dualpipe_pair_compute_busy_fraction"])
+                               C.compute_constants()["dualpipe_pair_compute_busy_fraction"], tax)
         overlap = np.where(serial > 0, pair / np.where(serial > 0, serial, 1.0), 1.0)
     if workload.pipeline_p2p is PipelineP2P.DEEPSPEED and pp > 1:  # blocking: inside F and B (simulate)
         waits = p2p[:, None] * pp_blocking_transfers(pp)
@@ -465,17 +473,18 @@ def _group(ctx: _Context, found: Keys, u: int, pp: int, vpp: int, schedule: Pipe
                      + rank_params[:, :, 1] / edp[:, None], rank_params.sum(axis=2))
     gpu = cluster.gpu
     opt = local * _optimizer_bytes_per_param(workload) / (gpu.hbm_bandwidth_bytes_per_s * gpu.efficiency.hbm_fraction)
-    replay = _Replay(schedule, pp, vpp, m, fwd.T, bwd.T, wgt.T, overlap.T, p2p, exposed + opt + delay[:, None])
+    replay = _Replay(schedule, pp, vpp, m, fwd.T, bwd.T, wgt.T, overlap.T, p2p, exposed + opt + delay[:, None],
+                     merged)
     step, bubble = replay.run(None, exact=False)
-    peak = stage_memory(sh, c, keys_of, parts, m, edp, pp, vpp, schedule, found, refused).max(axis=1)
+    peak = stage_memory(sh, c, keys_of, parts, m, edp, pp, vpp, schedule, found, refused, merged).max(axis=1)
     return np.stack([step, peak, bubble], axis=1), replay
 
 
 @dataclass(frozen=True)
 class _Replay:
-    """What the pipeline of one (schedule, pp, vpp) group needs, per row: ``fwd``, ``bwd``,
-    ``wgt``, ``overlap`` (chunks, rows), ``m`` and ``p2p`` (rows,), and ``after`` (rows, pp)
-    each rank's exposed DP sync plus optimizer step."""
+    """What the pipeline of one (schedule, pp, vpp, merged) group needs, per row: ``fwd``,
+    ``bwd``, ``wgt``, ``overlap`` (chunks, rows), ``m`` and ``p2p`` (rows,), and ``after``
+    (rows, pp) each rank's exposed DP sync plus optimizer step; ``merged``: combined 1F1B."""
 
     schedule: PipelineSchedule
     pp: int
@@ -487,6 +496,7 @@ class _Replay:
     overlap: np.ndarray
     p2p: np.ndarray
     after: np.ndarray
+    merged: bool = False
 
     def run(self, sel: np.ndarray | None, exact: bool) -> tuple[np.ndarray, np.ndarray]:
         """(step, bubble) of rows ``sel`` (all when None): the simulator's replay when
@@ -498,7 +508,7 @@ class _Replay:
     def args(self, s) -> tuple:
         """The pipeline arguments of rows ``s`` (:func:`fast_pipeline.pipeline`)."""
         return (self.schedule, self.pp, self.vpp, self.m[s], self.fwd[:, s], self.bwd[:, s], self.wgt[:, s],
-                self.overlap[:, s], self.p2p[s])
+                self.overlap[:, s], self.p2p[s], self.merged)
 
     def finish(self, s, ends: np.ndarray, busy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(step, bubble) of rows ``s`` from their rank ends and busy seconds (pp, rows)."""

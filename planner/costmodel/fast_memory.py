@@ -24,24 +24,26 @@ def clear() -> None:
     _INFLIGHT.clear()
 
 
-def _inflight(pp: int, vpp: int, schedule: PipelineSchedule, m: int) -> tuple[float, ...]:
-    """``memory.inflight_microbatches`` of every rank (it reads only these fields), memoised."""
-    key = (pp, vpp, schedule, m)
+def _inflight(pp: int, vpp: int, schedule: PipelineSchedule, m: int, merged: bool = False) -> tuple[float, ...]:
+    """``memory.inflight_microbatches`` of every rank (it reads only these fields), memoised;
+    ``merged``: combined 1F1B's."""
+    key = (pp, vpp, schedule, m, merged)
     hit = _INFLIGHT.get(key)
     if hit is None:
         plan = canonical_plan(pp=pp, vpp=vpp, sched=schedule)
-        hit = _INFLIGHT[key] = tuple(inflight_microbatches(plan, m, r) for r in range(pp))
+        hit = _INFLIGHT[key] = tuple(inflight_microbatches(plan, m, r, merged) for r in range(pp))
     return hit
 
 
 def stage_memory(sh: Shapes, c: dict, local, parts: PartRows, m, edp, pp: int, vpp: int,
-                 schedule: PipelineSchedule, found: Keys, refused) -> np.ndarray:
+                 schedule: PipelineSchedule, found: Keys, refused, merged: bool = False) -> np.ndarray:
     """(rows, pp) bytes per rank: ``memory.state_bytes`` + ``stage_memory``'s activations and
     workspace, term by term over arrays. ``c``: the rows' columns (``c["plan"]`` each row's
     plan); ``local``: their distinct keys (:meth:`~planner.costmodel.fast_keys.Keys.local`
     of their group, ``found``); ``parts``: their splits; shapes the cost model refuses mark
     their plans in ``refused``
-    (:class:`~planner.costmodel.fast_refusals.Refusals`)."""
+    (:class:`~planner.costmodel.fast_refusals.Refusals`); ``merged``: the rows run combined
+    1F1B (one more micro-batch in flight, ``memory.inflight_microbatches``)."""
     model, workload = sh.model, sh.workload
     k = memory_constants()
     plans = c["plan"]
@@ -81,7 +83,7 @@ def stage_memory(sh: Shapes, c: dict, local, parts: PartRows, m, edp, pp: int, v
     act = acts[combo[:, 0]]
     present = parts.stacked("rank_counts")[combo[:, 1]] > 0
     ws = np.where(present, act[:, None, :, 1], 0.0).max(axis=2)
-    inflight = np.array([_inflight(pp, vpp, schedule, mm) for mm in ms.tolist()])[combo[:, 2]]
+    inflight = np.array([_inflight(pp, vpp, schedule, mm, merged) for mm in ms.tolist()])[combo[:, 2]]
     alive = inflight[:, :, None] * parts.stacked("shares")[combo[:, 1]]  # (u, pp, own)
     held = (np.where(_HEADS, np.minimum(alive, 1.0)[..., None], alive[..., None])
             * parts.stacked("own_counts")[combo[:, 1]])

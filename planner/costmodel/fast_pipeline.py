@@ -112,12 +112,14 @@ def clear() -> None:
     _PROGRAMS.clear()
 
 
-def _program(schedule: PipelineSchedule, m: int, pp: int, vpp: int) -> _Program:
-    key = (schedule, m, pp, vpp)
+def _program(schedule: PipelineSchedule, m: int, pp: int, vpp: int, merged: bool = False) -> _Program:
+    """The compiled program of (schedule, m, pp, vpp), ``merged``: Megatron-Core's combined
+    1F1B (``schedules.raw_programs`` with ``ep_overlap``)."""
+    key = (schedule, m, pp, vpp, merged)
     hit = _PROGRAMS.get(key)
     if hit is not None:
         return hit
-    prog = _compiled(schedule, m, pp, vpp)
+    prog = _compiled(schedule, m, pp, vpp, merged)
     n = prog.layout.num_chunks
     base = 2 * n * len(prog.layout.microbatch_direction)
     zero, sink = base + pp, base + pp + 1
@@ -125,7 +127,7 @@ def _program(schedule: PipelineSchedule, m: int, pp: int, vpp: int) -> _Program:
     # none depends on another of its group (a dependant starts after its producer ends);
     # F, BW and F&B take 1 (B and W alone 1/2), so 1F1B's waves are its dependency levels.
     unit = [ChunkTimes(1.0, 0.5, 0.5, 1.0)] * n
-    tl = simulate_pipeline(schedule, unit, m, pp, vpp, 0.0)
+    tl = simulate_pipeline(schedule, unit, m, pp, vpp, 0.0, ep_overlap=merged)
     dids: dict[int, int] = {}
     rows = []
     for r, steps in enumerate(prog.steps):
@@ -142,7 +144,10 @@ def _program(schedule: PipelineSchedule, m: int, pp: int, vpp: int) -> _Program:
     cut = np.flatnonzero(np.diff(arr[:, 0])) + 1
     dur_rows = np.full((len(dids), 2), -1, dtype=np.int64)  # the base's last row is 0
     for did, d in dids.items():
-        if did >= 4 * n:
+        if did >= 4 * n + n * n:  # a half of a combined-1F1B pair: F k or (B + W) k
+            half, c = divmod(did - 4 * n - n * n, n)
+            dur_rows[d] = (3 * n + half * n + c, -1)
+        elif did >= 4 * n:
             fc, bc = divmod(did - 4 * n, n)
             dur_rows[d] = (3 * n + fc, 4 * n + bc)
         else:
@@ -184,8 +189,13 @@ def _paths(arr: np.ndarray, cut: np.ndarray, num_dids: int, n: int, dur_rows: np
     """
     ops = arr[:, 1:].astype(np.int64)
     k, nref = len(ops), len(_REFERENCE)
-    kind = np.where(dur_rows[:, 0] >= 3 * n, 3, np.where(dur_rows[:, 1] >= 0, 4, dur_rows[:, 0] // n))
-    ref = np.hstack([_REFERENCE, _REFERENCE[:, 1:2] + _REFERENCE[:, 2:3]])  # (refs, F B W FB BW)
+    pair = (dur_rows[:, 0] >= 3 * n) & (dur_rows[:, 1] >= 0)
+    half = (dur_rows[:, 0] >= 3 * n) & (dur_rows[:, 1] < 0)  # combined 1F1B: 5 = F k, 6 = (B + W) k
+    kind = np.where(pair, 3, np.where(half, 5 + (dur_rows[:, 0] - 3 * n) // n,
+                                      np.where(dur_rows[:, 1] >= 0, 4, dur_rows[:, 0] // n)))
+    bw = _REFERENCE[:, 1:2] + _REFERENCE[:, 2:3]
+    k_ref = _REFERENCE[:, 3:4] / (_REFERENCE[:, 0:1] + bw)  # the pair's overlap factor
+    ref = np.hstack([_REFERENCE, bw, _REFERENCE[:, 0:1] * k_ref, bw * k_ref])  # (refs, F B W FB BW FO BWO)
     weight = ref[:, kind[ops[:, 6]]].T  # (k, refs)
     rank = ops[:, 9] - base
     did = np.append(ops[:, 6], num_dids)  # row k: no operation (a dummy duration column)
@@ -352,22 +362,25 @@ def _run_merged(jobs: list[tuple[_Program, np.ndarray, np.ndarray]]) -> list[tup
 
 
 def _base(schedule: PipelineSchedule, fwd: np.ndarray, bwd: np.ndarray, wgt: np.ndarray,
-          overlap: np.ndarray) -> np.ndarray:
+          overlap: np.ndarray, merged: bool = False) -> np.ndarray:
     """The base duration matrix [F; B; W; F k; (B + W) k; 0] (rows 3n.. only for the F&B
-    pairs of DualPipe(V)); a program's duration is the sum of two of its rows."""
+    pairs of DualPipe(V) and the halves of combined 1F1B's, ``merged``); a program's
+    duration is the sum of two of its rows."""
     zero = np.zeros((1, fwd.shape[1]))
-    if schedule in DUAL_SCHEDULES:
+    if schedule in DUAL_SCHEDULES or merged:
         return np.vstack([fwd, bwd, wgt, fwd * overlap, (bwd + wgt) * overlap, zero])
     return np.vstack([fwd, bwd, wgt, zero])
 
 
-def bound_limit(schedule: PipelineSchedule, pp: int) -> tuple[int, int]:
+def bound_limit(schedule: PipelineSchedule, pp: int, merged: bool = False) -> tuple[int, int]:
     """(limit, period) of :func:`bounds`: its own programs up to ``limit`` micro-batches, the
     ``ext`` paths of the limit's program beyond (2 pp + one period: the warm-up and cool-down
     chains are complete; tests/test_fast.py checks the bound at every m up to 3x
-    :func:`exact_limit`)."""
+    :func:`exact_limit`). Combined 1F1B's interleaved programs (``merged``) start one period
+    later: at m = pp every forward runs first and nothing pairs, so the busy time is linear in
+    m only from 2 pp."""
     if schedule is PipelineSchedule.INTERLEAVED:
-        return 2 * pp, pp
+        return (3 if merged else 2) * pp, pp
     period = 4 if schedule is PipelineSchedule.DUALPIPE else 2
     return 2 * pp + period, period
 
@@ -385,11 +398,11 @@ def exact_limit(schedule: PipelineSchedule, pp: int) -> tuple[int, int]:
 
 
 def _per_m(schedule: PipelineSchedule, pp: int, vpp: int, m: np.ndarray, fwd, bwd, wgt, overlap, p2p, limit: int,
-           run, beyond) -> tuple[np.ndarray, np.ndarray]:
+           run, beyond, merged: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(pp, plans) pairs from ``run(program, base, p2p)`` per micro-batch count up to
     ``limit``, and from ``beyond(program at limit - period, program at limit, base, p2p, k)``
     (k = (m - limit) / period) for the plans past it."""
-    base = _base(schedule, fwd, bwd, wgt, overlap)
+    base = _base(schedule, fwd, bwd, wgt, overlap, merged)
     first = np.empty((pp, fwd.shape[1]))
     second = np.empty_like(first)
     whole = len(m)
@@ -399,41 +412,43 @@ def _per_m(schedule: PipelineSchedule, pp: int, vpp: int, m: np.ndarray, fwd, bw
 
     for mm in np.unique(m[m <= limit[0]]):
         sel = np.flatnonzero(m == mm)
-        first[:, sel], second[:, sel] = run(_program(schedule, int(mm), pp, vpp), *cols(sel))
+        first[:, sel], second[:, sel] = run(_program(schedule, int(mm), pp, vpp, merged), *cols(sel))
     sel = np.flatnonzero(m > limit[0])
     if sel.size:
         lim, period = limit
-        first[:, sel], second[:, sel] = beyond(_program(schedule, lim - period, pp, vpp),
-                                               _program(schedule, lim, pp, vpp), *cols(sel),
+        first[:, sel], second[:, sel] = beyond(_program(schedule, lim - period, pp, vpp, merged),
+                                               _program(schedule, lim, pp, vpp, merged), *cols(sel),
                                                (m[sel] - lim) / period)
     return first, second
 
 
 def pipeline(schedule: PipelineSchedule, pp: int, vpp: int, m: np.ndarray, fwd: np.ndarray, bwd: np.ndarray,
-             wgt: np.ndarray, overlap: np.ndarray, p2p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+             wgt: np.ndarray, overlap: np.ndarray, p2p: np.ndarray, merged: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Rank ends and busy seconds, (pp, plans), of plans sharing (schedule, pp, vpp).
 
     ``fwd``, ``bwd``, ``wgt``, ``overlap`` are (chunks, plans): ChunkTimes' F, B, W and
-    overlap factor (F&B / (F + B + W); 1 without overlap); ``m`` and ``p2p`` (plans,)."""
-    return pipelines([(schedule, pp, vpp, m, fwd, bwd, wgt, overlap, p2p)])[0]
+    overlap factor (F&B / (F + B + W); 1 without overlap); ``m`` and ``p2p`` (plans,);
+    ``merged``: Megatron-Core's combined 1F1B (1F1B and interleaved only)."""
+    return pipelines([(schedule, pp, vpp, m, fwd, bwd, wgt, overlap, p2p, merged)])[0]
 
 
 def pipelines(requests: list[tuple]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """:func:`pipeline` of each (schedule, pp, vpp, m, fwd, bwd, wgt, overlap, p2p) request,
-    their programs (one per request and micro-batch count) replayed together
+    """:func:`pipeline` of each (schedule, pp, vpp, m, fwd, bwd, wgt, overlap, p2p[, merged])
+    request, their programs (one per request and micro-batch count) replayed together
     (:func:`_run_many`)."""
     jobs, place = [], []
-    for i, (schedule, pp, vpp, m, fwd, bwd, wgt, overlap, p2p) in enumerate(requests):
-        base = _base(schedule, fwd, bwd, wgt, overlap)
+    for i, (schedule, pp, vpp, m, fwd, bwd, wgt, overlap, p2p, *rest) in enumerate(requests):
+        merged = bool(rest and rest[0])
+        base = _base(schedule, fwd, bwd, wgt, overlap, merged)
         lim, period = exact_limit(schedule, pp)
         for mm in np.unique(m[m <= lim]).tolist():
             sel = np.flatnonzero(m == mm)
-            jobs.append((_program(schedule, mm, pp, vpp), base[:, sel], p2p[sel]))
+            jobs.append((_program(schedule, mm, pp, vpp, merged), base[:, sel], p2p[sel]))
             place.append((i, sel, None))
         sel = np.flatnonzero(m > lim)
         if sel.size:
             for mm in (lim - period, lim):
-                jobs.append((_program(schedule, mm, pp, vpp), base[:, sel], p2p[sel]))
+                jobs.append((_program(schedule, mm, pp, vpp, merged), base[:, sel], p2p[sel]))
             place.append((i, sel, (m[sel] - lim) / period))
     done = iter(_run_many(jobs))
     out = [(np.empty((pp, len(m))), np.empty((pp, len(m)))) for _, pp, _, m, *_ in requests]
@@ -466,7 +481,7 @@ def _bound_run(prog: _Program, base: np.ndarray, p2p: np.ndarray, busy: np.ndarr
 
 
 def bounds(schedule: PipelineSchedule, pp: int, vpp: int, m: np.ndarray, fwd: np.ndarray, bwd: np.ndarray,
-           wgt: np.ndarray, overlap: np.ndarray, p2p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+           wgt: np.ndarray, overlap: np.ndarray, p2p: np.ndarray, merged: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Lower bounds of :func:`pipeline`'s rank ends, and the busy seconds, (pp, plans), in a
     few matrix products per program instead of one numpy pass per wave.
 
@@ -482,4 +497,5 @@ def bounds(schedule: PipelineSchedule, pp: int, vpp: int, m: np.ndarray, fwd: np
         u2 = p2.counts @ d2
         return _bound_run(p2, b, p, u2 + k * (u2 - u1), d2)
 
-    return _per_m(schedule, pp, vpp, m, fwd, bwd, wgt, overlap, p2p, bound_limit(schedule, pp), _bound_run, beyond)
+    return _per_m(schedule, pp, vpp, m, fwd, bwd, wgt, overlap, p2p, bound_limit(schedule, pp, merged), _bound_run,
+                  beyond, merged)

@@ -9,7 +9,8 @@ from planner.budget import BudgetWorkload, TrainingCost, budget_workload, traini
 from planner.costmodel.accounting import describe_model
 from planner.errors import SpecError
 from planner.presets import read_plan_fields, validate_spec
-from planner.specs import ModelSpec, Plan, Workload
+from planner.specs import ClusterSpec, ModelSpec, Plan, Workload
+from planner.validation.accuracy import Accuracy
 
 
 def parse_ints(option: str, text: str | None, minimum: int = 1) -> tuple[int, ...] | None:
@@ -98,3 +99,16 @@ def resolve_workload(model: ModelSpec, num_gpus: int, global_batch: int | None, 
 def cost_of(report, workload: Workload, num_gpus: int, tokens: float | None, price: float | None) -> TrainingCost:
     """The training cost of ``tokens`` (default 1e12) at one simulated step."""
     return training_cost(report.step_time_s, workload.tokens_per_step, num_gpus, tokens, price)
+
+
+def accuracy_line(accuracy: Accuracy | None, cluster: ClusterSpec) -> str:
+    """How close the model came to published runs like this one (:mod:`planner.validation.accuracy`)."""
+    if accuracy is None:
+        return (f"accuracy: no published run on {cluster.gpu.name} in the validation set; "
+                "this GPU's prediction is not validated")
+    return f"accuracy: {accuracy.line()}"
+
+
+def accuracy_json(accuracy: Accuracy | None) -> dict | None:
+    return None if accuracy is None else {"group": accuracy.group, "runs": accuracy.runs,
+                                          "median_ape": accuracy.median_ape, "within_15pct": accuracy.within}

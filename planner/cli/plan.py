@@ -15,7 +15,7 @@ from rich.table import Table
 
 from planner.budget import check_budget
 from planner.cli import options
-from planner.cli.inputs import cost_of, resolve_workload
+from planner.cli.inputs import accuracy_json, accuracy_line, cost_of, resolve_workload
 from planner.cli.main import app, reports_errors
 from planner.cli.output import Format, write_result
 from planner.cli.search_inputs import constraints_from_options, etp_option, rank_order_option, run_search
@@ -24,6 +24,7 @@ from planner.errors import SpecError
 from planner.presets import load_cluster, load_model
 from planner.search import SearchResult
 from planner.specs import Plan
+from planner.validation.accuracy import accuracy_for
 
 
 def _with_split(plan: Plan, report: StepReport) -> Plan:
@@ -145,6 +146,8 @@ def plan_command(
     data = result.to_json()
     data["workload"] = workload.model_dump(mode="json")
     data["cost"] = costs[0].to_json()
+    accuracy = accuracy_for(cluster_spec, model_spec, workload)
+    data["accuracy"] = accuracy_json(accuracy)
     if budget is not None:
         data["budget"] = budget.to_json()
     if emitted:
@@ -157,6 +160,7 @@ def plan_command(
             console.print(f"workload: {budget.line()}", markup=False)
         print_result(result, console)
         console.print(f"cost of #1: {costs[0].line()}", markup=False)
+        console.print(accuracy_line(accuracy, cluster_spec), markup=False)
         for path in emitted:
             console.print(f"wrote {path}", markup=False)
 

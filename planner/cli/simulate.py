@@ -14,7 +14,7 @@ from rich.table import Table
 
 from planner.budget import check_budget
 from planner.cli import options
-from planner.cli.inputs import build_plan, cost_of, parse_ints, resolve_workload
+from planner.cli.inputs import accuracy_json, accuracy_line, build_plan, cost_of, parse_ints, resolve_workload
 from planner.cli.main import app, reports_errors
 from planner.cli.output import Format, write_result
 from planner.costmodel.partition_solver import fit_pipeline_layers
@@ -26,6 +26,7 @@ from planner.report.trace import write_chrome_trace
 from planner.search.fixes import MemoryFix, MemoryFixes, memory_fixes
 from planner.specs import ClusterSpec, ModelSpec, Plan, Workload
 from planner.sweep import report_row
+from planner.validation.accuracy import accuracy_for
 
 EXAMPLE = (
     "Example (DeepSeek-V3's published plan, cost of its 14.8T tokens at $2/GPU-hour):\n\n"
@@ -156,6 +157,7 @@ def simulate_command(
     report = simulate(model_spec, cluster_spec, plan, workload)
     fitted = _fitted_split(model_spec, cluster_spec, plan, workload) if not report.fits else None
     fixes = memory_fixes(model_spec, cluster_spec, plan, workload, report) if not report.fits else None
+    accuracy = accuracy_for(cluster_spec, model_spec, workload)
     cost = cost_of(report, workload, cluster_spec.num_gpus, tokens, price)
     trace_path = None
     if trace is not None:
@@ -174,6 +176,7 @@ def simulate_command(
     if fitted is not None:
         data["fitted_pipeline_layers"] = {"pipeline_layers": list(fitted.pipeline_layers),
                                           "step_time_s": fitted.step_time_s}
+    data["accuracy"] = accuracy_json(accuracy)
     if fixes is not None:
         data["memory_fixes"] = {"fits": [_fix_json(f) for f in fixes.fits],
                                 "leanest": _fix_json(fixes.leanest) if fixes.leanest is not None else None}
@@ -192,6 +195,7 @@ def simulate_command(
                           f"(step time {fitted.step_time_s:.3f} s, CP-SAT)", markup=False)
         if fixes is not None:
             console.print(_fixes_line(fixes, report), markup=False)
+        console.print(accuracy_line(accuracy, cluster_spec), markup=False)
         if budget is not None:
             console.print(f"workload: {budget.line()}", markup=False)
         console.print(f"cost: {cost.line()}", markup=False)

@@ -71,6 +71,8 @@ def test_markdown_links_every_png(report_dir):
     for png in report_dir.glob("*.png"):
         assert f"]({png.name})" in md
     assert "| # | plan |" in md and "GPU-hours" in md
+    # How far to trust it: DeepSeek-V3's two published H800 runs (planner.validation.accuracy).
+    assert "Validated against 2 published runs (h800-sxm-80gb): median |error|" in md
 
 
 def test_trace_has_one_event_per_block(report_dir):

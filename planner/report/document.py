@@ -33,6 +33,7 @@ from planner.costmodel.report import StepReport
 from planner.report.render import Block, write_html, write_markdown
 from planner.search.explain import explain
 from planner.specs import ClusterSpec, ModelSpec, Plan, Workload
+from planner.validation.accuracy import accuracy_for
 
 GIB = 2**30
 SCALING_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)
@@ -292,6 +293,9 @@ def _blocks(data: ReportInput, labels: list[str], costs: list[TrainingCost], fil
                "of the FP8 rate" if eff.fp8_split_accumulation_fraction is not None else "")
             + f". Source: {eff.source}")
     items.append(_calibrated_constant())
+    accuracy = accuracy_for(c, data.model, w)
+    items.append(f"Validated against {accuracy.line()}." if accuracy is not None
+                 else f"No published run on {g.name} is in the validation set: this GPU's predictions are not validated.")
     items += [f"Simulator note for #1: {m}" for m in best.messages]
     b.append(Block("ul", items=items))
     b.append(Block("h3", "Not modelled"))

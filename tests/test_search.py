@@ -143,6 +143,22 @@ def test_infeasible_raises_with_the_shortfall():
     assert err.value.exit_code == 3
 
 
+def test_no_valid_plan_says_which_rule():
+    """Pinned knobs that leave no structurally valid plan: the message names the pinned value
+    that cannot divide the GPUs, or the rules the combinations break in words (not the
+    duplicate-dropping rules), with exit code 3."""
+    model, cluster = load_model("llama3-8b"), load_cluster("dgx-h100", num_gpus=16)
+    workload = Workload(global_batch_size=16, seq_length=1024)
+    cases = [(Constraints(tp=(3,)), "tp 3 does not divide the 16 GPUs"),
+             (Constraints(tp=(8,), cp=(4,)), "no tp x cp x pp of the allowed values divides the 16 GPUs"),
+             (Constraints(tp=(16,)), "tp must divide the attention heads (32), the KV heads (8)")]
+    for constraints, words in cases:
+        with pytest.raises(InfeasibleError, match="no structurally valid plan") as err:
+            plan(model, cluster, workload, constraints)
+        assert words in str(err.value) and "schedule_without_pp" not in str(err.value)
+        assert err.value.exit_code == 3
+
+
 def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "planner", "plan", *args], capture_output=True, text=True,
                           timeout=120)

@@ -226,8 +226,8 @@ def plan(
     if progress is not None:
         progress(len(table), len(table))
     if not search.feasible:
-        raise InfeasibleError(_infeasible_message(model, cluster, constraints, counts.enumerated, search.shortfall,
-                                                  limit))
+        raise InfeasibleError(_infeasible_message(model, cluster, constraints, counts, search.shortfall, limit,
+                                                  stats.dropped))
     # Deliver 4: each of the top_k re-split by CP-SAT where that is faster (planner.search.fit).
     rows = []
     for _, i, report in search.feasible[:top_k]:
@@ -470,11 +470,36 @@ def _groups(table, rows: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
     return group, np.split(rows[order], bounds)
 
 
-def _infeasible_message(model, cluster, constraints: Constraints, num_plans: int, shortfall: _Shortfall,
-                        limit: float) -> str:
+_EQUIVALENT = ("sequence_parallel_without_tp", "schedule_without_pp", "rank_order_same_layout")
+"""Rules of planner.search.space that drop duplicates of another candidate, not invalid plans."""
+
+
+def _rule_text(rule: str, model, cluster) -> str:
+    """A structural rule of planner.search.space in words, for the infeasible message."""
+    if rule == "plan.tp":
+        kv = "" if model.mla is not None else f", the KV heads ({model.kv_heads})"
+        return f"tp must divide the attention heads ({model.num_attention_heads}){kv} and the FFN size"
+    if rule == "plan.ep" and model.moe is not None:
+        return f"ep must divide the experts ({model.moe.num_experts}) and ep x etp must divide tp x cp x dp"
+    if rule == "plan.micro_batch_size":
+        return "dp x micro-batch must divide the global batch"
+    if rule == "plan.pp":
+        return f"pp x vpp must not exceed the layers ({model.num_layers}); DualPipe needs an even pp >= 2"
+    return rule
+
+
+def _infeasible_message(model, cluster, constraints: Constraints, counts: SearchCounts, shortfall: _Shortfall,
+                        limit: float, dropped: list[str]) -> str:
     where = f"{model.name} on {cluster.num_gpus} x {cluster.gpu.name}"
-    if not num_plans:
-        return f"no structurally valid plan for {where} within the constraints; relax the pinned knobs"
+    if not counts.enumerated:
+        why = list(dropped)
+        rules = sorted(((n, rule) for rule, n in counts.invalid_by_rule.items() if n and rule not in _EQUIVALENT),
+                       reverse=True)
+        if rules:
+            why.append("the combinations break " + "; ".join(f"{_rule_text(rule, model, cluster)} ({n:,})"
+                                                              for n, rule in rules[:3]))
+        return (f"no structurally valid plan for {where} within the constraints"
+                + (f": {'; '.join(why)}" if why else "") + "; relax the pinned knobs")
     best = shortfall.plan
     amount = f"{shortfall.bytes / GIB:,.1f} GiB" if shortfall.exact else f"at least {shortfall.bytes / GIB:,.1f} GiB"
     knobs = (f"tp={best.tp} pp={best.pp} ep={best.ep} etp={best.expert_tp} zero={int(best.zero_stage)} "

@@ -128,6 +128,8 @@ class SpaceStats:
     """Knob combinations looked at (before any rule)."""
     rejected: Counter[str] = field(default_factory=Counter)
     """Structurally invalid or duplicate combinations, per rule name."""
+    dropped: list[str] = field(default_factory=list)
+    """Pinned values no plan can take, said in words (a tp, cp or pp not dividing the GPUs)."""
 
     @property
     def valid(self) -> int:
@@ -220,6 +222,9 @@ def candidate_table(
     c = constraints or Constraints()
     stats = stats if stats is not None else SpaceStats()
     divisors = _divisors(num_gpus)
+    for name in ("tp", "cp", "pp"):
+        stats.dropped += [f"{name} {v} does not divide the {num_gpus} GPUs"
+                          for v in getattr(c, name) or () if v not in divisors]
     tps = [t for t in _allowed(c.tp, divisors) if t in divisors]
     cps = [x for x in _allowed(c.cp, DEFAULT_CPS) if x in divisors]
     pps = [p for p in _allowed(c.pp, divisors) if p in divisors]
@@ -245,6 +250,8 @@ def candidate_table(
                 blocks.append(np.hstack([np.broadcast_to(head, (len(inner), 6)), inner]))
     # The rules read neither the ZeRO stage nor recompute: they run on the other columns
     # and each verdict counts for every (ZeRO stage, recompute) pair, innermost.
+    if not blocks and tps and cps and pps:
+        stats.dropped.append(f"no tp x cp x pp of the allowed values divides the {num_gpus} GPUs")
     rows = np.vstack(blocks) if blocks else np.zeros((0, 11), dtype=np.int64)
     pairs = len(zeros) * len(recs)
     stats.generated += len(rows) * pairs

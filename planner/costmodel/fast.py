@@ -58,17 +58,18 @@ bound follows fixed paths; uneven chunks and DualPipe's pairs move the real crit
 off them).
 
 Speed (benchmarks/bench_fast.py, 2 CPU cores shared with other work, single-threaded BLAS,
-best of 5, two runs): new plans over warm shape tables, llama3-70b / 1024 H100: 93,900-95,100
-plans/s on the 5,772-plan grid (82,100-83,600 through Plan objects), 83,900-87,400 on the
-search's whole 37,224-plan space; DeepSeek-V3 / 2048 H800: 25,400-29,300 on the 768-plan
-grid, 120,600-129,700 on the search's whole 379,800-plan space (360 refused). Per call the
-Python overhead is per group, so each group's shape keys come from one pass over all rows
-(:mod:`~planner.costmodel.fast_keys`) and every group's replays run in merged wave loops
-(:func:`fast_pipeline.pipelines`). Cold (every memo empty, a fresh process): 4,400-4,600,
-650-680, 6,400 and 10,700-11,000 plans/s, bound by one-time work per shape: compiling the
-schedule programs and their paths, the DP/ZeRO collectives per (stage form, bytes), the
-compute per piece shape and the splits. Top-20 agreement with ``simulate``: 0.000 %,
-0.351 % (median 0.009 %), 0.000 % and 0.000 %; 72, 27, 175 and 55 plans with pp > 1
+best of 5; the machine's speed drifts by up to 2x between runs): new plans over warm shape
+tables, llama3-70b / 1024 H100: 53,400-93,900 plans/s on the 5,772-plan grid (47,200-82,100
+through Plan objects), 47,300-83,900 on the search's whole 37,224-plan space; DeepSeek-V3 /
+2048 H800: 9,800-29,300 on the 768-plan grid, 68,100-129,700 on the search's whole
+379,800-plan space (360 refused). Per call the Python overhead is per group, so each group's
+shape keys come from one pass over all rows (:mod:`~planner.costmodel.fast_keys`) and every
+group's replays run in merged wave loops (:func:`fast_pipeline.pipelines`). Cold (every memo
+empty, a fresh process): 2,100-4,600, 350-680, 4,000-6,400 and 6,800-11,000 plans/s, bound
+by one-time work per shape: compiling the schedule programs and their paths, the DP/ZeRO
+collectives per (stage form, bytes), the compute per piece shape and the splits. Top-20
+agreement with ``simulate``: 0.000 %, 0.245-0.351 % (median 0.007-0.009 %), 0.000 % and
+0.000 %; 72-78, 27-34, 175-180 and 54-55 plans with pp > 1
 replayed. With two OpenBLAS threads on the same shared cores the warm figures halve (the
 path products are small matrices).
 """

@@ -23,6 +23,7 @@ def test_wheel_contains_data_and_runs_outside_the_source_tree(tmp_path: Path):
     assert "planner/data/models/deepseek-v3.yaml" in names
     assert "planner/data/hardware/clusters/deepseek-v3-h800.yaml" in names
     assert "planner/data/validation/public_cases.csv" in names
+    assert "planner/data/validation/accuracy.yaml" in names  # simulate and plan quote it
 
     target = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(target)  # a wheel is a zip laid out for site-packages

@@ -23,7 +23,7 @@ def v3():
 def test_deepseek_v3s_plan_keeps_the_simulators_split(v3):
     """DeepSeek-V3's published plan (PP16 DualPipe, 61 blocks + embedding, head and MTP):
     among the simulator's own candidates the forward-balanced split (3, 4 x 14, 2) is the
-    fastest (19.68 s); CP-SAT's fit, which balances per-rank F&B pair time, lands on
+    fastest (19.69 s); CP-SAT's fit, which balances per-rank F&B pair time, lands on
     Megatron-Bridge's layout (4 x 15, 1) at 19.75 s, not faster, so the refit keeps the
     simulator's split and report. Both within 2% of each other: the two methods agree."""
     model, cluster = v3

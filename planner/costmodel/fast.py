@@ -467,15 +467,16 @@ def _group(ctx: _Context, found: Keys, u: int, pp: int, vpp: int, schedule: Pipe
     else:
         f_own, bw_own = fwd[rows, first][:, :, None], (bwd + wgt)[rows, first][:, :, None]
         share = np.ones_like(f_own)
-    exposed, delay = dp_exposure(interleaved, f_own, bw_own, share, dpc[:, :, 0], dpc[:, :, 1],
+    exposed, gathers, delay = dp_exposure(interleaved, f_own, bw_own, share, dpc[:, :, 0], dpc[:, :, 1],
                                  workload.overlap_param_gather, p2p, staggered=not dual)
     sharded = (c["zero"] >= 1)[:, None]
     local = np.where(sharded, rank_params[:, :, 0] / (c["dp"] * c["cp"])[:, None]
                      + rank_params[:, :, 1] / edp[:, None], rank_params.sum(axis=2))
     gpu = cluster.gpu
     opt = local * _optimizer_bytes_per_param(workload) / (gpu.hbm_bandwidth_bytes_per_s * gpu.efficiency.hbm_fraction)
-    replay = _Replay(schedule, pp, vpp, m, fwd.T, bwd.T, wgt.T, overlap.T, p2p, exposed + opt + delay[:, None],
-                     merged)
+    # The optimizer waits for every rank's reduction (dp_overlap's barrier).
+    replay = _Replay(schedule, pp, vpp, m, fwd.T, bwd.T, wgt.T, overlap.T, p2p, exposed,
+                     (opt + gathers).max(axis=1) + delay, merged)
     step, bubble = replay.run(None, exact=False)
     peak = stage_memory(sh, c, keys_of, parts, m, edp, pp, vpp, schedule, found, refused, merged).max(axis=1)
     return np.stack([step, peak, bubble], axis=1), replay
@@ -484,8 +485,10 @@ def _group(ctx: _Context, found: Keys, u: int, pp: int, vpp: int, schedule: Pipe
 @dataclass(frozen=True)
 class _Replay:
     """What the pipeline of one (schedule, pp, vpp, merged) group needs, per row: ``fwd``,
-    ``bwd``, ``wgt``, ``overlap`` (chunks, rows), ``m`` and ``p2p`` (rows,), and ``after``
-    (rows, pp) each rank's exposed DP sync plus optimizer step; ``merged``: combined 1F1B."""
+    ``bwd``, ``wgt``, ``overlap`` (chunks, rows), ``m`` and ``p2p`` (rows,), ``after``
+    (rows, pp) each rank's gradient reduction exposed beyond its last operation, ``post``
+    (rows,) what follows the optimizer barrier (the slowest rank's step and gather, and the
+    next forwards' gather delay); ``merged``: combined 1F1B."""
 
     schedule: PipelineSchedule
     pp: int
@@ -497,6 +500,7 @@ class _Replay:
     overlap: np.ndarray
     p2p: np.ndarray
     after: np.ndarray
+    post: np.ndarray
     merged: bool = False
 
     def run(self, sel: np.ndarray | None, exact: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -514,4 +518,4 @@ class _Replay:
     def finish(self, s, ends: np.ndarray, busy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(step, bubble) of rows ``s`` from their rank ends and busy seconds (pp, rows)."""
         bubble = np.maximum(0.0, ends.max(axis=0) - busy.max(axis=0))
-        return (ends.T + self.after[s]).max(axis=1), bubble
+        return (ends.T + self.after[s]).max(axis=1) + self.post[s], bubble

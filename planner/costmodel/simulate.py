@@ -32,8 +32,10 @@ Overlap rules (what hides what):
 - DP gradient reduction: each chunk's share starts with that chunk's last backward (Megatron
   ``overlap_grad_reduce``: buckets go out as soon as their gradients are final), so one chunk
   per rank hides it behind the last backward and interleaving behind the backward of the
-  earlier chunks too; ZeRO-1/2's parameter all-gather follows it, or runs under the next
-  forwards (``Workload.overlap_param_gather``) and delays them by what it lacks
+  earlier chunks too; every rank's optimizer step waits for the slowest rank's reduction
+  (the gradient clipping's global-norm barrier) and ZeRO-1/2's parameter all-gather follows
+  the step, or runs under the next forwards (``Workload.overlap_param_gather``) and delays
+  them by what it lacks
   (:mod:`~planner.costmodel.dp_overlap`; DualPipe reduces over both copies of each chunk,
   :func:`~planner.costmodel.comm.dp_step_comm`); ZeRO-3 gathers and reduce-scatters every micro-batch, one unit at a time, hidden behind
   compute up to its duration; the report counts that traffic under DP, hidden or exposed.
@@ -207,9 +209,10 @@ class _RankCosts:
 
 
 def _dp_exposure(plan: Plan, workload: Workload, ranks: list[_RankCosts], chunk_times: list[ChunkTimes],
-                 p2p_s: float) -> tuple[np.ndarray, float]:
-    """Per rank, the once-per-step DP communication exposed after its last operation, and
-    the step's delay (:func:`~planner.costmodel.dp_overlap.plan_exposure`)."""
+                 p2p_s: float) -> tuple[np.ndarray, np.ndarray, float]:
+    """Per rank, the gradient reduction exposed after its last operation and the parameter
+    gather after the optimizer barrier; the step's delay
+    (:func:`~planner.costmodel.dp_overlap.plan_exposure`)."""
     chunk_params = [0.0] * len(chunk_times)
     for rc in ranks:
         for index, held in rc.chunk_params.items():
@@ -280,26 +283,28 @@ def _simulate_partition(
     timeline = simulate_pipeline(plan.pipeline_schedule, sched_times, num_micro, plan.pp, plan.vpp, sched_p2p,
                                  ep_overlap=merged)
 
-    # Data-parallel sync and optimizer per rank; the slowest rank ends the step.
+    # Data-parallel sync and optimizer per rank: every rank's optimizer step waits for the
+    # slowest rank's gradient reduction (the global-norm barrier, planner.costmodel.dp_overlap).
     rank_end = timeline.rank_end_s
-    exposures, delay = _dp_exposure(plan, workload, ranks, sched_times, sched_p2p)
-    ends, tails = [], []
+    exposures, gathers, delay = _dp_exposure(plan, workload, ranks, sched_times, sched_p2p)
+    ends, posts, tails = [], [], []
     for rc in ranks:
         dp = rc.dp
-        exposed = float(exposures[rc.rank])
         dense_shard = plan.dp * plan.cp if plan.zero_stage >= ZeroStage.OPTIMIZER else 1
         expert_shard = plan.edp if plan.zero_stage >= ZeroStage.OPTIMIZER else 1
         local = rc.dense_params / dense_shard + rc.expert_params / expert_shard
         eff = cluster.gpu.efficiency
         opt = local * _optimizer_bytes_per_param(workload) / (cluster.gpu.hbm_bandwidth_bytes_per_s * eff.hbm_fraction)
-        ends.append(rank_end[rc.rank] + exposed + opt)
+        ends.append(rank_end[rc.rank] + float(exposures[rc.rank]))
+        posts.append(opt + float(gathers[rc.rank]))
         tails.append((opt, dp.step_s))
     critical = max(range(plan.pp), key=lambda r: ends[r])
-    step = max(ends) + delay
+    after = max(range(plan.pp), key=lambda r: posts[r])
+    step = max(ends) + posts[after] + delay
     makespan = timeline.makespan_s
     tail = max(0.0, step - makespan)
-    opt_s, dp_total = tails[critical]
-    optimizer_s = min(opt_s, tail)
+    dp_total = tails[critical][1]
+    optimizer_s = min(tails[after][0], tail)
     dp_exposed_s = tail - optimizer_s
 
     phases = timeline.phases[critical]

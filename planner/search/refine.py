@@ -340,10 +340,11 @@ class Refiner:
         sharded = plan.zero_stage >= ZeroStage.OPTIMIZER
         local = params[:, 0] / (plan.dp * plan.cp if sharded else 1) + params[:, 1] / (plan.edp if sharded else 1)
         dps = [self._dp_comm(plan, split, r) for r in range(plan.pp)]
-        exposed, delay = plan_exposure(plan, self.workload, split.own, durations[0], durations[1] + durations[2],
-                                       (split.counts @ totals.sum(axis=1)).tolist(), [d.reduce_s for d in dps],
-                                       [d.gather_s for d in dps], p2p)
-        return float((ends + exposed + local * self.opt_s_per_param).max() + delay)
+        exposed, gathers, delay = plan_exposure(plan, self.workload, split.own, durations[0],
+                                                durations[1] + durations[2], (split.counts @ totals.sum(axis=1)).tolist(),
+                                                [d.reduce_s for d in dps], [d.gather_s for d in dps], p2p)
+        # The optimizer waits for every rank's reduction (dp_overlap's barrier).
+        return float((ends + exposed).max() + (local * self.opt_s_per_param + gathers).max() + delay)
 
     def memory_bound(self, plan: Plan, ranks: str = "ends") -> float:
         """min over the simulator's splits of the largest

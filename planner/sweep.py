@@ -266,6 +266,16 @@ def _run_point(
     return {**row, **report_row(report)}
 
 
+def derive_dp(point: SweepBase) -> dict[str, int]:
+    """A ``derive`` for :func:`sweep`: the data-parallel degree that fills the point's GPUs
+    (``{"plan.dp": GPUs / (tp * cp * pp)}``); a point where no whole dp fits is invalid."""
+    p, n = point.plan, point.cluster.num_gpus
+    denom = p.tp * p.cp * p.pp
+    if n % denom:
+        raise SpecError("tp * cp * pp", denom, f"must divide the GPUs ({n}) so that a whole dp fits")
+    return {"plan.dp": n // denom}
+
+
 def _points(grid: Mapping[str, Sequence[Any]]) -> Iterable[tuple[Any, ...]]:
     return itertools.product(*(list(values) for values in grid.values()))
 
@@ -319,4 +329,4 @@ def sweep(
     return df[leading + trailing]
 
 
-__all__ = ["METRIC_COLUMNS", "SweepBase", "apply_change", "report_row", "sweep"]
+__all__ = ["METRIC_COLUMNS", "SweepBase", "apply_change", "derive_dp", "report_row", "sweep"]

@@ -162,6 +162,9 @@ def test_simulate_cost_and_token_budget():
     assert "cost: 1T tokens" in table.stdout and "$2/GPU-hour" in table.stdout  # default: per trillion, $2
     assert_user_error(planner("simulate", *TINY, "--pp", "2"), "--global-batch", "--tokens")
     assert_user_error(planner("simulate", *TINY, "--global-batch", "16", "--tokens", "nan"), "--tokens")
+    # No whole dp fits: the rule names tp * cp * pp, not an absent --dp (no --dp would help).
+    assert_user_error(planner("simulate", *TINY, "--global-batch", "16", "--pp", "3"),
+                      "tp * cp * pp = 3", "must divide the GPUs (8)")
 
 
 def test_plan_from_token_budget_and_emit(tmp_path: Path):

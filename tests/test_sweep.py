@@ -102,6 +102,17 @@ def test_cluster_resize_and_whole_spec_replacement(base):
     assert a100 > h100
 
 
+def test_derive_dp_fills_the_gpus_or_says_why_not(base):
+    """planner.sweep.derive_dp (the CLI's and the report's derive): dp = GPUs / (tp cp pp);
+    a pp whose tp * cp * pp does not divide the GPUs is an invalid point that says so."""
+    from planner.sweep import derive_dp
+
+    df = planner.sweep(base, {"plan.pp": [2, 3]}, derive=derive_dp, progress=False)
+    assert list(df["status"]) == ["ok", "invalid"]
+    assert df["plan.dp"].iloc[0] == 2  # 8 / (2 * 1 * 2)
+    assert "tp * cp * pp = 6: must divide the GPUs (8)" in df["message"].iloc[1]
+
+
 def test_bad_grid_key_raises_up_front(base):
     with pytest.raises(planner.SpecError, match="no field"):
         planner.sweep(base, {"plan.nonsense": [1]})

@@ -33,7 +33,8 @@ def build_plan(plan_file: Path | None, gpus: int, knobs: dict) -> Plan:
     if "dp" not in data:
         denom = data.get("tp", 1) * data.get("cp", 1) * data.get("pp", 1)
         if gpus % denom:
-            raise SpecError("--dp", None, f"GPUs ({gpus}) are not a multiple of tp * cp * pp ({denom}); give --dp")
+            raise SpecError("tp * cp * pp", denom, f"must divide the GPUs ({gpus}) so that a whole dp fits; "
+                            "change --tp, --cp or --pp (or --gpus)")
         data["dp"] = gpus // denom
     return validate_spec(Plan, data, str(plan_file) if plan_file else "plan")
 

@@ -23,7 +23,7 @@ from planner.cli.output import Format, plain, write_result
 from planner.errors import SpecError
 from planner.presets import load_cluster, load_model
 from planner.specs import Plan
-from planner.sweep import SweepBase, sweep
+from planner.sweep import SweepBase, derive_dp, sweep
 
 EXAMPLE = (
     "Example (DeepSeek-V3: step time over pp x ep, heatmap):\n\n"
@@ -182,7 +182,7 @@ def sweep_command(
     base_plan = build_plan(plan_file, cluster_spec.num_gpus, knobs)
     base = SweepBase(model=model_spec, cluster=cluster_spec, plan=base_plan, workload=workload)
     fixed_dp = dp is not None or "plan.dp" in axes or (plan_file is not None and "dp" in _plan_keys(plan_file))
-    derive = None if fixed_dp else _derive_dp
+    derive = None if fixed_dp else derive_dp
     df = sweep(base, axes, derive=derive)
     plot_path = None
     if plot is not None:
@@ -213,10 +213,3 @@ def _plan_keys(path: Path) -> set[str]:
 
     return set(_short_names(read_plan_fields(str(path))))
 
-
-def _derive_dp(point: SweepBase) -> dict:
-    p, n = point.plan, point.cluster.num_gpus
-    denom = p.tp * p.cp * p.pp
-    if n % denom:
-        raise SpecError("plan.dp", None, f"GPUs ({n}) are not a multiple of tp * cp * pp ({denom})")
-    return {"plan.dp": n // denom}

@@ -141,24 +141,15 @@ def write_report(data: ReportInput, out_dir: str | Path, *, scaling: bool = True
 # --- the extra simulations ---------------------------------------------------------------
 
 
-def _derive_dp(point):
-    from planner.errors import SpecError
-
-    p, n = point.plan, point.cluster.num_gpus
-    if n % (p.tp * p.cp * p.pp):
-        raise SpecError("plan.dp", None, f"GPUs ({n}) are not a multiple of tp * cp * pp")
-    return {"plan.dp": n // (p.tp * p.cp * p.pp)}
-
-
 def scaling_points(model: ModelSpec, cluster: ClusterSpec, plan: Plan, workload: Workload):
     """#1's plan at :data:`SCALING_FACTORS` x the GPUs (whole nodes), dp scaled, batch fixed."""
-    from planner.sweep import SweepBase, sweep
+    from planner.sweep import SweepBase, derive_dp, sweep
 
     per_node = cluster.node.gpus_per_node
     counts = sorted({int(cluster.num_gpus * f) for f in SCALING_FACTORS
                      if int(cluster.num_gpus * f) >= per_node and int(cluster.num_gpus * f) % per_node == 0})
     base = SweepBase(model=model, cluster=cluster, plan=plan, workload=workload)
-    return sweep(base, {"cluster.num_gpus": counts}, derive=_derive_dp)
+    return sweep(base, {"cluster.num_gpus": counts}, derive=derive_dp)
 
 
 def _around(value: int) -> list[int]:
@@ -169,14 +160,14 @@ def _around(value: int) -> list[int]:
 def heatmap_points(model: ModelSpec, cluster: ClusterSpec, plan: Plan, workload: Workload):
     """Step time over pp x ep (MoE) or pp x tp (dense) at half, same and twice #1's values;
     ((x, y), DataFrame), or (None, None) when the grid has a single point."""
-    from planner.sweep import SweepBase, sweep
+    from planner.sweep import SweepBase, derive_dp, sweep
 
     x = "plan.ep" if model.moe is not None else "plan.tp"
     grid = {x: _around(getattr(plan, x.split(".")[1])), "plan.pp": _around(plan.pp)}
     if math.prod(len(v) for v in grid.values()) < 2:
         return None, None
     base = SweepBase(model=model, cluster=cluster, plan=plan, workload=workload)
-    return (x, "plan.pp"), sweep(base, grid, derive=_derive_dp)
+    return (x, "plan.pp"), sweep(base, grid, derive=derive_dp)
 
 
 # --- the document --------------------------------------------------------------------------

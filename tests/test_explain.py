@@ -151,3 +151,12 @@ def test_combined_1f1b_is_named_where_it_hides_the_all_to_all():
     assert ep.a_s == 0 < ep.b_s
     assert "hidden in combined 1F1B pairs of paired" in ep.note
     assert abs(sum(t.delta_s for t in e.terms) - e.delta_s) <= 1e-9 * max(e.a_step_s, e.b_step_s)
+
+
+def test_runner_up_words_call_a_sub_rounding_gap_a_tie():
+    """plan and report say how much slower the runner-up is; a gap that prints as 0.0% is a tie."""
+    from planner.search.explain import runner_up_words
+
+    assert runner_up_words(10.0, 10.0) == runner_up_words(10.0, 10.004)
+    assert runner_up_words(10.0, 10.0).startswith("takes the same time")
+    assert runner_up_words(10.0, 10.12) == "is 1.2% slower"

@@ -23,6 +23,7 @@ from planner.costmodel.report import StepReport
 from planner.errors import SpecError
 from planner.presets import load_cluster, load_model
 from planner.search import SearchResult
+from planner.search.explain import runner_up_words
 from planner.specs import Plan
 from planner.validation.accuracy import accuracy_for
 
@@ -51,8 +52,8 @@ def print_result(result: SearchResult, console: Console) -> None:
         )
     console.print(table)
     if len(result.ranked) > 1:
-        gap = result.ranked[1].report.step_time_s / result.best.report.step_time_s - 1
-        console.print(f"runner-up is {gap:.1%} slower")
+        words = runner_up_words(result.best.report.step_time_s, result.ranked[1].report.step_time_s)
+        console.print(f"runner-up {words}")
     for r in result.ranked:
         if r.simulator_split_step_s is not None:
             layers = ",".join(str(n) for n in r.report.pipeline_layers)

@@ -31,7 +31,7 @@ from pathlib import Path
 from planner.budget import BudgetWorkload, TrainingCost, training_cost
 from planner.costmodel.report import StepReport
 from planner.report.render import Block, write_html, write_markdown
-from planner.search.explain import explain
+from planner.search.explain import explain, runner_up_words
 from planner.specs import ClusterSpec, ModelSpec, Plan, Workload
 from planner.validation.accuracy import accuracy_for
 
@@ -195,8 +195,8 @@ def _blocks(data: ReportInput, labels: list[str], costs: list[TrainingCost], fil
                         f"{best.mfu_noncausal:.1%} non-causal, peak memory {_gib(best.memory_peak_bytes)} of "
                         f"{_gib(best.memory_capacity_bytes)} GiB per GPU."))
     if len(data.ranked) > 1:
-        gap = data.ranked[1][1].step_time_s / best.step_time_s - 1
-        b.append(Block("p", f"The runner-up ({labels[1]}) is {gap:.1%} slower."))
+        words = runner_up_words(best.step_time_s, data.ranked[1][1].step_time_s)
+        b.append(Block("p", f"The runner-up ({labels[1]}) {words}."))
 
     b.append(Block("h2", "Top plans"))
     headers = ["#", "plan", "step s", "tokens/s/GPU", "MFU (causal)", "memory GiB", "headroom GiB",

@@ -250,6 +250,14 @@ def _seconds(x: float) -> str:
     return f"{sign}{x * 1e6:.0f} \u00b5s"
 
 
+def runner_up_words(best_s: float, runner_up_s: float) -> str:
+    """How much slower the runner-up is, in words; a gap under 0.05% (printed as 0.0%) is a tie."""
+    gap = runner_up_s / best_s - 1.0
+    if gap < 5e-4:
+        return "takes the same time (within 0.05%): the model does not tell them apart"
+    return f"is {gap:.1%} slower"
+
+
 def _verdict(labels: tuple[str, str], ra: StepReport, rb: StepReport, terms: Sequence[Term]) -> str:
     a, b = labels
     ta, tb = ra.step_time_s, rb.step_time_s

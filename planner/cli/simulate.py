@@ -194,7 +194,7 @@ def simulate_command(
             console.print(f"fits with an uneven layer split: --pipeline-layers {layers} "
                           f"(step time {fitted.step_time_s:.3f} s, CP-SAT)", markup=False)
         if fixes is not None:
-            console.print(_fixes_line(fixes, report), markup=False)
+            console.print(_fixes_line(fixes), markup=False)
         console.print(accuracy_line(accuracy, cluster_spec), markup=False)
         if budget is not None:
             console.print(f"workload: {budget.line()}", markup=False)
@@ -224,7 +224,7 @@ def _fix_json(fix: MemoryFix) -> dict:
             "memory_peak_bytes": fix.report.memory_peak_bytes}
 
 
-def _fixes_line(fixes: MemoryFixes, report: StepReport) -> str:
+def _fixes_line(fixes: MemoryFixes) -> str:
     """What would make an OOM plan fit, in one line (:func:`planner.search.fixes.memory_fixes`)."""
     def each(fix: MemoryFix) -> str:
         return f"{fix.flags} ({fix.report.step_time_s:.3f} s, {_gib(fix.report.memory_peak_bytes)} GiB)"

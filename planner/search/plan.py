@@ -474,7 +474,7 @@ _EQUIVALENT = ("sequence_parallel_without_tp", "schedule_without_pp", "rank_orde
 """Rules of planner.search.space that drop duplicates of another candidate, not invalid plans."""
 
 
-def _rule_text(rule: str, model, cluster) -> str:
+def _rule_text(rule: str, model) -> str:
     """A structural rule of planner.search.space in words, for the infeasible message."""
     if rule == "plan.tp":
         kv = "" if model.mla is not None else f", the KV heads ({model.kv_heads})"
@@ -496,7 +496,7 @@ def _infeasible_message(model, cluster, constraints: Constraints, counts: Search
         rules = sorted(((n, rule) for rule, n in counts.invalid_by_rule.items() if n and rule not in _EQUIVALENT),
                        reverse=True)
         if rules:
-            why.append("the combinations break " + "; ".join(f"{_rule_text(rule, model, cluster)} ({n:,})"
+            why.append("the combinations break " + "; ".join(f"{_rule_text(rule, model)} ({n:,})"
                                                               for n, rule in rules[:3]))
         return (f"no structurally valid plan for {where} within the constraints"
                 + (f": {'; '.join(why)}" if why else "") + "; relax the pinned knobs")

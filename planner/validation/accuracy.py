@@ -55,8 +55,11 @@ class Accuracy:
                 f"(data/validation/accuracy.yaml)")
 
 
-def _key(gpu: str, arch: str | None = None, precision: str | None = None) -> str:
-    return ", ".join(part for part in (gpu, arch, precision) if part is not None)
+def _groups(cluster: ClusterSpec, model: ModelSpec, workload: Workload) -> tuple[str, str]:
+    """The two groups a run belongs to: (GPU, dense/MoE, precision) and the GPU alone."""
+    gpu = cluster.gpu.name
+    arch = "moe" if model.moe is not None else "dense"
+    return f"{gpu}, {arch}, {workload.precision.value}", gpu
 
 
 def build_table(folder: Path | None = None) -> dict:
@@ -71,10 +74,8 @@ def build_table(folder: Path | None = None) -> dict:
             if case.measured is None or case.status in (CaseStatus.ERROR, CaseStatus.UNSUPPORTED):
                 continue
             inputs = case_inputs(row)
-            gpu = inputs.cluster.gpu.name
-            arch = "moe" if inputs.model.moe is not None else "dense"
             outcome = (case.ape, case.ape is not None and case.ape <= WITHIN)
-            for group in (_key(gpu, arch, inputs.workload.precision.value), _key(gpu), "all"):
+            for group in (*_groups(inputs.cluster, inputs.model, inputs.workload), "all"):
                 members.setdefault(group, []).append(outcome)
     groups = {}
     for group, outcomes in sorted(members.items()):
@@ -98,9 +99,7 @@ def accuracy_for(cluster: ClusterSpec, model: ModelSpec, workload: Workload) -> 
     same GPU, architecture and precision; else same GPU (whatever its count); else None (a
     GPU no published run used says nothing of the others)."""
     groups = _table()["groups"]
-    gpu = cluster.gpu.name
-    arch = "moe" if model.moe is not None else "dense"
-    specific, general = _key(gpu, arch, workload.precision.value), _key(gpu)
+    specific, general = _groups(cluster, model, workload)
     for group in (specific, general):
         entry = groups.get(group)
         if entry is not None and (entry["runs"] >= MIN_RUNS or group == general):

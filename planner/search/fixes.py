@@ -16,10 +16,7 @@ from planner.costmodel.simulate import simulate
 from planner.errors import PlannerError
 from planner.presets import revalidate
 from planner.specs import ClusterSpec, ModelSpec, Plan, Workload
-from planner.specs.plan import Recompute, ZeroStage
-
-# Least to most memory saved (and time spent) by recomputation.
-_RECOMPUTE_ORDER = (Recompute.NONE, Recompute.SELECTIVE, Recompute.FULL)
+from planner.specs.plan import RECOMPUTE_ORDER, Recompute, ZeroStage
 
 
 @dataclass(frozen=True)
@@ -53,7 +50,7 @@ def _simulated(model: ModelSpec, cluster: ClusterSpec, plan: Plan, workload: Wor
 def _single_changes(plan: Plan) -> list[tuple[str, dict[str, Any]]]:
     """(flags, plan changes) of each knob that lowers memory from where ``plan`` sets it."""
     changes: list[tuple[str, dict[str, Any]]] = []
-    for recompute in _RECOMPUTE_ORDER[_RECOMPUTE_ORDER.index(plan.recompute) + 1:]:
+    for recompute in RECOMPUTE_ORDER[RECOMPUTE_ORDER.index(plan.recompute) + 1:]:
         changes.append((f"--recompute {recompute.value}",
                         {"recompute": recompute, "recompute_modules": None, "cpu_offloading_num_layers": 0}))
     for mb in sorted({plan.micro_batch_size // 2, 1} - {0, plan.micro_batch_size}, reverse=True):

@@ -168,6 +168,10 @@ class Recompute(StrEnum):
     """Store only each layer's input; recompute the whole forward in backward."""
 
 
+RECOMPUTE_ORDER = (Recompute.NONE, Recompute.SELECTIVE, Recompute.FULL)
+"""Least to most recomputation: least to most memory saved and time spent."""
+
+
 class RecomputeModule(StrEnum):
     """A part of a block that selective recomputation rebuilds in backward (Megatron-Core
     ``--recompute-modules`` names, with ``--recompute-granularity selective``)."""

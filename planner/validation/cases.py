@@ -146,6 +146,7 @@ from planner.specs import (
     ZeroStage,
 )
 from planner.specs.compat import check_plan
+from planner.specs.plan import RECOMPUTE_ORDER  # re-exported: the order tried for an empty recompute cell
 from planner.validation.case_model import _default, case_model
 from planner.validation.clusters import case_cluster
 from planner.validation.reconcile import (
@@ -159,8 +160,8 @@ REQUIRED_COLUMNS = (
 )
 """Columns a case file must have; every other schema column may be absent (= empty)."""
 
-RECOMPUTE_ORDER = (Recompute.NONE, Recompute.SELECTIVE, Recompute.FULL)
-"""Tried in this order when ``recompute`` is empty: the least recomputation that fits."""
+# RECOMPUTE_ORDER (planner.specs.plan) is tried in order when ``recompute`` is empty: the
+# least recomputation that fits.
 
 
 @dataclass(frozen=True)

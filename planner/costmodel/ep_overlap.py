@@ -22,16 +22,23 @@ from planner.specs.hardware import GPUSpec
 from planner.specs.model import ModelSpec
 from planner.specs.plan import PipelineSchedule, Plan, Recompute, Workload
 
-__all__ = ["applies", "comm_sm_tax"]
+__all__ = ["applies", "comm_sm_tax", "merges"]
 
 
 def applies(model: ModelSpec, plan: Plan, workload: Workload) -> bool:
     """Whether ``workload.ep_comm_overlap`` merges this plan's steady-state F and B."""
-    if not workload.ep_comm_overlap or plan.ep < 2 or model.moe is None or plan.recompute is Recompute.FULL:
+    return merges(workload.ep_comm_overlap and model.moe is not None, plan.ep, plan.recompute, plan.pp,
+                  plan.pipeline_schedule)
+
+
+def merges(enabled: bool, ep: int, recompute: Recompute, pp: int, schedule: PipelineSchedule) -> bool:
+    """:func:`applies` on the fields it reads (``enabled``: the flag is on and the model is a
+    MoE), for callers that hold plans as columns (the fast estimate, per distinct row)."""
+    if not enabled or ep < 2 or recompute is Recompute.FULL:
         return False
-    if plan.pp == 1:
-        return plan.pipeline_schedule is PipelineSchedule.ONE_F_ONE_B
-    return plan.pipeline_schedule is PipelineSchedule.INTERLEAVED
+    if pp == 1:
+        return schedule is PipelineSchedule.ONE_F_ONE_B
+    return schedule is PipelineSchedule.INTERLEAVED
 
 
 def comm_sm_tax(gpu: GPUSpec) -> float:

@@ -317,13 +317,13 @@ def _evaluate(ctx: _Context, keys: np.ndarray, exact_top: int | None, refused: R
         plan_of, pids, slot = plan_of[keep], pids[keep], slot[keep]
     out = np.zeros((len(plan_of), 3))
     groups = []
-    # Megatron-Core's combined 1F1B (ep_overlap.applies, column by column) runs other programs.
+    # Megatron-Core's combined 1F1B (ep_overlap.merges, per distinct row) runs other programs.
     full = (col["rec"] == RECOMPUTES.index(Recompute.FULL)).astype(np.int64)
     merged = np.zeros(n, dtype=np.int64)
     if sh.workload.ep_comm_overlap and model.moe is not None:
-        merged = ((col["ep"] > 1) & (full == 0)
-                  & np.where(pp == 1, sched == SCHEDULES.index(PipelineSchedule.ONE_F_ONE_B),
-                             sched == SCHEDULES.index(PipelineSchedule.INTERLEAVED))).astype(np.int64)
+        uniq, inv = unique_rows(col["ep"], col["rec"], pp, sched)
+        merged = np.array([ep_overlap.merges(True, e, RECOMPUTES[r], p, SCHEDULES[s]) for e, r, p, s in uniq.tolist()],
+                          dtype=np.int64)[inv]
     uniq, inv = unique_rows(pp[plan_of], vpp[plan_of], sched[plan_of], merged[plan_of])
     order = np.argsort(inv, kind="stable")  # rows by group (each group's rows in order)
     rows_of = plan_of[order]

@@ -266,14 +266,20 @@ def _run_point(
     return {**row, **report_row(report)}
 
 
+def whole_dp(num_gpus: int, tp: int, cp: int, pp: int, hint: str = "") -> int:
+    """The data-parallel degree that fills ``num_gpus``: GPUs / (tp * cp * pp), or a
+    SpecError (with ``hint`` appended) where no whole dp fits."""
+    denom = tp * cp * pp
+    if num_gpus % denom:
+        raise SpecError("tp * cp * pp", denom, f"must divide the GPUs ({num_gpus}) so that a whole dp fits{hint}")
+    return num_gpus // denom
+
+
 def derive_dp(point: SweepBase) -> dict[str, int]:
     """A ``derive`` for :func:`sweep`: the data-parallel degree that fills the point's GPUs
-    (``{"plan.dp": GPUs / (tp * cp * pp)}``); a point where no whole dp fits is invalid."""
-    p, n = point.plan, point.cluster.num_gpus
-    denom = p.tp * p.cp * p.pp
-    if n % denom:
-        raise SpecError("tp * cp * pp", denom, f"must divide the GPUs ({n}) so that a whole dp fits")
-    return {"plan.dp": n // denom}
+    (:func:`whole_dp`); a point where no whole dp fits is invalid."""
+    p = point.plan
+    return {"plan.dp": whole_dp(point.cluster.num_gpus, p.tp, p.cp, p.pp)}
 
 
 def _points(grid: Mapping[str, Sequence[Any]]) -> Iterable[tuple[Any, ...]]:
@@ -329,4 +335,4 @@ def sweep(
     return df[leading + trailing]
 
 
-__all__ = ["METRIC_COLUMNS", "SweepBase", "apply_change", "derive_dp", "report_row", "sweep"]
+__all__ = ["METRIC_COLUMNS", "SweepBase", "apply_change", "derive_dp", "report_row", "sweep", "whole_dp"]

@@ -10,6 +10,7 @@ from planner.costmodel.accounting import describe_model
 from planner.errors import SpecError
 from planner.presets import read_plan_fields, validate_spec
 from planner.specs import ClusterSpec, ModelSpec, Plan, Workload
+from planner.sweep import whole_dp
 from planner.validation.accuracy import Accuracy
 
 
@@ -31,11 +32,8 @@ def build_plan(plan_file: Path | None, gpus: int, knobs: dict) -> Plan:
     data = _short_names(read_plan_fields(str(plan_file))) if plan_file else {}
     data.update({k: v for k, v in knobs.items() if v is not None})
     if "dp" not in data:
-        denom = data.get("tp", 1) * data.get("cp", 1) * data.get("pp", 1)
-        if gpus % denom:
-            raise SpecError("tp * cp * pp", denom, f"must divide the GPUs ({gpus}) so that a whole dp fits; "
-                            "change --tp, --cp or --pp (or --gpus)")
-        data["dp"] = gpus // denom
+        data["dp"] = whole_dp(gpus, data.get("tp", 1), data.get("cp", 1), data.get("pp", 1),
+                              hint="; change --tp, --cp or --pp (or --gpus)")
     return validate_spec(Plan, data, str(plan_file) if plan_file else "plan")
 
 

@@ -271,7 +271,7 @@ def test_merged_replay_is_bit_identical(monkeypatch):
         n = 2 * pp if schedule is PipelineSchedule.DUALPIPEV else pp * vpp
         fwd, bwd, wgt = (rng.random((n, len(m))) + 0.5 for _ in range(3))
         overlap, p2p = 0.5 + 0.5 * rng.random((n, len(m))), 0.1 * rng.random(len(m))
-        requests.append((schedule, pp, vpp, m, fwd, bwd, wgt, overlap, p2p))
+        requests.append((schedule, pp, vpp, m, fwd, bwd, wgt, overlap, p2p, False))
         base = fast_pipeline._base(schedule, fwd, bwd, wgt, overlap)
         limit, period = fast_pipeline.exact_limit(schedule, pp)
         ends, busy = np.empty((pp, len(m))), np.empty((pp, len(m)))

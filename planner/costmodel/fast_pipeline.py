@@ -433,12 +433,11 @@ def pipeline(schedule: PipelineSchedule, pp: int, vpp: int, m: np.ndarray, fwd: 
 
 
 def pipelines(requests: list[tuple]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """:func:`pipeline` of each (schedule, pp, vpp, m, fwd, bwd, wgt, overlap, p2p[, merged])
+    """:func:`pipeline` of each (schedule, pp, vpp, m, fwd, bwd, wgt, overlap, p2p, merged)
     request, their programs (one per request and micro-batch count) replayed together
     (:func:`_run_many`)."""
     jobs, place = [], []
-    for i, (schedule, pp, vpp, m, fwd, bwd, wgt, overlap, p2p, *rest) in enumerate(requests):
-        merged = bool(rest and rest[0])
+    for i, (schedule, pp, vpp, m, fwd, bwd, wgt, overlap, p2p, merged) in enumerate(requests):
         base = _base(schedule, fwd, bwd, wgt, overlap, merged)
         lim, period = exact_limit(schedule, pp)
         for mm in np.unique(m[m <= lim]).tolist():
